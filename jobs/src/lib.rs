@@ -1,0 +1,24 @@
+//! The domain of Switchboard: every lifecycle step is an apalis job.
+//!
+//! Rules of this crate:
+//! - It never imports axum or socketioxide. Outcomes leave through the job context, never through a
+//!   web framework type.
+//! - A job is an args struct plus [`Job::run`]; the args are the whole input, serialised into the job
+//!   storage, so they hold ids and values, never handles.
+//! - Jobs run at least once, maybe twice, maybe on another node: each one checks the database (the
+//!   source of truth) and makes its write conditional, so a second run changes nothing.
+//! - The error decides retry versus abort: [`JobError::Transient`] is retried within the job's
+//!   [`RetryBudget`], [`JobError::Permanent`] ends the task at once.
+
+pub mod audit;
+mod context;
+pub mod db;
+mod job;
+mod poll;
+mod store;
+mod workers;
+
+pub use context::JobContext;
+pub use job::{Job, JobError, RetryBudget};
+pub use store::{JobStore, StoreError};
+pub use workers::{WorkerOptions, monitor};

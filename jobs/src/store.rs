@@ -1,0 +1,131 @@
+//! Where jobs wait: apalis-sqlite in the embedded mode, apalis-redis in the distributed one.
+//!
+//! Job code never sees which; it submits through [`JobStore::submit`].
+
+use std::{fmt, path::Path, sync::Arc, time::Duration};
+
+use apalis::prelude::{TaskBuilder, TaskSink};
+use apalis_redis::{ConnectionManager, RedisStorage};
+use apalis_sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteStorage};
+
+use crate::Job;
+
+/// A handle on the job storage; cloning shares the connection pool.
+#[derive(Clone)]
+pub enum JobStore {
+    /// One SQLite file of its own (the embedded mode), never the application database: apalis-sqlite
+    /// sets `synchronous=OFF` and slows down as its table grows (STACK-NOTES).
+    Sqlite(SqlitePool),
+    /// Redis (the distributed mode). Every key starts with `prefix`, so several deployments or test
+    /// runs can share one server.
+    Redis {
+        /// Multiplexed, auto-reconnecting connection.
+        conn: ConnectionManager,
+        /// Namespace of every queue key.
+        prefix: Arc<str>,
+    },
+}
+
+impl fmt::Debug for JobStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite(_) => f.write_str("JobStore::Sqlite"),
+            Self::Redis { prefix, .. } => write!(f, "JobStore::Redis({prefix})"),
+        }
+    }
+}
+
+/// The job storage could not be reached or refused a task.
+#[derive(Debug, thiserror::Error)]
+#[error("job storage: {0}")]
+pub struct StoreError(String);
+
+impl StoreError {
+    fn new(err: impl fmt::Display) -> Self {
+        Self(err.to_string())
+    }
+}
+
+impl JobStore {
+    /// Opens (creating if needed) the apalis-sqlite file and its tables.
+    pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(StoreError::new)?;
+        SqliteStorage::setup(&pool).await.map_err(StoreError::new)?;
+        Ok(Self::Sqlite(pool))
+    }
+
+    /// Connects to Redis; `prefix` namespaces every queue.
+    pub async fn open_redis(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let conn = apalis_redis::connect(url).await.map_err(StoreError::new)?;
+        Ok(Self::Redis {
+            conn,
+            prefix: prefix.into(),
+        })
+    }
+
+    /// "sqlite" or "redis", for logs and health output.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Redis { .. } => "redis",
+        }
+    }
+
+    /// The storage-level queue name of job `J`.
+    pub fn queue_name<J: Job>(&self) -> String {
+        match self {
+            Self::Sqlite(_) => J::QUEUE.to_owned(),
+            Self::Redis { prefix, .. } => format!("{prefix}:{}", J::QUEUE),
+        }
+    }
+
+    pub(crate) fn sqlite_storage<J: Job>(pool: &SqlitePool) -> SqliteStorage<J> {
+        SqliteStorage::new(pool).with_config(apalis_sqlite::Config::default().queue(J::QUEUE))
+    }
+
+    pub(crate) fn redis_storage<J: Job>(conn: &ConnectionManager, prefix: &str) -> RedisStorage<J> {
+        let config = apalis_redis::Config::default().queue(format!("{prefix}:{}", J::QUEUE));
+        RedisStorage::new(conn.clone()).with_config(config)
+    }
+
+    /// Submits one job with its retry budget. Returns once the storage has accepted it.
+    pub async fn submit<J: Job>(&self, job: J) -> Result<(), StoreError> {
+        let task = TaskBuilder::new(job)
+            .max_attempts(J::BUDGET.deliveries)
+            .build();
+        match self {
+            Self::Sqlite(pool) => Self::sqlite_storage::<J>(pool)
+                .push_task(task)
+                .await
+                .map_err(StoreError::new),
+            Self::Redis { conn, prefix } => Self::redis_storage::<J>(conn, prefix)
+                .push_task(task)
+                .await
+                .map_err(StoreError::new),
+        }
+    }
+
+    /// Round-trips to the storage, for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(pool) => sqlx::query("SELECT 1")
+                .execute(pool)
+                .await
+                .map(drop)
+                .map_err(StoreError::new),
+            Self::Redis { conn, .. } => redis::cmd("PING")
+                .query_async::<String>(&mut conn.clone())
+                .await
+                .map(drop)
+                .map_err(StoreError::new),
+        }
+    }
+}

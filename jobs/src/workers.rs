@@ -1,0 +1,156 @@
+//! Wiring of every job queue into one apalis [`Monitor`]: the only place that names backends.
+
+use std::time::Duration;
+
+use apalis::{
+    layers::retry::{
+        BackoffRetryPolicy, HasherRng, RetryIfPolicy,
+        backoff::{ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff},
+    },
+    prelude::*,
+};
+use apalis_codec::json::JsonCodec;
+use apalis_core::backend::{
+    BackendConfig, WireFormatBackend, finalize::Durable, persistence::TaskPersistLayer,
+};
+use serde_json::Value;
+
+use crate::{Job, JobContext, JobError, JobStore, audit::RecordAudit, poll::Every};
+
+/// How this process runs its workers.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Tasks of one queue run at once in this process.
+    pub concurrency: usize,
+    /// How often an idle worker looks for new tasks. apalis only looks on its heartbeat otherwise
+    /// (30 s), so this bounds the delay between a submission and its start.
+    pub poll_interval: Duration,
+    /// Unique name of this process among all worker processes (host, pid and a random part): apalis
+    /// refuses a second worker with the same name while the first one's heartbeat is fresh.
+    pub node: String,
+}
+
+/// A monitor running one worker per job queue on the context's job store.
+pub fn monitor(ctx: JobContext, options: &WorkerOptions) -> Monitor {
+    let monitor = Monitor::new()
+        .shutdown_timeout(Duration::from_secs(30))
+        // A worker ends when its storage fails (a Redis restart, a locked SQLite file); without
+        // a restart that queue would stop for good while the process looks healthy.
+        .should_restart(|worker, error| {
+            tracing::warn!(worker = %worker.name(), %error, restarts = worker.restarts(), "worker failed; restarting");
+            true
+        });
+    register::<RecordAudit>(monitor, &ctx, options)
+}
+
+fn register<J: Job>(monitor: Monitor, ctx: &JobContext, options: &WorkerOptions) -> Monitor {
+    let name = format!("{}@{}", J::QUEUE, options.node);
+    let poll = options.poll_interval;
+    match &ctx.jobs {
+        JobStore::Sqlite(pool) => {
+            let pool = pool.clone();
+            register_on::<J, _>(monitor, name, ctx, options, move || {
+                JobStore::sqlite_storage::<J>(&pool).poll_with_strategy(Every::new(poll))
+            })
+        }
+        JobStore::Redis { conn, prefix } => {
+            let (conn, prefix) = (conn.clone(), prefix.clone());
+            register_on::<J, _>(monitor, name, ctx, options, move || {
+                JobStore::redis_storage::<J>(&conn, &prefix).poll_with_strategy(Every::new(poll))
+            })
+        }
+    }
+}
+
+fn register_on<J, B>(
+    monitor: Monitor,
+    name: String,
+    ctx: &JobContext,
+    options: &WorkerOptions,
+    backend: impl Fn() -> B + Send + Sync + 'static,
+) -> Monitor
+where
+    J: Job,
+    B: Backend<Task = Task<Vec<u8>>>
+        + BackendConfig<Args = J, Kind = Durable, Layer = TaskPersistLayer<JsonCodec<Value>, Value>>
+        + WireFormatBackend<Codec = JsonCodec<Vec<u8>>, Compact = Vec<u8>>
+        + Send
+        + Unpin
+        + 'static,
+    B::Error: Into<BoxDynError> + Send + 'static,
+{
+    let ctx = ctx.clone();
+    let concurrency = options.concurrency;
+    monitor.register(move |restarts| {
+        // A restarted worker waits before its first poll, so a storage outage costs a retry every
+        // few seconds instead of a busy loop of restarts.
+        let delay = restart_delay(restarts);
+        let backend = backend().before_start(move |_| async move {
+            tokio::time::sleep(delay).await;
+            Ok(())
+        });
+        WorkerBuilder::new(name.clone())
+            .backend(backend)
+            .data(ctx.clone())
+            .concurrency(concurrency)
+            // Order matters (apalis checks it): retries wrap a panic guard and a per-attempt
+            // timeout, and tracing sees every attempt.
+            .retry(retry_policy(J::BUDGET.in_process, J::BUDGET.backoff_min))
+            .catch_panic()
+            .timeout(J::BUDGET.timeout)
+            .enable_tracing()
+            .build(execute::<J>)
+    })
+}
+
+/// No wait on the first start; then 100 ms, doubling up to 5 s.
+fn restart_delay(restarts: usize) -> Duration {
+    if restarts == 0 {
+        return Duration::ZERO;
+    }
+    let exponent = u32::try_from(restarts - 1).unwrap_or(u32::MAX).min(6);
+    Duration::from_millis(100 * 2u64.pow(exponent)).min(Duration::from_secs(5))
+}
+
+/// In-process retries with exponential backoff and jitter, for transient errors only.
+type Retry = RetryIfPolicy<BackoffRetryPolicy<ExponentialBackoff>, fn(&BoxDynError) -> bool>;
+
+fn retry_policy(retries: usize, min: Duration) -> Retry {
+    let backoff =
+        ExponentialBackoffMaker::new(min, Duration::from_secs(30), 0.5, HasherRng::default())
+            .map(|mut maker| maker.make_backoff());
+    RetryPolicy::retries(retries)
+        .with_backoff(backoff.expect("the backoff bounds are valid constants"))
+        .retry_if(is_transient as fn(&BoxDynError) -> bool)
+}
+
+fn is_transient(err: &BoxDynError) -> bool {
+    err.downcast_ref::<AbortError>().is_none()
+}
+
+/// The task function of every queue: runs the job and turns a permanent failure into an
+/// [`AbortError`], which apalis records as `Killed` and never hands out again.
+async fn execute<J: Job>(job: J, ctx: Data<JobContext>) -> Result<String, BoxDynError> {
+    match job.run(&ctx).await {
+        Ok(summary) => Ok(summary),
+        Err(JobError::Permanent(reason)) => Err(Box::new(AbortError::new(reason))),
+        Err(err @ JobError::Transient(_)) => Err(Box::new(err)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_back_off_up_to_five_seconds() {
+        let delays: Vec<u64> = (0..10)
+            .map(|n| restart_delay(n).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            delays,
+            [0, 100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]
+        );
+        assert_eq!(restart_delay(usize::MAX), Duration::from_secs(5));
+    }
+}

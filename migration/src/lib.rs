@@ -1,0 +1,17 @@
+//! Database migrations for Switchboard (SQLite and PostgreSQL).
+//!
+//! Run them with [`Migrator::up`](sea_orm_migration::MigratorTrait::up) at startup.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261121_000001_create_schema;
+
+/// Every migration, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261121_000001_create_schema::Migration)]
+    }
+}

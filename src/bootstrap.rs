@@ -1,0 +1,138 @@
+//! First start: the first account, its admin and its default group; and the token secret.
+
+use std::{io::Write, path::Path};
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+use entity::{
+    accounts, agent_groups, agents,
+    enums::{AgentRole, AgentStatus, RoutingStrategy},
+    groups,
+};
+use rand::distr::{Alphanumeric, SampleString};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection, EntityTrait};
+
+use crate::{
+    auth::hash_password,
+    config::Settings,
+    domain::{Email, Password},
+};
+
+/// Creates the first account, an admin and a default group — only when there is no account yet.
+pub async fn first_account(db: &DatabaseConnection, settings: &Settings) -> anyhow::Result<()> {
+    if accounts::Entity::find().one(db).await?.is_some() {
+        return Ok(());
+    }
+    let email = Email::try_from(settings.admin_email.clone())
+        .map_err(|err| anyhow::anyhow!("SWITCHBOARD_ADMIN_EMAIL: {err}"))?;
+    let (password, generated) = match &settings.admin_password {
+        Some(password) => (password.clone(), false),
+        None => (Alphanumeric.sample_string(&mut rand::rng(), 20), true),
+    };
+    let password = Password::try_from(password)
+        .map_err(|err| anyhow::anyhow!("SWITCHBOARD_ADMIN_PASSWORD: {err}"))?;
+    let password_hash = hash_password(password.expose().to_owned()).await?;
+    let now = Utc::now();
+
+    let txn = jobs::db::begin_write(db).await?;
+    let account = accounts::ActiveModel {
+        name: Set(settings.account_name.clone()),
+        created_at: Set(now),
+        ..Default::default()
+    }
+    .insert(&txn)
+    .await?;
+    let admin = agents::ActiveModel {
+        account_id: Set(account.id),
+        name: Set("Administrator".into()),
+        email: Set(email.as_str().to_owned()),
+        password_hash: Set(password_hash),
+        role: Set(AgentRole::Admin),
+        status: Set(AgentStatus::Offline),
+        accepting_chats: Set(false),
+        max_concurrent_chats: Set(6),
+        active_chats: Set(0),
+        token_version: Set(0),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    }
+    .insert(&txn)
+    .await?;
+    let group = groups::ActiveModel {
+        account_id: Set(account.id),
+        name: Set("General".into()),
+        description: Set(Some("Every conversation that names no group".into())),
+        routing_strategy: Set(RoutingStrategy::LeastLoaded),
+        is_default: Set(true),
+        agent_response_timeout_seconds: Set(120),
+        visitor_idle_timeout_seconds: Set(900),
+        first_response_sla_seconds: Set(60),
+        max_reassignments: Set(3),
+        max_queue_wait_seconds: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    }
+    .insert(&txn)
+    .await?;
+    agent_groups::ActiveModel {
+        agent_id: Set(admin.id),
+        group_id: Set(group.id),
+        account_id: Set(account.id),
+        created_at: Set(now),
+    }
+    .insert(&txn)
+    .await?;
+    txn.commit().await?;
+
+    tracing::info!(account_id = account.id, email = %email.as_str(), "created the first account and its admin");
+    if generated {
+        // Printed once, to the terminal, never through the structured log.
+        eprintln!(
+            "\n  First admin created: {}\n  Generated password:  {}\n  (shown only now; set SWITCHBOARD_ADMIN_PASSWORD to choose it)\n",
+            email.as_str(),
+            password.expose()
+        );
+    }
+    Ok(())
+}
+
+/// The token signing secret: configured, or (embedded only) generated once and kept in the data dir.
+pub fn jwt_secret(settings: &Settings) -> anyhow::Result<String> {
+    if let Some(secret) = &settings.jwt_secret {
+        if secret.len() < 32 {
+            bail!("SWITCHBOARD_JWT_SECRET must be at least 32 characters");
+        }
+        return Ok(secret.clone());
+    }
+    if settings.is_distributed() {
+        bail!(
+            "SWITCHBOARD_JWT_SECRET is required with DATABASE_URL: every node must sign tokens \
+             with the same secret"
+        );
+    }
+    let path = settings.data_dir.join("jwt.secret");
+    if path.exists() {
+        let secret = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        return Ok(secret.trim().to_owned());
+    }
+    let secret = Alphanumeric.sample_string(&mut rand::rng(), 64);
+    write_private(&path, &secret)?;
+    Ok(secret)
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! Settings: every one a CLI flag with an environment fallback (names fixed in ARCHITECTURE.md).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+/// Switchboard: a live-chat routing server.
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version, about)]
+pub struct Cli {
+    /// What to run; `all` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// The roles one binary can play.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// API and workers in one process; migrates and creates the first admin (the embedded default).
+    All,
+    /// HTTP API only: submits jobs, runs none (distributed mode, any number of nodes).
+    Serve,
+    /// Job workers only (distributed mode, any number of nodes).
+    Work,
+    /// Applies database migrations and creates the first account and admin, then exits.
+    Migrate,
+}
+
+/// Everything configurable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// HTTP + Socket.IO listener.
+    #[arg(long, env = "SWITCHBOARD_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    /// Operator listener (apalis board, metrics).
+    #[arg(long, env = "SWITCHBOARD_OPS_BIND", default_value = "127.0.0.1:8081")]
+    pub ops_bind: SocketAddr,
+
+    /// Where the embedded SQLite files and the generated JWT secret live.
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// `postgres://…` for the distributed mode; unset: SQLite in the data dir.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// `redis://…` for the distributed job storage; unset: apalis-sqlite in the data dir.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key Switchboard writes, so deployments can share a server.
+    #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX", default_value = "switchboard")]
+    pub redis_prefix: String,
+
+    /// Secret signing agent tokens (at least 32 characters). Embedded: generated once and kept in
+    /// the data dir. Required with PostgreSQL, where every node must share it.
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Lifetime of an agent token, in seconds.
+    #[arg(long, env = "SWITCHBOARD_JWT_TTL_SECONDS", default_value_t = 43_200)]
+    pub jwt_ttl_seconds: u64,
+
+    /// E-mail of the first admin, created only when the database has no account.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ADMIN_EMAIL",
+        default_value = "admin@localhost"
+    )]
+    pub admin_email: String,
+
+    /// Password of the first admin; generated and printed once when unset.
+    #[arg(long, env = "SWITCHBOARD_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+
+    /// Name of the first account.
+    #[arg(long, env = "SWITCHBOARD_ACCOUNT_NAME", default_value = "Switchboard")]
+    pub account_name: String,
+
+    /// Tasks of one job queue run at once in a worker process.
+    #[arg(long, env = "SWITCHBOARD_WORKER_CONCURRENCY", default_value_t = 16)]
+    pub worker_concurrency: usize,
+
+    /// How often an idle worker looks for new tasks, in milliseconds.
+    #[arg(long, env = "SWITCHBOARD_POLL_INTERVAL_MS", default_value_t = 20)]
+    pub poll_interval_ms: u64,
+
+    /// Login attempts allowed per client address per minute.
+    #[arg(long, env = "SWITCHBOARD_LOGIN_RATE_PER_MINUTE", default_value_t = 10)]
+    pub login_rate_per_minute: u32,
+
+    /// SMTP server for e-mail (`smtp://user:pass@host:587`); unset: e-mail off.
+    #[arg(long, env = "SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+
+    /// Allow webhook URLs on loopback or private addresses (tests, one-machine setups).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WEBHOOK_ALLOW_PRIVATE",
+        default_value_t = false
+    )]
+    pub webhook_allow_private: bool,
+}
+
+impl Settings {
+    /// Settings from the environment and defaults only, ignoring the process arguments (tests).
+    pub fn from_env() -> Self {
+        Cli::parse_from(["switchboard"]).settings
+    }
+
+    /// True when the application data lives in PostgreSQL (the distributed mode).
+    pub fn is_distributed(&self) -> bool {
+        self.database_url.is_some()
+    }
+
+    /// Token lifetime.
+    pub fn jwt_ttl(&self) -> Duration {
+        Duration::from_secs(self.jwt_ttl_seconds)
+    }
+
+    /// Worker poll interval.
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+}

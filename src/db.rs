@@ -1,0 +1,42 @@
+//! Opening the application database: a SQLite file in the data dir, or PostgreSQL.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+
+use crate::config::Settings;
+
+/// Connects to the configured database (without migrating).
+pub async fn connect(settings: &Settings) -> anyhow::Result<DatabaseConnection> {
+    let mut options = match &settings.database_url {
+        Some(url) => {
+            let mut options = ConnectOptions::new(url.clone());
+            options.max_connections(20);
+            options
+        }
+        None => {
+            std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+                format!("creating the data dir {}", settings.data_dir.display())
+            })?;
+            let path = settings.data_dir.join("switchboard.db");
+            let mut options = ConnectOptions::new(format!("sqlite://{}?mode=rwc", path.display()));
+            // One writer at a time is SQLite's rule; WAL lets readers go on meanwhile and the
+            // busy timeout makes writers queue instead of failing.
+            options.max_connections(8).map_sqlx_sqlite_opts(|o| {
+                o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true)
+            });
+            options
+        }
+    };
+    options
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    Database::connect(options)
+        .await
+        .context("connecting to the database")
+}

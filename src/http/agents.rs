@@ -1,0 +1,417 @@
+//! `/v1/agents`: the people who take chats. Any agent may read the team; admins change it.
+
+use axum::{
+    Router,
+    extract::State,
+    http::StatusCode,
+    routing::{get, post},
+};
+use chrono::{Duration, Utc};
+use entity::{
+    agent_groups, agents, assignments, conversations,
+    enums::{AgentRole, AgentStatus, ConversationStatus},
+};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait,
+    QueryFilter, QuerySelect,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{
+    audit,
+    extract::{Json, Path, Query},
+    resource::{self, ListParams, Page},
+};
+use crate::{
+    auth::{CurrentAgent, hash_password},
+    domain::{Capacity, Email, HttpUrl, Name, Password, nullable},
+    error::ApiError,
+    state::AppState,
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/agents", get(list).post(create))
+        .route("/agents/{id}", get(show).patch(update).delete(remove))
+        .route("/agents/{id}/restore", post(restore))
+        .route("/agents/{id}/stats", get(stats))
+}
+
+/// An agent as the API shows it (never the password hash or token version).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentView {
+    id: i64,
+    name: String,
+    email: String,
+    role: AgentRole,
+    status: AgentStatus,
+    accepting_chats: bool,
+    max_concurrent_chats: i32,
+    active_chats: i32,
+    avatar_url: Option<String>,
+    group_ids: Vec<i64>,
+    last_seen_at: Option<chrono::DateTime<Utc>>,
+    created_at: chrono::DateTime<Utc>,
+    updated_at: chrono::DateTime<Utc>,
+    deleted_at: Option<chrono::DateTime<Utc>>,
+}
+
+impl AgentView {
+    fn new(agent: agents::Model, group_ids: Vec<i64>) -> Self {
+        Self {
+            id: agent.id,
+            name: agent.name,
+            email: agent.email,
+            role: agent.role,
+            status: agent.status,
+            accepting_chats: agent.accepting_chats,
+            max_concurrent_chats: agent.max_concurrent_chats,
+            active_chats: agent.active_chats,
+            avatar_url: agent.avatar_url,
+            group_ids,
+            last_seen_at: agent.last_seen_at,
+            created_at: agent.created_at,
+            updated_at: agent.updated_at,
+            deleted_at: agent.deleted_at,
+        }
+    }
+
+    /// Views of `rows` with their group ids, in one query for the memberships.
+    pub async fn many(
+        db: &impl ConnectionTrait,
+        rows: Vec<agents::Model>,
+    ) -> Result<Vec<Self>, ApiError> {
+        let ids: Vec<i64> = rows.iter().map(|agent| agent.id).collect();
+        let memberships = agent_groups::Entity::find()
+            .filter(agent_groups::Column::AgentId.is_in(ids))
+            .all(db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|agent| {
+                let groups = memberships
+                    .iter()
+                    .filter(|m| m.agent_id == agent.id)
+                    .map(|m| m.group_id)
+                    .collect();
+                Self::new(agent, groups)
+            })
+            .collect())
+    }
+
+    /// The view of one agent.
+    pub async fn one(db: &impl ConnectionTrait, agent: agents::Model) -> Result<Self, ApiError> {
+        let mut views = Self::many(db, vec![agent]).await?;
+        views
+            .pop()
+            .ok_or_else(|| anyhow::anyhow!("view of one agent is empty").into())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateAgent {
+    name: Name,
+    email: Email,
+    password: Password,
+    #[serde(default = "default_role")]
+    role: AgentRole,
+    max_concurrent_chats: Option<Capacity>,
+    avatar_url: Option<HttpUrl>,
+}
+
+fn default_role() -> AgentRole {
+    AgentRole::Agent
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct UpdateAgent {
+    name: Option<Name>,
+    email: Option<Email>,
+    password: Option<Password>,
+    role: Option<AgentRole>,
+    max_concurrent_chats: Option<Capacity>,
+    #[serde(default, deserialize_with = "nullable")]
+    avatar_url: Option<Option<HttpUrl>>,
+}
+
+const DUPLICATE_EMAIL: &str =
+    "an agent with this e-mail already exists in the account (if it was deleted, restore it)";
+
+async fn list(
+    State(state): State<AppState>,
+    caller: CurrentAgent,
+    Query(params): Query<ListParams>,
+) -> Result<Json<Page<AgentView>>, ApiError> {
+    let (rows, next_cursor) =
+        resource::page::<agents::Entity>(&state.db, caller.account_id(), &params, |a| a.id).await?;
+    let items = AgentView::many(&state.db, rows).await?;
+    Ok(Json(Page { items, next_cursor }))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    caller: CurrentAgent,
+    Path(id): Path<i64>,
+) -> Result<Json<AgentView>, ApiError> {
+    let agent = resource::fetch::<agents::Entity>(&state.db, caller.account_id(), id, true).await?;
+    Ok(Json(AgentView::one(&state.db, agent).await?))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    caller: CurrentAgent,
+    Json(body): Json<CreateAgent>,
+) -> Result<(StatusCode, Json<AgentView>), ApiError> {
+    caller.require(AgentRole::Admin)?;
+    let password_hash = hash_password(body.password.expose().to_owned()).await?;
+    let now = Utc::now();
+    let agent = agents::ActiveModel {
+        account_id: Set(caller.account_id()),
+        name: Set(body.name.into()),
+        email: Set(body.email.into()),
+        password_hash: Set(password_hash),
+        role: Set(body.role),
+        status: Set(AgentStatus::Offline),
+        accepting_chats: Set(false),
+        max_concurrent_chats: Set(body.max_concurrent_chats.map_or(6, Capacity::get)),
+        active_chats: Set(0),
+        avatar_url: Set(body.avatar_url.map(Into::into)),
+        token_version: Set(0),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    }
+    .insert(&state.db)
+    .await
+    .map_err(ApiError::conflict_on_unique(DUPLICATE_EMAIL))?;
+    audit::record(
+        &state,
+        &caller,
+        "agent.created",
+        "agent",
+        agent.id,
+        json!({ "email": agent.email, "role": agent.role }),
+    )
+    .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(AgentView::one(&state.db, agent).await?),
+    ))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    caller: CurrentAgent,
+    Path(id): Path<i64>,
+    Json(body): Json<UpdateAgent>,
+) -> Result<Json<AgentView>, ApiError> {
+    caller.require(AgentRole::Admin)?;
+    let password_hash = match &body.password {
+        Some(password) => Some(hash_password(password.expose().to_owned()).await?),
+        None => None,
+    };
+    let txn = jobs::db::begin_write(&state.db).await?;
+    let agent = resource::fetch::<agents::Entity>(&txn, caller.account_id(), id, false).await?;
+    if agent.role == AgentRole::Admin && body.role.is_some_and(|role| role != AgentRole::Admin) {
+        ensure_another_admin(&txn, &agent).await?;
+    }
+    let mut changed = Vec::new();
+    let mut row: agents::ActiveModel = agent.clone().into();
+    if let Some(name) = body.name {
+        row.name = Set(name.into());
+        changed.push("name");
+    }
+    if let Some(email) = body.email {
+        row.email = Set(email.into());
+        changed.push("email");
+    }
+    if let Some(role) = body.role {
+        row.role = Set(role);
+        changed.push("role");
+    }
+    if let Some(capacity) = body.max_concurrent_chats {
+        row.max_concurrent_chats = Set(capacity.get());
+        changed.push("maxConcurrentChats");
+    }
+    if let Some(avatar) = body.avatar_url {
+        row.avatar_url = Set(avatar.map(Into::into));
+        changed.push("avatarUrl");
+    }
+    if let Some(hash) = password_hash {
+        row.password_hash = Set(hash);
+        // A new password signs the agent out everywhere.
+        row.token_version = Set(agent.token_version + 1);
+        changed.push("password");
+    }
+    row.updated_at = Set(Utc::now());
+    let agent = row
+        .update(&txn)
+        .await
+        .map_err(ApiError::conflict_on_unique(DUPLICATE_EMAIL))?;
+    txn.commit().await?;
+    audit::record(
+        &state,
+        &caller,
+        "agent.updated",
+        "agent",
+        id,
+        json!({ "changed": changed }),
+    )
+    .await;
+    Ok(Json(AgentView::one(&state.db, agent).await?))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    caller: CurrentAgent,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(AgentRole::Admin)?;
+    if id == caller.id() {
+        return Err(ApiError::Conflict("you cannot delete yourself".into()));
+    }
+    let txn = jobs::db::begin_write(&state.db).await?;
+    let agent = resource::fetch::<agents::Entity>(&txn, caller.account_id(), id, false).await?;
+    if agent.role == AgentRole::Admin {
+        ensure_another_admin(&txn, &agent).await?;
+    }
+    resource::set_deleted::<agents::Entity>(&txn, caller.account_id(), id, true).await?;
+    // A deleted agent is signed out, offline and takes nothing new (invariant 5).
+    agents::ActiveModel {
+        id: Set(id),
+        status: Set(AgentStatus::Offline),
+        accepting_chats: Set(false),
+        token_version: Set(agent.token_version + 1),
+        updated_at: Set(Utc::now()),
+        ..Default::default()
+    }
+    .update(&txn)
+    .await?;
+    txn.commit().await?;
+    audit::record(&state, &caller, "agent.deleted", "agent", id, json!({})).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn restore(
+    State(state): State<AppState>,
+    caller: CurrentAgent,
+    Path(id): Path<i64>,
+) -> Result<Json<AgentView>, ApiError> {
+    caller.require(AgentRole::Admin)?;
+    resource::set_deleted::<agents::Entity>(&state.db, caller.account_id(), id, false).await?;
+    audit::record(&state, &caller, "agent.restored", "agent", id, json!({})).await;
+    let agent =
+        resource::fetch::<agents::Entity>(&state.db, caller.account_id(), id, false).await?;
+    Ok(Json(AgentView::one(&state.db, agent).await?))
+}
+
+/// Refuses to take the admin role away from the account's last live admin.
+async fn ensure_another_admin(
+    db: &impl ConnectionTrait,
+    agent: &agents::Model,
+) -> Result<(), ApiError> {
+    let others = resource::scoped::<agents::Entity>(agent.account_id)
+        .filter(agents::Column::Role.eq(AgentRole::Admin))
+        .filter(agents::Column::DeletedAt.is_null())
+        .filter(agents::Column::Id.ne(agent.id))
+        .count(db)
+        .await?;
+    if others == 0 {
+        return Err(ApiError::Conflict(
+            "the account must keep at least one admin".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Workload and service numbers of one agent.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AgentStats {
+    agent_id: i64,
+    status: AgentStatus,
+    accepting_chats: bool,
+    max_concurrent_chats: i32,
+    /// The maintained counter.
+    active_chats: i32,
+    /// Active conversations counted from their rows (equal to `activeChats` unless repairing).
+    active_conversations: u64,
+    assignments_total: u64,
+    assignments_last_24h: u64,
+    /// Conversations the agent resolved or closed.
+    conversations_finished: u64,
+    /// Mean seconds from assignment to the agent's first reply, last 30 days.
+    average_first_response_seconds: Option<f64>,
+}
+
+async fn stats(
+    State(state): State<AppState>,
+    caller: CurrentAgent,
+    Path(id): Path<i64>,
+) -> Result<Json<AgentStats>, ApiError> {
+    if id != caller.id() {
+        caller.require(AgentRole::Supervisor)?;
+    }
+    let account = caller.account_id();
+    let agent = resource::fetch::<agents::Entity>(&state.db, account, id, true).await?;
+    let now = Utc::now();
+    let conversations_of_agent = || {
+        conversations::Entity::find()
+            .filter(conversations::Column::AccountId.eq(account))
+            .filter(conversations::Column::AssignedAgentId.eq(id))
+    };
+    let assignments_of_agent = || {
+        assignments::Entity::find()
+            .filter(assignments::Column::AccountId.eq(account))
+            .filter(assignments::Column::AgentId.eq(id))
+    };
+    let active_conversations = conversations_of_agent()
+        .filter(conversations::Column::Status.eq(ConversationStatus::Active))
+        .count(&state.db)
+        .await?;
+    let conversations_finished = conversations_of_agent()
+        .filter(
+            conversations::Column::Status
+                .is_in([ConversationStatus::Resolved, ConversationStatus::Closed]),
+        )
+        .count(&state.db)
+        .await?;
+    let assignments_total = assignments_of_agent().count(&state.db).await?;
+    let assignments_last_24h = assignments_of_agent()
+        .filter(assignments::Column::AssignedAt.gte(now - Duration::hours(24)))
+        .count(&state.db)
+        .await?;
+    type Moments = (Option<chrono::DateTime<Utc>>, Option<chrono::DateTime<Utc>>);
+    let response_times: Vec<Moments> = conversations_of_agent()
+        .filter(conversations::Column::AssignedAt.gte(now - Duration::days(30)))
+        .filter(conversations::Column::FirstResponseAt.is_not_null())
+        .select_only()
+        .column(conversations::Column::AssignedAt)
+        .column(conversations::Column::FirstResponseAt)
+        .limit(10_000)
+        .into_tuple()
+        .all(&state.db)
+        .await?;
+    let seconds: Vec<f64> = response_times
+        .into_iter()
+        .filter_map(|(assigned, first)| Some((first? - assigned?).num_milliseconds() as f64 / 1e3))
+        .collect();
+    let average_first_response_seconds =
+        (!seconds.is_empty()).then(|| seconds.iter().sum::<f64>() / seconds.len() as f64);
+    Ok(Json(AgentStats {
+        agent_id: agent.id,
+        status: agent.status,
+        accepting_chats: agent.accepting_chats,
+        max_concurrent_chats: agent.max_concurrent_chats,
+        active_chats: agent.active_chats,
+        active_conversations,
+        assignments_total,
+        assignments_last_24h,
+        conversations_finished,
+        average_first_response_seconds,
+    }))
+}

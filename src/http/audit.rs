@@ -1,0 +1,111 @@
+//! The audit trail: every administrative change submits a `RecordAudit` job; admins read it here.
+
+use axum::{Router, extract::State, routing::get};
+use chrono::{DateTime, Utc};
+use entity::{audit_log, enums::AgentRole};
+use jobs::audit::RecordAudit;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    extract::{Json, Query},
+    resource::Page,
+};
+use crate::{auth::CurrentAgent, error::ApiError, state::AppState};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/audit", get(list))
+}
+
+/// Submits the audit record of a change the caller just committed.
+///
+/// The change is already durable, so a job storage outage must not fail the request: it is
+/// logged (without the details, which may name people) and the record is lost.
+pub async fn record(
+    state: &AppState,
+    caller: &CurrentAgent,
+    action: &str,
+    subject_type: &str,
+    subject_id: i64,
+    details: serde_json::Value,
+) {
+    let job = RecordAudit::new(
+        caller.account_id(),
+        Some(caller.id()),
+        action,
+        subject_type,
+        Some(subject_id),
+        details,
+    );
+    if let Err(err) = state.jobs.submit(job).await {
+        tracing::warn!(action, subject_type, subject_id, %err, "audit record not submitted");
+    }
+}
+
+/// One audit entry.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AuditEntry {
+    id: i64,
+    actor_agent_id: Option<i64>,
+    action: String,
+    subject_type: String,
+    subject_id: Option<i64>,
+    details: serde_json::Value,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AuditParams {
+    limit: Option<u64>,
+    after: Option<i64>,
+    action: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: CurrentAgent,
+    Query(params): Query<AuditParams>,
+) -> Result<Json<Page<AuditEntry>>, ApiError> {
+    caller.require(AgentRole::Admin)?;
+    let limit = match params.limit.unwrap_or(50) {
+        limit @ 1..=200 => limit,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "limit must be between 1 and 200, got {other}"
+            )));
+        }
+    };
+    let mut query = audit_log::Entity::find()
+        .filter(audit_log::Column::AccountId.eq(caller.account_id()))
+        .filter(audit_log::Column::Id.gt(params.after.unwrap_or(0)));
+    if let Some(action) = params.action {
+        query = query.filter(audit_log::Column::Action.eq(action));
+    }
+    let mut rows = query
+        .order_by_asc(audit_log::Column::Id)
+        .limit(limit + 1)
+        .all(&state.db)
+        .await?;
+    let more = rows.len() as u64 > limit;
+    rows.truncate(limit as usize);
+    let next_cursor = if more {
+        rows.last().map(|r| r.id)
+    } else {
+        None
+    };
+    let items = rows
+        .into_iter()
+        .map(|row| AuditEntry {
+            id: row.id,
+            actor_agent_id: row.actor_agent_id,
+            action: row.action,
+            subject_type: row.subject_type,
+            subject_id: row.subject_id,
+            details: row.details,
+            created_at: row.created_at,
+        })
+        .collect();
+    Ok(Json(Page { items, next_cursor }))
+}

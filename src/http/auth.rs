@@ -1,0 +1,87 @@
+//! `/v1/auth`: sign in with e-mail and password, and ask who you are.
+
+use axum::{
+    Router,
+    extract::State,
+    routing::{get, post},
+};
+use entity::agents;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+use serde::{Deserialize, Serialize};
+
+use super::{agents::AgentView, extract::Json, rate_limit};
+use crate::{
+    auth::{CurrentAgent, verify_decoy, verify_password},
+    error::ApiError,
+    state::AppState,
+};
+
+pub fn router(state: &AppState) -> Router<AppState> {
+    let login_limit = rate_limit::per_client(state.settings.login_rate_per_minute);
+    Router::new()
+        .route("/auth/login", post(login).layer(login_limit))
+        .route("/auth/me", get(me))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Login {
+    email: String,
+    password: String,
+    /// Needed only when the same e-mail belongs to agents of several accounts.
+    account_id: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Session {
+    token: String,
+    token_type: &'static str,
+    /// Unix seconds.
+    expires_at: i64,
+    agent: AgentView,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    Json(body): Json<Login>,
+) -> Result<Json<Session>, ApiError> {
+    const REFUSED: ApiError = ApiError::Unauthorized("wrong e-mail or password");
+    if body.email.len() > 320 || body.password.len() > 1024 {
+        return Err(REFUSED);
+    }
+    let mut query = agents::Entity::find()
+        .filter(agents::Column::Email.eq(body.email.trim().to_lowercase()))
+        .filter(agents::Column::DeletedAt.is_null());
+    if let Some(account) = body.account_id {
+        query = query.filter(agents::Column::AccountId.eq(account));
+    }
+    let candidates = query.limit(10).all(&state.db).await?;
+    if candidates.is_empty() {
+        // Take as long as a wrong password would, so the answer does not tell who has an account.
+        verify_decoy(body.password).await?;
+        return Err(REFUSED);
+    }
+    for agent in candidates {
+        if verify_password(body.password.clone(), agent.password_hash.clone()).await? {
+            let (token, expires_at) =
+                state
+                    .tokens
+                    .issue(agent.id, agent.account_id, agent.token_version)?;
+            return Ok(Json(Session {
+                token,
+                token_type: "Bearer",
+                expires_at,
+                agent: AgentView::one(&state.db, agent).await?,
+            }));
+        }
+    }
+    Err(REFUSED)
+}
+
+async fn me(
+    State(state): State<AppState>,
+    caller: CurrentAgent,
+) -> Result<Json<AgentView>, ApiError> {
+    Ok(Json(AgentView::one(&state.db, caller.agent).await?))
+}

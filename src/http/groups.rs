@@ -1,0 +1,395 @@
+//! `/v1/groups`: departments with their routing strategy, timers and members.
+//! Any agent reads; supervisors and admins change.
+
+use axum::{
+    Router,
+    extract::State,
+    http::StatusCode,
+    routing::{delete, get, post},
+};
+use chrono::{DateTime, Utc};
+use entity::{
+    agent_groups, agents,
+    enums::{AgentRole, RoutingStrategy},
+    groups,
+};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    sea_query::OnConflict,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{
+    audit,
+    extract::{Json, Path, Query},
+    resource::{self, ListParams, Page},
+};
+use crate::{
+    auth::CurrentAgent,
+    domain::{Bounded, Description, Name, nullable},
+    error::ApiError,
+    state::AppState,
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/groups", get(list).post(create))
+        .route("/groups/{id}", get(show).patch(update).delete(remove))
+        .route("/groups/{id}/restore", post(restore))
+        .route("/groups/{id}/agents", post(add_member))
+        .route("/groups/{id}/agents/{agent_id}", delete(remove_member))
+}
+
+/// Seconds an agent has to answer before the chat is reassigned: 10 s to a day.
+type ResponseTimeout = Bounded<10, 86_400>;
+/// Seconds without visitor activity before the chat is closed: a minute to a week.
+type IdleTimeout = Bounded<60, 604_800>;
+/// First-response SLA and maximum queue wait, in seconds: 10 s to a day.
+type SlaSeconds = Bounded<10, 86_400>;
+/// Reassignments before a chat stays queued and supervisors are alerted.
+type MaxReassignments = Bounded<0, 20>;
+
+/// A group as the API shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupView {
+    id: i64,
+    name: String,
+    description: Option<String>,
+    routing_strategy: RoutingStrategy,
+    is_default: bool,
+    agent_response_timeout_seconds: i32,
+    visitor_idle_timeout_seconds: i32,
+    first_response_sla_seconds: i32,
+    max_reassignments: i32,
+    max_queue_wait_seconds: Option<i32>,
+    agent_ids: Vec<i64>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    deleted_at: Option<DateTime<Utc>>,
+}
+
+impl GroupView {
+    async fn many(
+        db: &impl ConnectionTrait,
+        rows: Vec<groups::Model>,
+    ) -> Result<Vec<Self>, ApiError> {
+        let ids: Vec<i64> = rows.iter().map(|group| group.id).collect();
+        let members = agent_groups::Entity::find()
+            .filter(agent_groups::Column::GroupId.is_in(ids))
+            .all(db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|group| Self {
+                agent_ids: members
+                    .iter()
+                    .filter(|m| m.group_id == group.id)
+                    .map(|m| m.agent_id)
+                    .collect(),
+                id: group.id,
+                name: group.name,
+                description: group.description,
+                routing_strategy: group.routing_strategy,
+                is_default: group.is_default,
+                agent_response_timeout_seconds: group.agent_response_timeout_seconds,
+                visitor_idle_timeout_seconds: group.visitor_idle_timeout_seconds,
+                first_response_sla_seconds: group.first_response_sla_seconds,
+                max_reassignments: group.max_reassignments,
+                max_queue_wait_seconds: group.max_queue_wait_seconds,
+                created_at: group.created_at,
+                updated_at: group.updated_at,
+                deleted_at: group.deleted_at,
+            })
+            .collect())
+    }
+
+    async fn one(db: &impl ConnectionTrait, group: groups::Model) -> Result<Self, ApiError> {
+        let mut views = Self::many(db, vec![group]).await?;
+        views
+            .pop()
+            .ok_or_else(|| anyhow::anyhow!("view of one group is empty").into())
+    }
+}
+
+/// Fields of a create (all but `name` optional) and of an update (all optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GroupFields {
+    name: Option<Name>,
+    #[serde(default, deserialize_with = "nullable")]
+    description: Option<Option<Description>>,
+    routing_strategy: Option<RoutingStrategy>,
+    is_default: Option<bool>,
+    agent_response_timeout_seconds: Option<ResponseTimeout>,
+    visitor_idle_timeout_seconds: Option<IdleTimeout>,
+    first_response_sla_seconds: Option<SlaSeconds>,
+    max_reassignments: Option<MaxReassignments>,
+    #[serde(default, deserialize_with = "nullable")]
+    max_queue_wait_seconds: Option<Option<SlaSeconds>>,
+}
+
+impl GroupFields {
+    /// Applies every given field to `row`; returns the names of those changed.
+    fn apply(self, row: &mut groups::ActiveModel) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        macro_rules! set {
+            ($field:ident, $name:literal, $map:expr) => {
+                if let Some(value) = self.$field {
+                    row.$field = Set($map(value));
+                    changed.push($name);
+                }
+            };
+        }
+        set!(name, "name", String::from);
+        set!(description, "description", |d: Option<Description>| d
+            .map(String::from));
+        set!(routing_strategy, "routingStrategy", |s| s);
+        set!(is_default, "isDefault", |d| d);
+        set!(
+            agent_response_timeout_seconds,
+            "agentResponseTimeoutSeconds",
+            ResponseTimeout::get
+        );
+        set!(
+            visitor_idle_timeout_seconds,
+            "visitorIdleTimeoutSeconds",
+            IdleTimeout::get
+        );
+        set!(
+            first_response_sla_seconds,
+            "firstResponseSlaSeconds",
+            SlaSeconds::get
+        );
+        set!(max_reassignments, "maxReassignments", MaxReassignments::get);
+        set!(
+            max_queue_wait_seconds,
+            "maxQueueWaitSeconds",
+            |s: Option<SlaSeconds>| s.map(SlaSeconds::get)
+        );
+        changed
+    }
+}
+
+const DUPLICATE_NAME: &str =
+    "a group with this name already exists in the account (if it was deleted, restore it)";
+
+/// Makes `id` the account's only default group.
+async fn make_default(db: &impl ConnectionTrait, account: i64, id: i64) -> Result<(), ApiError> {
+    groups::Entity::update_many()
+        .col_expr(groups::Column::IsDefault, false.into())
+        .filter(groups::Column::AccountId.eq(account))
+        .filter(groups::Column::Id.ne(id))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: CurrentAgent,
+    Query(params): Query<ListParams>,
+) -> Result<Json<Page<GroupView>>, ApiError> {
+    let (rows, next_cursor) =
+        resource::page::<groups::Entity>(&state.db, caller.account_id(), &params, |g| g.id).await?;
+    let items = GroupView::many(&state.db, rows).await?;
+    Ok(Json(Page { items, next_cursor }))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    caller: CurrentAgent,
+    Path(id): Path<i64>,
+) -> Result<Json<GroupView>, ApiError> {
+    let group = resource::fetch::<groups::Entity>(&state.db, caller.account_id(), id, true).await?;
+    Ok(Json(GroupView::one(&state.db, group).await?))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    caller: CurrentAgent,
+    Json(fields): Json<GroupFields>,
+) -> Result<(StatusCode, Json<GroupView>), ApiError> {
+    caller.require(AgentRole::Supervisor)?;
+    if fields.name.is_none() {
+        return Err(ApiError::Unprocessable("missing field `name`".into()));
+    }
+    let now = Utc::now();
+    let mut row = groups::ActiveModel {
+        account_id: Set(caller.account_id()),
+        description: Set(None),
+        routing_strategy: Set(RoutingStrategy::LeastLoaded),
+        is_default: Set(false),
+        agent_response_timeout_seconds: Set(120),
+        visitor_idle_timeout_seconds: Set(900),
+        first_response_sla_seconds: Set(60),
+        max_reassignments: Set(3),
+        max_queue_wait_seconds: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    };
+    fields.apply(&mut row);
+    let txn = jobs::db::begin_write(&state.db).await?;
+    let group = row
+        .insert(&txn)
+        .await
+        .map_err(ApiError::conflict_on_unique(DUPLICATE_NAME))?;
+    if group.is_default {
+        make_default(&txn, caller.account_id(), group.id).await?;
+    }
+    txn.commit().await?;
+    audit::record(
+        &state,
+        &caller,
+        "group.created",
+        "group",
+        group.id,
+        json!({ "name": group.name }),
+    )
+    .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(GroupView::one(&state.db, group).await?),
+    ))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    caller: CurrentAgent,
+    Path(id): Path<i64>,
+    Json(fields): Json<GroupFields>,
+) -> Result<Json<GroupView>, ApiError> {
+    caller.require(AgentRole::Supervisor)?;
+    let txn = jobs::db::begin_write(&state.db).await?;
+    let group = resource::fetch::<groups::Entity>(&txn, caller.account_id(), id, false).await?;
+    if group.is_default && fields.is_default == Some(false) {
+        return Err(ApiError::Conflict(
+            "the account needs a default group: make another group the default instead".into(),
+        ));
+    }
+    let mut row: groups::ActiveModel = group.into();
+    let changed = fields.apply(&mut row);
+    row.updated_at = Set(Utc::now());
+    let group = row
+        .update(&txn)
+        .await
+        .map_err(ApiError::conflict_on_unique(DUPLICATE_NAME))?;
+    if group.is_default {
+        make_default(&txn, caller.account_id(), group.id).await?;
+    }
+    txn.commit().await?;
+    audit::record(
+        &state,
+        &caller,
+        "group.updated",
+        "group",
+        id,
+        json!({ "changed": changed }),
+    )
+    .await;
+    Ok(Json(GroupView::one(&state.db, group).await?))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    caller: CurrentAgent,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(AgentRole::Supervisor)?;
+    let group =
+        resource::fetch::<groups::Entity>(&state.db, caller.account_id(), id, false).await?;
+    if group.is_default {
+        return Err(ApiError::Conflict(
+            "the default group cannot be deleted: make another group the default first".into(),
+        ));
+    }
+    resource::set_deleted::<groups::Entity>(&state.db, caller.account_id(), id, true).await?;
+    audit::record(&state, &caller, "group.deleted", "group", id, json!({})).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn restore(
+    State(state): State<AppState>,
+    caller: CurrentAgent,
+    Path(id): Path<i64>,
+) -> Result<Json<GroupView>, ApiError> {
+    caller.require(AgentRole::Supervisor)?;
+    resource::set_deleted::<groups::Entity>(&state.db, caller.account_id(), id, false).await?;
+    audit::record(&state, &caller, "group.restored", "group", id, json!({})).await;
+    let group =
+        resource::fetch::<groups::Entity>(&state.db, caller.account_id(), id, false).await?;
+    Ok(Json(GroupView::one(&state.db, group).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AddMember {
+    agent_id: i64,
+}
+
+async fn add_member(
+    State(state): State<AppState>,
+    caller: CurrentAgent,
+    Path(id): Path<i64>,
+    Json(body): Json<AddMember>,
+) -> Result<Json<GroupView>, ApiError> {
+    caller.require(AgentRole::Supervisor)?;
+    let account = caller.account_id();
+    let group = resource::fetch::<groups::Entity>(&state.db, account, id, false).await?;
+    resource::fetch::<agents::Entity>(&state.db, account, body.agent_id, false).await?;
+    // Adding a member twice is the same as adding it once.
+    agent_groups::Entity::insert(agent_groups::ActiveModel {
+        agent_id: Set(body.agent_id),
+        group_id: Set(id),
+        account_id: Set(account),
+        created_at: Set(Utc::now()),
+    })
+    .on_conflict(
+        OnConflict::columns([agent_groups::Column::AgentId, agent_groups::Column::GroupId])
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(&state.db)
+    .await?;
+    audit::record(
+        &state,
+        &caller,
+        "group.member_added",
+        "group",
+        id,
+        json!({ "agentId": body.agent_id }),
+    )
+    .await;
+    Ok(Json(GroupView::one(&state.db, group).await?))
+}
+
+async fn remove_member(
+    State(state): State<AppState>,
+    caller: CurrentAgent,
+    Path((id, agent_id)): Path<(i64, i64)>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(AgentRole::Supervisor)?;
+    let account = caller.account_id();
+    resource::fetch::<groups::Entity>(&state.db, account, id, false).await?;
+    let removed = agent_groups::Entity::delete_many()
+        .filter(agent_groups::Column::AccountId.eq(account))
+        .filter(agent_groups::Column::GroupId.eq(id))
+        .filter(agent_groups::Column::AgentId.eq(agent_id))
+        .exec(&state.db)
+        .await?;
+    if removed.rows_affected == 0 {
+        return Err(ApiError::NotFound("group member"));
+    }
+    audit::record(
+        &state,
+        &caller,
+        "group.member_removed",
+        "group",
+        id,
+        json!({ "agentId": agent_id }),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,75 @@
+//! The HTTP API (`/v1`, JSON, camelCase). Thin by rule: validate at the edge, write what the caller
+//! must see at once, submit jobs, answer. Each feature module builds its own `router()`; this one
+//! only merges them and adds the cross-cutting layers.
+
+mod agents;
+mod audit;
+mod auth;
+mod extract;
+mod groups;
+mod health;
+pub mod rate_limit;
+mod resource;
+mod tags;
+
+use std::time::Duration;
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    http::{HeaderName, Method, header},
+    middleware,
+};
+use tower_http::{
+    cors::{Any, CorsLayer},
+    timeout::TimeoutLayer,
+    trace::TraceLayer,
+};
+
+use crate::{
+    error::{log_server_errors, method_not_allowed, not_found},
+    state::AppState,
+};
+
+/// Largest request body accepted.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// The public router, with `state` applied.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .merge(auth::router(&state))
+        .merge(agents::router())
+        .merge(groups::router())
+        .merge(tags::router())
+        .merge(audit::router())
+        .fallback(not_found);
+    // Tokens travel in the Authorization header, never in cookies, so any origin may call.
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-request-id"),
+        ]);
+    Router::new()
+        .nest("/v1", v1)
+        .merge(health::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(log_server_errors))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(30),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .layer(cors)
+        .with_state(state)
+}

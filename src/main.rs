@@ -1,0 +1,54 @@
+use clap::Parser;
+use switchboard::{
+    config::{Cli, Command},
+    startup::{Application, prepare_database},
+    telemetry,
+};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init("info");
+    switchboard::install_crypto_provider();
+    let command = cli.command.unwrap_or(Command::All);
+    if command == Command::Migrate {
+        prepare_database(&cli.settings, command).await?;
+        tracing::info!("database is up to date");
+        return Ok(());
+    }
+    let app = Application::build(cli.settings, command).await?;
+    if let Some(addr) = app.local_addr() {
+        tracing::info!("Switchboard ({command:?}) listening on http://{addr}");
+    } else {
+        tracing::info!("Switchboard worker started");
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down: finishing in-flight requests and jobs");
+            shutdown.cancel();
+        }
+    });
+    app.run_until_stopped(shutdown).await
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

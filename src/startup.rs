@@ -1,0 +1,154 @@
+//! Building and running the application: database, job storage, HTTP listener, workers.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use jobs::{JobContext, JobStore, WorkerOptions};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::DatabaseConnection;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::TokenKeys,
+    bootstrap,
+    config::{Command, Settings},
+    db, http,
+    state::AppState,
+};
+
+/// Connects to the database and makes its schema current (`all`, `migrate`) or checks that it is
+/// (`serve`, `work`: several nodes must not race to migrate; run `switchboard migrate` first).
+pub async fn prepare_database(
+    settings: &Settings,
+    command: Command,
+) -> anyhow::Result<DatabaseConnection> {
+    let db = db::connect(settings).await?;
+    match command {
+        Command::All | Command::Migrate => {
+            Migrator::up(&db, None)
+                .await
+                .context("running migrations")?;
+            bootstrap::first_account(&db, settings).await?;
+        }
+        Command::Serve | Command::Work => {
+            let pending = Migrator::get_pending_migrations(&db).await?;
+            if !pending.is_empty() {
+                anyhow::bail!(
+                    "the database schema is {} migration(s) behind: run `switchboard migrate` first",
+                    pending.len()
+                );
+            }
+        }
+    }
+    Ok(db)
+}
+
+/// A built application, listening but not yet serving.
+pub struct Application {
+    state: AppState,
+    listener: Option<TcpListener>,
+    run_workers: bool,
+}
+
+impl Application {
+    /// Opens everything `command` needs. `Command::Migrate` is handled by [`prepare_database`].
+    pub async fn build(settings: Settings, command: Command) -> anyhow::Result<Self> {
+        let db = prepare_database(&settings, command).await?;
+        let jobs = match &settings.redis_url {
+            Some(url) => JobStore::open_redis(url, &settings.redis_prefix).await,
+            None => {
+                std::fs::create_dir_all(&settings.data_dir)?;
+                JobStore::open_sqlite(&settings.data_dir.join("jobs.db")).await
+            }
+        }?;
+        let secret = bootstrap::jwt_secret(&settings)?;
+        let tokens = TokenKeys::new(secret.as_bytes(), settings.jwt_ttl());
+        let listener = match command {
+            Command::All | Command::Serve => Some(
+                TcpListener::bind(settings.bind)
+                    .await
+                    .with_context(|| format!("binding {}", settings.bind))?,
+            ),
+            Command::Work | Command::Migrate => None,
+        };
+        Ok(Self {
+            state: AppState {
+                db,
+                jobs,
+                tokens: tokens.into(),
+                settings: settings.into(),
+            },
+            listener,
+            run_workers: matches!(command, Command::All | Command::Work),
+        })
+    }
+
+    /// Where the HTTP API listens (`None` for a worker-only process).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The shared state (tests use its database handle to check what jobs wrote).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves and works until `shutdown` is cancelled; in-flight requests and jobs then finish.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            state,
+            listener,
+            run_workers,
+        } = self;
+        let ctx = JobContext {
+            db: state.db.clone(),
+            jobs: state.jobs.clone(),
+        };
+        let options = WorkerOptions {
+            concurrency: state.settings.worker_concurrency.max(1),
+            poll_interval: state.settings.poll_interval(),
+            node: node_name(),
+        };
+        let http = {
+            let shutdown = shutdown.clone();
+            async move {
+                if let Some(listener) = listener {
+                    let app =
+                        http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown.cancelled_owned())
+                        .await
+                        .context("HTTP server")?;
+                }
+                anyhow::Ok(())
+            }
+        };
+        let workers = async move {
+            if run_workers {
+                jobs::monitor(ctx, &options)
+                    .run_with_signal(async move {
+                        shutdown.cancelled().await;
+                        Ok(())
+                    })
+                    .await
+                    .context("job workers")?;
+            }
+            anyhow::Ok(())
+        };
+        tokio::try_join!(http, workers)?;
+        Ok(())
+    }
+}
+
+/// Unique among worker processes: host, pid and a random part (apalis refuses duplicate names).
+fn node_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let suffix = ulid::Ulid::new().to_string();
+    format!("{host}-{}-{}", std::process::id(), &suffix[20..])
+}

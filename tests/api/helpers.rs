@@ -1,0 +1,418 @@
+//! `spawn_app()`: the real application on a random port, with a database and job storage of its
+//! own, and a `TestApp` with one method per endpoint.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use chrono::Utc;
+use entity::{
+    accounts, agents,
+    enums::{AgentRole, AgentStatus},
+};
+use reqwest::{Method, StatusCode};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, Database, DatabaseConnection};
+use serde_json::{Value, json};
+use switchboard::{
+    config::{Command, Settings},
+    startup::Application,
+    state::AppState,
+};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN_EMAIL: &str = "admin@example.com";
+pub const ADMIN_PASSWORD: &str = "admin-password-1";
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+/// Which of the two deployments a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file + apalis-sqlite, in a temporary data dir.
+    Embedded,
+    /// A fresh PostgreSQL database + Redis under a unique key prefix.
+    Distributed,
+}
+
+/// Where a test app keeps its data; shared by apps that play different roles on the same data.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
+    pub redis_prefix: String,
+    _dir: Arc<tempfile::TempDir>,
+}
+
+pub fn redis_url() -> String {
+    std::env::var("SWITCHBOARD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("SWITCHBOARD_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://switchboard:switchboard@127.0.0.1:5432/postgres".into())
+}
+
+const START_SERVICES: &str =
+    "start the test services with `./scripts/test` (it installs and starts PostgreSQL and Redis)";
+
+/// Drops the databases and keys earlier test runs left, once per test process.
+async fn clean_leftovers(admin: &DatabaseConnection) {
+    static CLEANED: OnceCell<()> = OnceCell::const_new();
+    CLEANED
+        .get_or_init(|| async {
+            let me = format!("sb_test_{}_", std::process::id());
+            let rows = admin
+                .query_all_raw(sea_orm::Statement::from_string(
+                    admin.get_database_backend(),
+                    "SELECT datname FROM pg_database WHERE datname LIKE 'sb_test_%'",
+                ))
+                .await
+                .unwrap_or_default();
+            for row in rows {
+                let Ok(name) = row.try_get::<String>("", "datname") else {
+                    continue;
+                };
+                if !name.starts_with(&me) {
+                    let _ = admin
+                        .execute_unprepared(&format!(
+                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                        ))
+                        .await;
+                }
+            }
+        })
+        .await;
+}
+
+impl Storage {
+    pub async fn new(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let data_dir = dir.path().to_path_buf();
+        let suffix = ulid::Ulid::new().to_string().to_lowercase();
+        let (database_url, redis_url) = match backend {
+            Backend::Embedded => (None, None),
+            Backend::Distributed => {
+                let admin_url = postgres_admin_url();
+                let admin = Database::connect(&admin_url).await.unwrap_or_else(|err| {
+                    panic!("PostgreSQL at {admin_url} is unreachable ({err}): {START_SERVICES}")
+                });
+                clean_leftovers(&admin).await;
+                let name = format!("sb_test_{}_{suffix}", std::process::id());
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                    .await
+                    .expect("creating a test database");
+                let (base, _) = admin_url
+                    .rsplit_once('/')
+                    .expect("a database URL with a path");
+                let redis = redis_url();
+                let client = redis::Client::open(redis.as_str()).expect("a Redis URL");
+                client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap_or_else(|err| {
+                        panic!("Redis at {redis} is unreachable ({err}): {START_SERVICES}")
+                    });
+                (Some(format!("{base}/{name}")), Some(redis))
+            }
+        };
+        Self {
+            data_dir,
+            database_url,
+            redis_url,
+            redis_prefix: format!("sbtest:{suffix}"),
+            _dir: Arc::new(dir),
+        }
+    }
+
+    pub fn settings(&self) -> Settings {
+        Settings {
+            bind: "127.0.0.1:0".parse().expect("an address"),
+            ops_bind: "127.0.0.1:0".parse().expect("an address"),
+            data_dir: self.data_dir.clone(),
+            database_url: self.database_url.clone(),
+            redis_url: self.redis_url.clone(),
+            redis_prefix: self.redis_prefix.clone(),
+            jwt_secret: self.database_url.as_ref().map(|_| JWT_SECRET.to_owned()),
+            jwt_ttl_seconds: 3600,
+            admin_email: ADMIN_EMAIL.into(),
+            admin_password: Some(ADMIN_PASSWORD.into()),
+            account_name: "Acme".into(),
+            worker_concurrency: 4,
+            poll_interval_ms: 20,
+            login_rate_per_minute: 1000,
+            smtp_url: None,
+            webhook_allow_private: true,
+        }
+    }
+}
+
+/// A running application and a client for it.
+pub struct TestApp {
+    pub address: String,
+    pub state: AppState,
+    pub client: reqwest::Client,
+    pub storage: Storage,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A response: status and JSON body (`Value::Null` when empty).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The `error.code` of an error body.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"]
+            .as_str()
+            .unwrap_or("<no error code>")
+    }
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_with(Storage::new(backend).await, Command::All, |_| {}).await
+}
+
+/// Starts the app in `command` role on `storage`, after `tweak` adjusts its settings.
+pub async fn spawn_with(
+    storage: Storage,
+    command: Command,
+    tweak: impl FnOnce(&mut Settings),
+) -> TestApp {
+    switchboard::install_crypto_provider();
+    if std::env::var("TEST_LOG").is_ok() {
+        switchboard::telemetry::init("info");
+    }
+    let mut settings = storage.settings();
+    tweak(&mut settings);
+    let app = Application::build(settings, command)
+        .await
+        .expect("the application builds");
+    let address = app
+        .local_addr()
+        .map(|addr| format!("http://{addr}"))
+        .unwrap_or_default();
+    let state = app.state().clone();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    TestApp {
+        address,
+        state,
+        client: reqwest::Client::new(),
+        storage,
+        shutdown,
+        task: Some(task),
+    }
+}
+
+impl TestApp {
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.state.db
+    }
+
+    /// Stops the app and waits until its requests and jobs have finished.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("the app task")
+                .expect("the app stops cleanly");
+        }
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.address));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("the request is sent");
+        let status = response.status();
+        let text = response.text().await.expect("a body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("a JSON body, got {status}: {text}"))
+        };
+        Reply { status, body }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.request(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.request(Method::POST, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.request(Method::PATCH, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Reply {
+        self.request(Method::DELETE, path, Some(token), None).await
+    }
+
+    /// Sends raw bytes with a content type (for malformed bodies).
+    pub async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Reply {
+        let response = self
+            .client
+            .request(method, format!("{}{path}", self.address))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("the request is sent");
+        let status = response.status();
+        let text = response.text().await.expect("a body");
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("a JSON body, got {status}: {text}"));
+        Reply { status, body }
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Reply {
+        self.request(
+            Method::POST,
+            "/v1/auth/login",
+            None,
+            Some(json!({ "email": email, "password": password })),
+        )
+        .await
+    }
+
+    /// A token of the bootstrap admin.
+    pub async fn admin_token(&self) -> String {
+        self.token_for(ADMIN_EMAIL, ADMIN_PASSWORD).await
+    }
+
+    pub async fn token_for(&self, email: &str, password: &str) -> String {
+        let reply = self.login(email, password).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "login of {email}: {:?}",
+            reply.body
+        );
+        reply.body["token"].as_str().expect("a token").to_owned()
+    }
+
+    /// Creates an agent with `role` through the API; returns its id and token.
+    pub async fn agent_with_role(&self, admin: &str, role: &str) -> (i64, String) {
+        let email = format!(
+            "{role}-{}@example.com",
+            ulid::Ulid::new().to_string().to_lowercase()
+        );
+        let reply = self
+            .post(
+                "/v1/agents",
+                admin,
+                json!({ "name": format!("A {role}"), "email": email, "password": "password-123", "role": role }),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        let id = reply.body["id"].as_i64().expect("an id");
+        (id, self.token_for(&email, "password-123").await)
+    }
+
+    /// A second account with its own admin, written straight to the database (accounts have no
+    /// public creation endpoint); returns the admin's token.
+    pub async fn second_account_admin(&self) -> String {
+        let now = Utc::now();
+        let account = accounts::ActiveModel {
+            name: Set("Other".into()),
+            created_at: Set(now),
+            ..Default::default()
+        }
+        .insert(self.db())
+        .await
+        .expect("an account");
+        let email = "other-admin@example.com";
+        agents::ActiveModel {
+            account_id: Set(account.id),
+            name: Set("Other admin".into()),
+            email: Set(email.into()),
+            password_hash: Set(switchboard::auth::hash_password("other-password".into())
+                .await
+                .expect("a hash")),
+            role: Set(AgentRole::Admin),
+            status: Set(AgentStatus::Offline),
+            accepting_chats: Set(false),
+            max_concurrent_chats: Set(6),
+            active_chats: Set(0),
+            token_version: Set(0),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        }
+        .insert(self.db())
+        .await
+        .expect("an admin");
+        self.token_for(email, "other-password").await
+    }
+}
+
+/// Polls `probe` until it returns `Some`, for at most `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Runs a test body against both deployments.
+#[macro_export]
+macro_rules! both_backends {
+    ($(#[$meta:meta])* async fn $name:ident($backend:ident: Backend) $body:block) => {
+        mod $name {
+            use super::*;
+            async fn run($backend: Backend) $body
+            $(#[$meta])*
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() { run(Backend::Embedded).await }
+            $(#[$meta])*
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn distributed() { run(Backend::Distributed).await }
+        }
+    };
+}
