@@ -32,11 +32,33 @@ pub async fn first_account(db: &DatabaseConnection, settings: &Settings) -> anyh
     let password = Password::try_from(password)
         .map_err(|err| anyhow::anyhow!("SWITCHBOARD_ADMIN_PASSWORD: {err}"))?;
     let password_hash = hash_password(password.expose().to_owned()).await?;
-    let now = Utc::now();
+    let (account, _admin) =
+        create_account(db, &settings.account_name, &email, password_hash).await?;
 
+    tracing::info!(account_id = account.id, email = %email.as_str(), "created the first account and its admin");
+    if generated {
+        // Printed once, to the terminal, never through the structured log.
+        eprintln!(
+            "\n  First admin created: {}\n  Generated password:  {}\n  (shown only now; set SWITCHBOARD_ADMIN_PASSWORD to choose it)\n",
+            email.as_str(),
+            password.expose()
+        );
+    }
+    Ok(())
+}
+
+/// Creates an account with its admin agent and its default group ("General", with the admin in
+/// it), in one transaction. Returns the account and the admin.
+pub async fn create_account(
+    db: &DatabaseConnection,
+    name: &str,
+    admin_email: &Email,
+    admin_password_hash: String,
+) -> anyhow::Result<(accounts::Model, agents::Model)> {
+    let now = Utc::now();
     let txn = jobs::db::begin_write(db).await?;
     let account = accounts::ActiveModel {
-        name: Set(settings.account_name.clone()),
+        name: Set(name.to_owned()),
         created_at: Set(now),
         ..Default::default()
     }
@@ -45,8 +67,8 @@ pub async fn first_account(db: &DatabaseConnection, settings: &Settings) -> anyh
     let admin = agents::ActiveModel {
         account_id: Set(account.id),
         name: Set("Administrator".into()),
-        email: Set(email.as_str().to_owned()),
-        password_hash: Set(password_hash),
+        email: Set(admin_email.as_str().to_owned()),
+        password_hash: Set(admin_password_hash),
         role: Set(AgentRole::Admin),
         status: Set(AgentStatus::Offline),
         accepting_chats: Set(false),
@@ -85,17 +107,7 @@ pub async fn first_account(db: &DatabaseConnection, settings: &Settings) -> anyh
     .insert(&txn)
     .await?;
     txn.commit().await?;
-
-    tracing::info!(account_id = account.id, email = %email.as_str(), "created the first account and its admin");
-    if generated {
-        // Printed once, to the terminal, never through the structured log.
-        eprintln!(
-            "\n  First admin created: {}\n  Generated password:  {}\n  (shown only now; set SWITCHBOARD_ADMIN_PASSWORD to choose it)\n",
-            email.as_str(),
-            password.expose()
-        );
-    }
-    Ok(())
+    Ok((account, admin))
 }
 
 /// The token signing secret: configured, or (embedded only) generated once and kept in the data dir.

@@ -302,10 +302,7 @@ async fn restore(
     Path(id): Path<i64>,
 ) -> Result<Json<AgentView>, ApiError> {
     caller.require(AgentRole::Admin)?;
-    resource::set_deleted::<agents::Entity>(&state.db, caller.account_id(), id, false).await?;
-    audit::record(&state, &caller, "agent.restored", "agent", id, json!({})).await;
-    let agent =
-        resource::fetch::<agents::Entity>(&state.db, caller.account_id(), id, false).await?;
+    let agent = resource::restore::<agents::Entity>(&state, &caller, id).await?;
     Ok(Json(AgentView::one(&state.db, agent).await?))
 }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     extract::{Json, Query},
-    resource::Page,
+    resource::{self, Page},
 };
 use crate::{auth::CurrentAgent, error::ApiError, state::AppState};
 
@@ -69,32 +69,19 @@ async fn list(
     Query(params): Query<AuditParams>,
 ) -> Result<Json<Page<AuditEntry>>, ApiError> {
     caller.require(AgentRole::Admin)?;
-    let limit = match params.limit.unwrap_or(50) {
-        limit @ 1..=200 => limit,
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "limit must be between 1 and 200, got {other}"
-            )));
-        }
-    };
+    let limit = resource::page_limit(params.limit)?;
     let mut query = audit_log::Entity::find()
         .filter(audit_log::Column::AccountId.eq(caller.account_id()))
         .filter(audit_log::Column::Id.gt(params.after.unwrap_or(0)));
     if let Some(action) = params.action {
         query = query.filter(audit_log::Column::Action.eq(action));
     }
-    let mut rows = query
+    let rows = query
         .order_by_asc(audit_log::Column::Id)
         .limit(limit + 1)
         .all(&state.db)
         .await?;
-    let more = rows.len() as u64 > limit;
-    rows.truncate(limit as usize);
-    let next_cursor = if more {
-        rows.last().map(|r| r.id)
-    } else {
-        None
-    };
+    let (rows, next_cursor) = resource::split_page(rows, limit, |row| row.id);
     let items = rows
         .into_iter()
         .map(|row| AuditEntry {

@@ -305,8 +305,7 @@ async fn remove(
             "the default group cannot be deleted: make another group the default first".into(),
         ));
     }
-    resource::set_deleted::<groups::Entity>(&state.db, caller.account_id(), id, true).await?;
-    audit::record(&state, &caller, "group.deleted", "group", id, json!({})).await;
+    resource::soft_delete::<groups::Entity>(&state, &caller, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -316,10 +315,7 @@ async fn restore(
     Path(id): Path<i64>,
 ) -> Result<Json<GroupView>, ApiError> {
     caller.require(AgentRole::Supervisor)?;
-    resource::set_deleted::<groups::Entity>(&state.db, caller.account_id(), id, false).await?;
-    audit::record(&state, &caller, "group.restored", "group", id, json!({})).await;
-    let group =
-        resource::fetch::<groups::Entity>(&state.db, caller.account_id(), id, false).await?;
+    let group = resource::restore::<groups::Entity>(&state, &caller, id).await?;
     Ok(Json(GroupView::one(&state.db, group).await?))
 }
 

@@ -10,7 +10,10 @@ use sea_orm::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
+use serde_json::json;
+
+use super::audit;
+use crate::{auth::CurrentAgent, error::ApiError, state::AppState};
 
 /// An account-scoped, soft-deletable table.
 pub trait Scoped: EntityTrait {
@@ -50,16 +53,26 @@ pub struct ListParams {
     pub deleted: Deleted,
 }
 
-impl ListParams {
-    /// The page size, checked.
-    pub fn limit(&self) -> Result<u64, ApiError> {
-        match self.limit.unwrap_or(50) {
-            limit @ 1..=200 => Ok(limit),
-            other => Err(ApiError::BadRequest(format!(
-                "limit must be between 1 and 200, got {other}"
-            ))),
-        }
+/// A page size from `?limit=`, checked: 1 to 200, default 50.
+pub fn page_limit(limit: Option<u64>) -> Result<u64, ApiError> {
+    match limit.unwrap_or(50) {
+        limit @ 1..=200 => Ok(limit),
+        other => Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and 200, got {other}"
+        ))),
     }
+}
+
+/// Cuts `rows` (fetched with `limit + 1`) to a page and the cursor of the next one.
+pub fn split_page<T>(
+    mut rows: Vec<T>,
+    limit: u64,
+    id_of: impl Fn(&T) -> i64,
+) -> (Vec<T>, Option<i64>) {
+    let more = rows.len() as u64 > limit;
+    rows.truncate(limit as usize);
+    let next = if more { rows.last().map(id_of) } else { None };
+    (rows, next)
 }
 
 /// One page of a list, oldest first; `nextCursor` is null on the last page.
@@ -98,7 +111,7 @@ pub async fn page<E: Scoped>(
     params: &ListParams,
     id_of: impl Fn(&E::Model) -> i64,
 ) -> Result<(Vec<E::Model>, Option<i64>), ApiError> {
-    let limit = params.limit()?;
+    let limit = page_limit(params.limit)?;
     let mut query = scoped::<E>(account);
     query = match params.deleted {
         Deleted::Exclude => query.filter(E::deleted_at().is_null()),
@@ -108,11 +121,8 @@ pub async fn page<E: Scoped>(
     if let Some(after) = params.after {
         query = query.filter(E::id().gt(after));
     }
-    let mut rows = query.order_by_asc(E::id()).limit(limit + 1).all(db).await?;
-    let more = rows.len() as u64 > limit;
-    rows.truncate(limit as usize);
-    let next = if more { rows.last().map(&id_of) } else { None };
-    Ok((rows, next))
+    let rows = query.order_by_asc(E::id()).limit(limit + 1).all(db).await?;
+    Ok(split_page(rows, limit, id_of))
 }
 
 /// Marks the row deleted (`true`) or live again (`false`). A row already in that state is 404 for
@@ -146,6 +156,44 @@ pub async fn set_deleted<E: Scoped>(
     } else {
         Err(ApiError::Conflict(format!("{} is not deleted", E::NOUN)))
     }
+}
+
+/// Soft-deletes row `id` of the caller's account and records it in the audit trail.
+pub async fn soft_delete<E: Scoped>(
+    state: &AppState,
+    caller: &CurrentAgent,
+    id: i64,
+) -> Result<(), ApiError> {
+    set_deleted::<E>(&state.db, caller.account_id(), id, true).await?;
+    audit::record(
+        state,
+        caller,
+        &format!("{}.deleted", E::NOUN),
+        E::NOUN,
+        id,
+        json!({}),
+    )
+    .await;
+    Ok(())
+}
+
+/// Restores row `id` of the caller's account, records it, and returns the live row.
+pub async fn restore<E: Scoped>(
+    state: &AppState,
+    caller: &CurrentAgent,
+    id: i64,
+) -> Result<E::Model, ApiError> {
+    set_deleted::<E>(&state.db, caller.account_id(), id, false).await?;
+    audit::record(
+        state,
+        caller,
+        &format!("{}.restored", E::NOUN),
+        E::NOUN,
+        id,
+        json!({}),
+    )
+    .await;
+    fetch::<E>(&state.db, caller.account_id(), id, false).await
 }
 
 macro_rules! scoped_entity {

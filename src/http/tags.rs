@@ -164,8 +164,7 @@ async fn remove(
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(AgentRole::Supervisor)?;
-    resource::set_deleted::<tags::Entity>(&state.db, caller.account_id(), id, true).await?;
-    audit::record(&state, &caller, "tag.deleted", "tag", id, json!({})).await;
+    resource::soft_delete::<tags::Entity>(&state, &caller, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -175,8 +174,6 @@ async fn restore(
     Path(id): Path<i64>,
 ) -> Result<Json<TagView>, ApiError> {
     caller.require(AgentRole::Supervisor)?;
-    resource::set_deleted::<tags::Entity>(&state.db, caller.account_id(), id, false).await?;
-    audit::record(&state, &caller, "tag.restored", "tag", id, json!({})).await;
-    let tag = resource::fetch::<tags::Entity>(&state.db, caller.account_id(), id, false).await?;
+    let tag = resource::restore::<tags::Entity>(&state, &caller, id).await?;
     Ok(Json(tag.into()))
 }

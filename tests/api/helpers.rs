@@ -3,13 +3,8 @@
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use chrono::Utc;
-use entity::{
-    accounts, agents,
-    enums::{AgentRole, AgentStatus},
-};
 use reqwest::{Method, StatusCode};
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, Database, DatabaseConnection};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use serde_json::{Value, json};
 use switchboard::{
     config::{Command, Settings},
@@ -347,37 +342,15 @@ impl TestApp {
     /// A second account with its own admin, written straight to the database (accounts have no
     /// public creation endpoint); returns the admin's token.
     pub async fn second_account_admin(&self) -> String {
-        let now = Utc::now();
-        let account = accounts::ActiveModel {
-            name: Set("Other".into()),
-            created_at: Set(now),
-            ..Default::default()
-        }
-        .insert(self.db())
-        .await
-        .expect("an account");
-        let email = "other-admin@example.com";
-        agents::ActiveModel {
-            account_id: Set(account.id),
-            name: Set("Other admin".into()),
-            email: Set(email.into()),
-            password_hash: Set(switchboard::auth::hash_password("other-password".into())
-                .await
-                .expect("a hash")),
-            role: Set(AgentRole::Admin),
-            status: Set(AgentStatus::Offline),
-            accepting_chats: Set(false),
-            max_concurrent_chats: Set(6),
-            active_chats: Set(0),
-            token_version: Set(0),
-            created_at: Set(now),
-            updated_at: Set(now),
-            ..Default::default()
-        }
-        .insert(self.db())
-        .await
-        .expect("an admin");
-        self.token_for(email, "other-password").await
+        let email =
+            switchboard::domain::Email::try_from("other-admin@example.com".to_owned()).unwrap();
+        let hash = switchboard::auth::hash_password("other-password".into())
+            .await
+            .unwrap();
+        switchboard::bootstrap::create_account(self.db(), "Other", &email, hash)
+            .await
+            .expect("a second account");
+        self.token_for(email.as_str(), "other-password").await
     }
 }
 
