@@ -92,6 +92,10 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_LOGIN_RATE_PER_MINUTE", default_value_t = 10)]
     pub login_rate_per_minute: u32,
 
+    /// Widget sessions a client address may open per minute (visitor messages: ten times this).
+    #[arg(long, env = "SWITCHBOARD_WIDGET_RATE_PER_MINUTE", default_value_t = 30)]
+    pub widget_rate_per_minute: u32,
+
     /// SMTP server for e-mail (`smtp://user:pass@host:587`); unset: e-mail off.
     #[arg(long, env = "SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<String>,

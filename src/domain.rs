@@ -123,6 +123,51 @@ impl fmt::Debug for Password {
     }
 }
 
+/// The text of a chat message: 1 to 4000 characters, not blank, no control characters other
+/// than line breaks and tabs. Kept as written (not trimmed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MessageContent(String);
+
+/// Longest message accepted, in characters.
+pub const MESSAGE_MAX_CHARS: usize = 4000;
+
+impl TryFrom<String> for MessageContent {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        if value.trim().is_empty() {
+            return Err("message content must not be empty".into());
+        }
+        if value.chars().count() > MESSAGE_MAX_CHARS {
+            return Err(format!(
+                "message content must be at most {MESSAGE_MAX_CHARS} characters"
+            ));
+        }
+        if value
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+        {
+            return Err("message content must not contain control characters".into());
+        }
+        Ok(Self(value))
+    }
+}
+
+impl From<MessageContent> for String {
+    fn from(value: MessageContent) -> String {
+        value.0
+    }
+}
+
+text_type!(
+    /// A phone number as the visitor typed it.
+    Phone, "phone", 50
+);
+text_type!(
+    /// A client's id for a message it sends, echoed back so it can de-duplicate.
+    ClientMessageId, "clientMessageId", 100
+);
+
 /// An `http(s)` URL of at most 2048 characters (avatars).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -252,6 +297,19 @@ mod tests {
         assert!(Capacity::try_from(0).is_err());
         assert!(Capacity::try_from(101).is_err());
         assert!(Capacity::try_from(i64::MAX).is_err());
+    }
+
+    #[test]
+    fn messages_keep_their_text_but_not_blanks_or_controls() {
+        let text = "  hello\nworld\t".to_owned();
+        assert_eq!(
+            String::from(MessageContent::try_from(text.clone()).unwrap()),
+            text
+        );
+        assert!(MessageContent::try_from(" \n ".to_owned()).is_err());
+        assert!(MessageContent::try_from("x".repeat(MESSAGE_MAX_CHARS + 1)).is_err());
+        assert!(MessageContent::try_from("é".repeat(MESSAGE_MAX_CHARS)).is_ok());
+        assert!(MessageContent::try_from("bell\u{7}".to_owned()).is_err());
     }
 
     #[test]

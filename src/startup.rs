@@ -1,9 +1,9 @@
 //! Building and running the application: database, job storage, HTTP listener, workers.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
-use jobs::{JobContext, JobStore, WorkerOptions};
+use jobs::{JobStore, WorkerOptions, notify::LogNotifier};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
@@ -78,6 +78,7 @@ impl Application {
                 jobs,
                 tokens: tokens.into(),
                 settings: settings.into(),
+                notifier: Arc::new(LogNotifier),
             },
             listener,
             run_workers: matches!(command, Command::All | Command::Work),
@@ -101,10 +102,7 @@ impl Application {
             listener,
             run_workers,
         } = self;
-        let ctx = JobContext {
-            db: state.db.clone(),
-            jobs: state.jobs.clone(),
-        };
+        let ctx = state.job_context();
         let options = WorkerOptions {
             concurrency: state.settings.worker_concurrency.max(1),
             poll_interval: state.settings.poll_interval(),

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use jobs::JobStore;
+use jobs::{JobContext, JobStore, notify::Notifier};
 use sea_orm::DatabaseConnection;
 
 use crate::{auth::TokenKeys, config::Settings};
@@ -18,4 +18,17 @@ pub struct AppState {
     pub tokens: Arc<TokenKeys>,
     /// Settings the process started with.
     pub settings: Arc<Settings>,
+    /// Where outcomes of what the HTTP layer did itself go (the same seam jobs use).
+    pub notifier: Arc<dyn Notifier>,
+}
+
+impl AppState {
+    /// The context jobs get, for work the HTTP layer does in-line through the same domain code.
+    pub fn job_context(&self) -> JobContext {
+        JobContext {
+            db: self.db.clone(),
+            jobs: self.jobs.clone(),
+            notifier: self.notifier.clone(),
+        }
+    }
 }

@@ -1,14 +1,19 @@
 //! The one value every job receives: cheap to clone, shared by all workers of a process.
 
+use std::sync::Arc;
+
 use sea_orm::DatabaseConnection;
 
-use crate::JobStore;
+use crate::{JobStore, notify::Notifier};
 
-/// Handles a job needs: the database (source of truth) and the job store (to submit follow-ups).
+/// Handles a job needs: the database (source of truth), the job store (to submit follow-ups) and
+/// the notifier (to tell clients what happened).
 #[derive(Clone, Debug)]
 pub struct JobContext {
     /// Application database (SQLite or PostgreSQL).
     pub db: DatabaseConnection,
     /// Where follow-up jobs are submitted.
     pub jobs: JobStore,
+    /// Where outcomes go.
+    pub notifier: Arc<dyn Notifier>,
 }

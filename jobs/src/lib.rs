@@ -10,11 +10,19 @@
 //! - The error decides retry versus abort: [`JobError::Transient`] is retried within the job's
 //!   [`RetryBudget`], [`JobError::Permanent`] ends the task at once.
 
+pub mod assign_agent;
 pub mod audit;
+pub mod close_conversation;
 mod context;
+pub mod conversation;
 pub mod db;
+pub mod enqueue_conversation;
 mod job;
+pub mod notify;
 mod poll;
+pub mod reassign_conversation;
+pub mod reconcile;
+pub mod routing;
 mod store;
 mod workers;
 

@@ -15,7 +15,11 @@ use apalis_core::backend::{
 };
 use serde_json::Value;
 
-use crate::{Job, JobContext, JobError, JobStore, audit::RecordAudit, poll::Every};
+use crate::{
+    Job, JobContext, JobError, JobStore, assign_agent::AssignAgent, audit::RecordAudit,
+    close_conversation::CloseConversation, enqueue_conversation::EnqueueConversation, poll::Every,
+    reassign_conversation::ReassignConversation,
+};
 
 /// How this process runs its workers.
 #[derive(Debug, Clone)]
@@ -40,6 +44,10 @@ pub fn monitor(ctx: JobContext, options: &WorkerOptions) -> Monitor {
             tracing::warn!(worker = %worker.name(), %error, restarts = worker.restarts(), "worker failed; restarting");
             true
         });
+    let monitor = register::<EnqueueConversation>(monitor, &ctx, options);
+    let monitor = register::<AssignAgent>(monitor, &ctx, options);
+    let monitor = register::<CloseConversation>(monitor, &ctx, options);
+    let monitor = register::<ReassignConversation>(monitor, &ctx, options);
     register::<RecordAudit>(monitor, &ctx, options)
 }
 

@@ -7,6 +7,7 @@
 
 mod password;
 mod token;
+pub mod visitor;
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 use entity::{agents, enums::AgentRole};

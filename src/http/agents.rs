@@ -4,12 +4,16 @@ use axum::{
     Router,
     extract::State,
     http::StatusCode,
-    routing::{get, post},
+    routing::{get, post, put},
 };
 use chrono::{Duration, Utc};
 use entity::{
     agent_groups, agents, assignments, conversations,
     enums::{AgentRole, AgentStatus, ConversationStatus},
+};
+use jobs::{
+    close_conversation::serve_groups_of, notify::Outcome,
+    reassign_conversation::ReassignConversation,
 };
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait,
@@ -36,6 +40,89 @@ pub fn router() -> Router<AppState> {
         .route("/agents/{id}", get(show).patch(update).delete(remove))
         .route("/agents/{id}/restore", post(restore))
         .route("/agents/{id}/stats", get(stats))
+        .route("/agents/me/status", put(set_status))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct StatusBody {
+    status: AgentStatus,
+    accepting_chats: Option<bool>,
+}
+
+/// Sets the caller's presence. Going offline hands its active conversations back to the line
+/// (the Socket.IO layer adds a grace period for dropped connections); becoming available offers
+/// it the waiting lines of its groups.
+async fn set_status(
+    State(state): State<AppState>,
+    caller: CurrentAgent,
+    Json(body): Json<StatusBody>,
+) -> Result<Json<AgentView>, ApiError> {
+    let before = caller.agent;
+    let accepting = body.accepting_chats.unwrap_or(match body.status {
+        AgentStatus::Online => true,
+        AgentStatus::Away | AgentStatus::Offline => false,
+    });
+    let agent = agents::ActiveModel {
+        id: Set(before.id),
+        status: Set(body.status),
+        accepting_chats: Set(accepting),
+        last_seen_at: Set(Some(Utc::now())),
+        updated_at: Set(Utc::now()),
+        ..Default::default()
+    }
+    .update(&state.db)
+    .await?;
+    state.notifier.notify(Outcome::AgentStatusChanged {
+        account_id: agent.account_id,
+        agent_id: agent.id,
+        status: agent.status,
+        accepting_chats: agent.accepting_chats,
+    });
+    if agent.status == AgentStatus::Offline && before.status != AgentStatus::Offline {
+        release_all(&state, &agent, "agent_offline").await?;
+    }
+    if agent.status == AgentStatus::Online && agent.accepting_chats {
+        offer_capacity(&state, &agent).await;
+    }
+    Ok(Json(AgentView::one(&state.db, agent).await?))
+}
+
+/// Submits a reassignment for every conversation the agent holds.
+async fn release_all(
+    state: &AppState,
+    agent: &agents::Model,
+    reason: &str,
+) -> Result<(), ApiError> {
+    let held: Vec<i64> = conversations::Entity::find()
+        .select_only()
+        .column(conversations::Column::Id)
+        .filter(conversations::Column::AssignedAgentId.eq(agent.id))
+        .filter(conversations::Column::Status.eq(ConversationStatus::Active))
+        .into_tuple()
+        .all(&state.db)
+        .await?;
+    for conversation_id in held {
+        state
+            .jobs
+            .submit(ReassignConversation {
+                conversation_id,
+                from_agent_id: agent.id,
+                reason: reason.to_owned(),
+                to_group_id: None,
+            })
+            .await
+            .map_err(|_| ApiError::Unavailable("job storage"))?;
+    }
+    Ok(())
+}
+
+/// Capacity may have appeared for `agent`: serve its groups' lines. A lost submission only delays
+/// assignment until the reconciler's next pass, so it is logged, not returned.
+async fn offer_capacity(state: &AppState, agent: &agents::Model) {
+    if let Err(err) = serve_groups_of(&state.job_context(), agent.account_id, agent.id).await {
+        tracing::warn!(agent_id = agent.id, %err, "could not offer new capacity; the reconciler will");
+    }
 }
 
 /// An agent as the API shows it (never the password hash or token version).
@@ -253,6 +340,9 @@ async fn update(
         .await
         .map_err(ApiError::conflict_on_unique(DUPLICATE_EMAIL))?;
     txn.commit().await?;
+    if body.max_concurrent_chats.is_some() {
+        offer_capacity(&state, &agent).await;
+    }
     audit::record(
         &state,
         &caller,
@@ -292,6 +382,7 @@ async fn remove(
     .update(&txn)
     .await?;
     txn.commit().await?;
+    release_all(&state, &agent, "agent_offline").await?;
     audit::record(&state, &caller, "agent.deleted", "agent", id, json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -13,6 +13,7 @@ use entity::{
     enums::{AgentRole, RoutingStrategy},
     groups,
 };
+use jobs::assign_agent::AssignAgent;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
     sea_query::OnConflict,
@@ -349,6 +350,10 @@ async fn add_member(
     )
     .exec_without_returning(&state.db)
     .await?;
+    // A new member may take what waits.
+    if let Err(err) = state.jobs.submit(AssignAgent::new(account, id)).await {
+        tracing::warn!(group_id = id, %err, "could not offer the line to the new member");
+    }
     audit::record(
         &state,
         &caller,

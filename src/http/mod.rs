@@ -5,12 +5,15 @@
 mod agents;
 mod audit;
 mod auth;
+mod conversations;
 mod extract;
 mod groups;
 mod health;
 pub mod rate_limit;
 mod resource;
 mod tags;
+mod views;
+mod widget;
 
 use std::time::Duration;
 
@@ -42,6 +45,8 @@ pub fn router(state: AppState) -> Router {
         .merge(groups::router())
         .merge(tags::router())
         .merge(audit::router())
+        .merge(widget::router(&state))
+        .merge(conversations::router())
         .fallback(not_found);
     // Tokens travel in the Authorization header, never in cookies, so any origin may call.
     let cors = CorsLayer::new()

@@ -135,6 +135,7 @@ impl Storage {
             worker_concurrency: 4,
             poll_interval_ms: 20,
             login_rate_per_minute: 1000,
+            widget_rate_per_minute: 10_000,
             smtp_url: None,
             webhook_allow_private: true,
         }
@@ -351,6 +352,85 @@ impl TestApp {
             .await
             .expect("a second account");
         self.token_for(email.as_str(), "other-password").await
+    }
+}
+
+impl TestApp {
+    /// Opens a widget session (no authentication); returns the reply.
+    pub async fn widget_session(&self, body: Value) -> Reply {
+        self.request(Method::POST, "/v1/widget/session", None, Some(body))
+            .await
+    }
+
+    /// Opens a widget session that must succeed; returns (conversation id, session token).
+    pub async fn visitor(&self, body: Value) -> (i64, String) {
+        let reply = self.widget_session(body).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        (
+            reply.body["conversationId"].as_i64().unwrap(),
+            reply.body["sessionToken"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// The id of the account's default group.
+    pub async fn default_group(&self, admin: &str) -> i64 {
+        let groups = self.get("/v1/groups", admin).await;
+        groups.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["isDefault"] == true)
+            .and_then(|g| g["id"].as_i64())
+            .expect("a default group")
+    }
+
+    /// An agent with `capacity`, member of `group`, online and accepting; returns (id, token).
+    pub async fn online_agent(&self, admin: &str, group: i64, capacity: i64) -> (i64, String) {
+        let (id, token) = self.agent_with_role(admin, "agent").await;
+        let reply = self
+            .patch(
+                &format!("/v1/agents/{id}"),
+                admin,
+                json!({ "maxConcurrentChats": capacity }),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        let reply = self
+            .post(
+                &format!("/v1/groups/{group}/agents"),
+                admin,
+                json!({ "agentId": id }),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        self.set_status(&token, "online").await;
+        (id, token)
+    }
+
+    pub async fn set_status(&self, token: &str, status: &str) -> Reply {
+        let reply = self
+            .request(
+                Method::PUT,
+                "/v1/agents/me/status",
+                Some(token),
+                Some(json!({ "status": status })),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        reply
+    }
+
+    /// Waits until conversation `id` reaches `status`; returns its view.
+    pub async fn conversation_becomes(&self, admin: &str, id: i64, status: &str) -> Value {
+        eventually(
+            Duration::from_secs(15),
+            &format!("conversation {id} to be {status}"),
+            || async {
+                let reply = self.get(&format!("/v1/conversations/{id}"), admin).await;
+                (reply.body["status"] == status).then_some(reply.body)
+            },
+        )
+        .await
     }
 }
 

@@ -11,10 +11,7 @@ use serde_json::json;
 use crate::{both_backends, helpers::*};
 
 fn context(app: &TestApp) -> JobContext {
-    JobContext {
-        db: app.state.db.clone(),
-        jobs: app.state.jobs.clone(),
-    }
+    app.state.job_context()
 }
 
 both_backends! {

@@ -9,5 +9,6 @@ mod bad_input;
 mod health;
 mod isolation;
 mod jobs;
+mod lifecycle;
 mod modes;
 mod resources;

@@ -1,0 +1,83 @@
+//! Close thread: an agent resolves a conversation, the visitor ends it, or the system closes it
+//! (idle). The agent's capacity comes back and its groups' lines are served again.
+//!
+//! Idempotent: closing a conversation that is already resolved or closed changes nothing; a retry
+//! after the close committed only repeats the follow-up submissions, which are no-ops when nothing
+//! waits.
+
+use std::time::Duration;
+
+use entity::enums::ClosedBy;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Job, JobContext, JobError, RetryBudget,
+    assign_agent::AssignAgent,
+    conversation::{close, groups_of_agent},
+    db::begin_write,
+    notify::Outcome,
+};
+
+/// Closes one conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloseConversation {
+    /// The conversation.
+    pub conversation_id: i64,
+    /// Who closes it: an agent resolves it; the visitor or the system closes it.
+    pub closed_by: ClosedBy,
+    /// Why, in a few words (`resolved`, `visitor_left`, `visitor_idle`).
+    pub reason: String,
+}
+
+impl Job for CloseConversation {
+    const QUEUE: &'static str = "close-conversation";
+    const BUDGET: RetryBudget = RetryBudget {
+        in_process: 3,
+        deliveries: 10,
+        backoff_min: Duration::from_millis(50),
+        timeout: Duration::from_secs(30),
+    };
+
+    #[tracing::instrument(name = "job.close_conversation", skip_all, fields(conversation_id = self.conversation_id), err)]
+    async fn run(self, ctx: &JobContext) -> Result<String, JobError> {
+        let txn = begin_write(&ctx.db).await?;
+        let closed = close(&txn, self.conversation_id, self.closed_by, &self.reason).await?;
+        txn.commit().await?;
+        let Some(closed) = closed else {
+            return Ok("already closed".into());
+        };
+        let conversation = &closed.conversation;
+        ctx.notifier.notify(Outcome::ConversationClosed {
+            account_id: conversation.account_id,
+            conversation_id: conversation.id,
+            visitor_id: conversation.visitor_id,
+            agent_id: closed.released_agent,
+            closed_by: self.closed_by,
+            reason: self.reason.clone(),
+        });
+        ctx.notifier.notify(Outcome::QueueChanged {
+            account_id: conversation.account_id,
+            group_id: conversation.group_id,
+        });
+        if let Some(agent) = closed.released_agent {
+            serve_groups_of(ctx, conversation.account_id, agent).await?;
+        }
+        Ok(format!("{:?}", conversation.status).to_lowercase())
+    }
+}
+
+/// Capacity appeared for `agent_id`: serve the lines of every group it belongs to.
+pub async fn serve_groups_of(
+    ctx: &JobContext,
+    account_id: i64,
+    agent_id: i64,
+) -> Result<(), JobError> {
+    for group_id in groups_of_agent(&ctx.db, agent_id).await? {
+        ctx.jobs
+            .submit(AssignAgent::new(account_id, group_id))
+            .await
+            .map_err(|err| JobError::Transient(err.to_string()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! The one seam through which job outcomes leave the domain.
+//!
+//! Jobs describe what happened as an [`Outcome`]; the root crate decides where it goes (Socket.IO
+//! rooms in-process, a socketioxide emitter from a worker-only process, logs in tests). Delivery is
+//! best effort and must not block: the database already holds the truth, and clients re-read it.
+
+use std::fmt;
+
+use entity::enums::{AgentStatus, ClosedBy};
+use serde::Serialize;
+
+/// Something a client may want to hear about.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(
+    tag = "kind",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum Outcome {
+    /// A conversation entered (or re-entered) its group's waiting line.
+    ConversationQueued {
+        account_id: i64,
+        conversation_id: i64,
+        group_id: i64,
+        visitor_id: i64,
+        position: u64,
+    },
+    /// A conversation was given to an agent.
+    ConversationAssigned {
+        account_id: i64,
+        conversation_id: i64,
+        group_id: i64,
+        visitor_id: i64,
+        agent_id: i64,
+        reason: String,
+    },
+    /// An agent lost a conversation (transfer, offline, no reply).
+    ConversationUnassigned {
+        account_id: i64,
+        conversation_id: i64,
+        group_id: i64,
+        agent_id: i64,
+        reason: String,
+    },
+    /// A conversation was resolved or closed.
+    ConversationClosed {
+        account_id: i64,
+        conversation_id: i64,
+        visitor_id: i64,
+        agent_id: Option<i64>,
+        closed_by: ClosedBy,
+        reason: String,
+    },
+    /// A group's waiting line changed (positions moved).
+    QueueChanged { account_id: i64, group_id: i64 },
+    /// An agent's presence changed.
+    AgentStatusChanged {
+        account_id: i64,
+        agent_id: i64,
+        status: AgentStatus,
+        accepting_chats: bool,
+    },
+}
+
+/// Where outcomes go. Implementations must return quickly and never fail the job.
+pub trait Notifier: Send + Sync + fmt::Debug + 'static {
+    /// Hands one outcome over for delivery.
+    fn notify(&self, outcome: Outcome);
+}
+
+/// Logs outcomes at debug level: the notifier until a realtime layer is plugged in.
+#[derive(Debug, Default)]
+pub struct LogNotifier;
+
+impl Notifier for LogNotifier {
+    fn notify(&self, outcome: Outcome) {
+        tracing::debug!(?outcome, "outcome");
+    }
+}

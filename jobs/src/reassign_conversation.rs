@@ -1,0 +1,84 @@
+//! Reassign: an active conversation leaves its agent and goes back to the head of the line (its
+//! original place), that agent excluded — on transfer to a group, when the agent goes offline, or
+//! when it did not reply in time.
+//!
+//! Idempotent: it acts only while the conversation is still active with `from_agent_id`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Job, JobContext, JobError, RetryBudget,
+    assign_agent::AssignAgent,
+    close_conversation::serve_groups_of,
+    conversation::{queue_position, requeue},
+    db::begin_write,
+    notify::Outcome,
+};
+
+/// Takes one conversation from an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReassignConversation {
+    /// The conversation.
+    pub conversation_id: i64,
+    /// The agent it must be taken from.
+    pub from_agent_id: i64,
+    /// `transferred`, `agent_offline` or `no_response`.
+    pub reason: String,
+    /// Move it to this group (a transfer to a department); `None` keeps its group.
+    pub to_group_id: Option<i64>,
+}
+
+impl Job for ReassignConversation {
+    const QUEUE: &'static str = "reassign-conversation";
+    const BUDGET: RetryBudget = RetryBudget {
+        in_process: 3,
+        deliveries: 10,
+        backoff_min: Duration::from_millis(50),
+        timeout: Duration::from_secs(30),
+    };
+
+    #[tracing::instrument(name = "job.reassign_conversation", skip_all, fields(conversation_id = self.conversation_id), err)]
+    async fn run(self, ctx: &JobContext) -> Result<String, JobError> {
+        let txn = begin_write(&ctx.db).await?;
+        let requeued = requeue(
+            &txn,
+            self.conversation_id,
+            self.from_agent_id,
+            &self.reason,
+            self.to_group_id,
+        )
+        .await?;
+        txn.commit().await?;
+        let Some(requeued) = requeued else {
+            return Ok("no longer active with that agent".into());
+        };
+        let conversation = &requeued.conversation;
+        ctx.notifier.notify(Outcome::ConversationUnassigned {
+            account_id: conversation.account_id,
+            conversation_id: conversation.id,
+            group_id: conversation.group_id,
+            agent_id: requeued.agent_id,
+            reason: self.reason.clone(),
+        });
+        let position = queue_position(&ctx.db, conversation).await?;
+        ctx.notifier.notify(Outcome::ConversationQueued {
+            account_id: conversation.account_id,
+            conversation_id: conversation.id,
+            group_id: conversation.group_id,
+            visitor_id: conversation.visitor_id,
+            position,
+        });
+        ctx.jobs
+            .submit(AssignAgent::new(
+                conversation.account_id,
+                conversation.group_id,
+            ))
+            .await
+            .map_err(|err| JobError::Transient(err.to_string()))?;
+        serve_groups_of(ctx, conversation.account_id, requeued.agent_id).await?;
+        Ok(format!("requeued at position {position}"))
+    }
+}

@@ -1,0 +1,411 @@
+//! `/v1/widget`: what a website's chat widget calls for its visitor.
+//!
+//! `POST /widget/session` is public and rate limited per client address; the other endpoints
+//! authenticate with the session token it returns (`Authorization: Bearer <sessionToken>`).
+
+use std::net::SocketAddr;
+
+use axum::{
+    Router,
+    extract::{ConnectInfo, State},
+    http::{HeaderMap, StatusCode, header},
+    routing::{get, post},
+};
+use chrono::Utc;
+use entity::{
+    accounts, agents, conversations,
+    enums::{AuthorType, ClosedBy, ConversationStatus, EventKind, Priority, ThreadStatus},
+    events, groups, threads, visitors,
+};
+use jobs::{
+    close_conversation::CloseConversation,
+    conversation::{MessageError, post_message, queue_position, write_event},
+    enqueue_conversation::EnqueueConversation,
+};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{
+    extract::{Json, Query},
+    rate_limit,
+    views::EventView,
+};
+use crate::{
+    auth::visitor::{CurrentVisitor, new_session_token},
+    domain::{ClientMessageId, Email, MessageContent, Name, Phone},
+    error::ApiError,
+    state::AppState,
+};
+
+pub fn router(state: &AppState) -> Router<AppState> {
+    let per_minute = state.settings.widget_rate_per_minute;
+    Router::new()
+        .route(
+            "/widget/session",
+            post(create_session).layer(rate_limit::per_client(per_minute)),
+        )
+        .route("/widget/conversation", get(show))
+        .route(
+            "/widget/messages",
+            post(send_message).layer(rate_limit::per_client(per_minute.saturating_mul(10))),
+        )
+        .route("/widget/conversation/end", post(end))
+}
+
+/// Most keys and bytes a visitor's `metadata` object may carry.
+const METADATA_MAX_KEYS: usize = 50;
+const METADATA_MAX_BYTES: usize = 8 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewSession {
+    /// Picks the account; optional while the server has a single account.
+    account_id: Option<i64>,
+    /// Department; the account's default group when absent.
+    group_id: Option<i64>,
+    priority: Option<Priority>,
+    initial_message: Option<MessageContent>,
+    name: Option<Name>,
+    email: Option<Email>,
+    phone: Option<Phone>,
+    metadata: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Session {
+    session_token: String,
+    visitor_id: i64,
+    conversation_id: i64,
+    thread_id: i64,
+    status: ConversationStatus,
+    queue_position: u64,
+}
+
+/// Cuts a header value to `max` characters.
+fn header_text(headers: &HeaderMap, name: header::HeaderName, max: usize) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| value.chars().take(max).collect())
+}
+
+async fn pick_account(db: &impl ConnectionTrait, account_id: Option<i64>) -> Result<i64, ApiError> {
+    match account_id {
+        Some(id) => accounts::Entity::find_by_id(id)
+            .one(db)
+            .await?
+            .map(|account| account.id)
+            .ok_or(ApiError::NotFound("account")),
+        None => {
+            let ids: Vec<i64> = accounts::Entity::find()
+                .select_only()
+                .column(accounts::Column::Id)
+                .limit(2)
+                .into_tuple()
+                .all(db)
+                .await?;
+            match ids.as_slice() {
+                [only] => Ok(*only),
+                _ => Err(ApiError::Unprocessable(
+                    "accountId is required: this server hosts several accounts".into(),
+                )),
+            }
+        }
+    }
+}
+
+async fn pick_group(
+    db: &impl ConnectionTrait,
+    account_id: i64,
+    group_id: Option<i64>,
+) -> Result<i64, ApiError> {
+    let mut query = groups::Entity::find()
+        .filter(groups::Column::AccountId.eq(account_id))
+        .filter(groups::Column::DeletedAt.is_null());
+    query = match group_id {
+        Some(id) => query.filter(groups::Column::Id.eq(id)),
+        None => query.filter(groups::Column::IsDefault.eq(true)),
+    };
+    query
+        .one(db)
+        .await?
+        .map(|group| group.id)
+        .ok_or(ApiError::NotFound("group"))
+}
+
+async fn create_session(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(body): Json<NewSession>,
+) -> Result<(StatusCode, Json<Session>), ApiError> {
+    let metadata = body.metadata.unwrap_or_default();
+    if metadata.len() > METADATA_MAX_KEYS
+        || serde_json::to_vec(&metadata).map_or(usize::MAX, |v| v.len()) > METADATA_MAX_BYTES
+    {
+        return Err(ApiError::Unprocessable(format!(
+            "metadata must have at most {METADATA_MAX_KEYS} keys and {METADATA_MAX_BYTES} bytes"
+        )));
+    }
+    let account_id = pick_account(&state.db, body.account_id).await?;
+    let group_id = pick_group(&state.db, account_id, body.group_id).await?;
+    let (token, token_hash) = new_session_token();
+    let now = Utc::now();
+
+    let txn = jobs::db::begin_write(&state.db).await?;
+    let visitor = visitors::ActiveModel {
+        account_id: Set(account_id),
+        name: Set(body.name.map(Into::into)),
+        email: Set(body.email.map(Into::into)),
+        phone: Set(body.phone.map(Into::into)),
+        user_agent: Set(header_text(&headers, header::USER_AGENT, 512)),
+        ip: Set(Some(peer.ip().to_string())),
+        referrer: Set(header_text(&headers, header::REFERER, 2048)),
+        metadata: Set(Value::Object(metadata)),
+        session_token_hash: Set(token_hash),
+        created_at: Set(now),
+        last_seen_at: Set(now),
+        ..Default::default()
+    }
+    .insert(&txn)
+    .await?;
+    // Queued at once, so the answer can say where it stands; the enqueue job announces it.
+    let conversation = conversations::ActiveModel {
+        account_id: Set(account_id),
+        visitor_id: Set(visitor.id),
+        group_id: Set(group_id),
+        status: Set(ConversationStatus::Pending),
+        priority: Set(body.priority.unwrap_or(Priority::Normal)),
+        queued_at: Set(Some(now)),
+        last_visitor_activity_at: Set(Some(now)),
+        reassignment_count: Set(0),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    }
+    .insert(&txn)
+    .await?;
+    let thread = threads::ActiveModel {
+        account_id: Set(account_id),
+        conversation_id: Set(conversation.id),
+        status: Set(ThreadStatus::Active),
+        created_at: Set(now),
+        ..Default::default()
+    }
+    .insert(&txn)
+    .await?;
+    let conversation = conversations::ActiveModel {
+        id: Set(conversation.id),
+        active_thread_id: Set(Some(thread.id)),
+        ..Default::default()
+    }
+    .update(&txn)
+    .await?;
+    if let Some(message) = body.initial_message {
+        write_event(
+            &txn,
+            &conversation,
+            thread.id,
+            EventKind::Message,
+            AuthorType::Visitor,
+            None,
+            message.into(),
+            None,
+            None,
+        )
+        .await?;
+    }
+    txn.commit().await?;
+
+    // Should this submission be lost, the conversation still waits, queued: the reconciler offers
+    // its group's line again.
+    if let Err(err) = state
+        .jobs
+        .submit(EnqueueConversation::new(conversation.id))
+        .await
+    {
+        tracing::warn!(conversation_id = conversation.id, %err, "enqueue not submitted; the reconciler will offer it");
+    }
+    let queue_position = queue_position(&state.db, &conversation).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Session {
+            session_token: token,
+            visitor_id: visitor.id,
+            conversation_id: conversation.id,
+            thread_id: thread.id,
+            status: conversation.status,
+            queue_position,
+        }),
+    ))
+}
+
+/// The visitor's current conversation (its latest one).
+async fn current_conversation(
+    db: &impl ConnectionTrait,
+    visitor: &visitors::Model,
+    requested: Option<i64>,
+) -> Result<conversations::Model, ApiError> {
+    let mut query = conversations::Entity::find()
+        .filter(conversations::Column::AccountId.eq(visitor.account_id))
+        .filter(conversations::Column::VisitorId.eq(visitor.id));
+    if let Some(id) = requested {
+        // Another visitor's conversation is invisible: 404, like one that does not exist.
+        query = query.filter(conversations::Column::Id.eq(id));
+    }
+    query
+        .order_by_desc(conversations::Column::Id)
+        .one(db)
+        .await?
+        .ok_or(ApiError::NotFound("conversation"))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ShowParams {
+    conversation_id: Option<i64>,
+    /// Only events after this id (to catch up after a reconnect).
+    after: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AgentCard {
+    name: String,
+    avatar_url: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct VisitorConversation {
+    conversation_id: i64,
+    status: ConversationStatus,
+    queue_position: Option<u64>,
+    agent: Option<AgentCard>,
+    events: Vec<EventView>,
+}
+
+/// Most events one read returns; page with `after`.
+const EVENTS_PER_READ: u64 = 500;
+
+async fn show(
+    State(state): State<AppState>,
+    visitor: CurrentVisitor,
+    Query(params): Query<ShowParams>,
+) -> Result<Json<VisitorConversation>, ApiError> {
+    let conversation =
+        current_conversation(&state.db, &visitor.visitor, params.conversation_id).await?;
+    let queue_position = match conversation.status {
+        ConversationStatus::Pending => Some(queue_position(&state.db, &conversation).await?),
+        _ => None,
+    };
+    let agent = match conversation.assigned_agent_id {
+        Some(id) if conversation.status == ConversationStatus::Active => {
+            agents::Entity::find_by_id(id)
+                .one(&state.db)
+                .await?
+                .map(|agent| AgentCard {
+                    name: agent.name,
+                    avatar_url: agent.avatar_url,
+                })
+        }
+        _ => None,
+    };
+    let events = events::Entity::find()
+        .filter(events::Column::ConversationId.eq(conversation.id))
+        .filter(events::Column::Id.gt(params.after.unwrap_or(0)))
+        .order_by_asc(events::Column::Id)
+        .limit(EVENTS_PER_READ)
+        .all(&state.db)
+        .await?
+        .into_iter()
+        .map(EventView::from)
+        .collect();
+    Ok(Json(VisitorConversation {
+        conversation_id: conversation.id,
+        status: conversation.status,
+        queue_position,
+        agent,
+        events,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewMessage {
+    conversation_id: Option<i64>,
+    content: MessageContent,
+    client_message_id: Option<ClientMessageId>,
+}
+
+async fn send_message(
+    State(state): State<AppState>,
+    visitor: CurrentVisitor,
+    Json(body): Json<NewMessage>,
+) -> Result<(StatusCode, Json<EventView>), ApiError> {
+    let conversation =
+        current_conversation(&state.db, &visitor.visitor, body.conversation_id).await?;
+    let stored = post_message(
+        &state.db,
+        &conversation,
+        AuthorType::Visitor,
+        None,
+        body.content.into(),
+        body.client_message_id.as_ref().map(ClientMessageId::as_str),
+    )
+    .await?;
+    match stored {
+        Ok((event, created)) => {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok((status, Json(event.into())))
+        }
+        Err(MessageError::Closed) => Err(ApiError::Conflict("the conversation is closed".into())),
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Accepted {
+    conversation_id: i64,
+    accepted: bool,
+}
+
+async fn end(
+    State(state): State<AppState>,
+    visitor: CurrentVisitor,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let conversation = current_conversation(&state.db, &visitor.visitor, None).await?;
+    if !matches!(
+        conversation.status,
+        ConversationStatus::Pending | ConversationStatus::Active
+    ) {
+        return Err(ApiError::Conflict(
+            "the conversation is already closed".into(),
+        ));
+    }
+    state
+        .jobs
+        .submit(CloseConversation {
+            conversation_id: conversation.id,
+            closed_by: ClosedBy::Visitor,
+            reason: "visitor_left".into(),
+        })
+        .await
+        .map_err(|_| ApiError::Unavailable("job storage"))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            conversation_id: conversation.id,
+            accepted: true,
+        }),
+    ))
+}
