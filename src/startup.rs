@@ -124,11 +124,8 @@ impl Application {
         };
         let workers = async move {
             if run_workers {
-                jobs::monitor(ctx, &options)
-                    .run_with_signal(async move {
-                        shutdown.cancelled().await;
-                        Ok(())
-                    })
+                jobs::workers(ctx, &options)
+                    .run(shutdown.cancelled_owned())
                     .await
                     .context("job workers")?;
             }

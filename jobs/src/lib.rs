@@ -12,6 +12,7 @@
 
 pub mod assign_agent;
 pub mod audit;
+pub mod backlog;
 pub mod close_conversation;
 mod context;
 pub mod conversation;
@@ -29,4 +30,4 @@ mod workers;
 pub use context::JobContext;
 pub use job::{Job, JobError, RetryBudget};
 pub use store::{JobStore, StoreError};
-pub use workers::{WorkerOptions, monitor};
+pub use workers::{WorkerOptions, Workers, workers};

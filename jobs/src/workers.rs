@@ -16,7 +16,7 @@ use apalis_core::backend::{
 use serde_json::Value;
 
 use crate::{
-    Job, JobContext, JobError, JobStore, assign_agent::AssignAgent, audit::RecordAudit,
+    Job, JobContext, JobError, JobStore, assign_agent::AssignAgent, audit::RecordAudit, backlog,
     close_conversation::CloseConversation, enqueue_conversation::EnqueueConversation, poll::Every,
     reassign_conversation::ReassignConversation,
 };
@@ -34,8 +34,63 @@ pub struct WorkerOptions {
     pub node: String,
 }
 
-/// A monitor running one worker per job queue on the context's job store.
-pub fn monitor(ctx: JobContext, options: &WorkerOptions) -> Monitor {
+/// The workers of this process: one per job queue, plus the Redis backlog guard.
+pub struct Workers {
+    monitor: Monitor,
+    /// Storage-level names of every queue.
+    queues: Vec<String>,
+    store: JobStore,
+}
+
+impl Workers {
+    /// Every queue's storage-level name.
+    pub fn queues(&self) -> &[String] {
+        &self.queues
+    }
+
+    /// Runs until `shutdown` resolves; in-flight tasks then finish (up to 30 s).
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), apalis_core::monitor::MonitorError> {
+        let run = self.monitor.run_with_signal(async move {
+            shutdown.await;
+            Ok(())
+        });
+        match self.store {
+            JobStore::Redis { conn, .. } => {
+                let guard = backlog::guard(conn, self.queues, BACKLOG_PERIOD);
+                tokio::select! {
+                    result = run => result,
+                    () = guard => Ok(()),
+                }
+            }
+            JobStore::Sqlite(_) => run.await,
+        }
+    }
+}
+
+/// How often the Redis backlog guard promotes due tasks.
+const BACKLOG_PERIOD: Duration = Duration::from_millis(250);
+
+/// The workers of every job queue on the context's job store.
+pub fn workers(ctx: JobContext, options: &WorkerOptions) -> Workers {
+    let store = ctx.jobs.clone();
+    let queues = vec![
+        store.queue_name::<EnqueueConversation>(),
+        store.queue_name::<AssignAgent>(),
+        store.queue_name::<CloseConversation>(),
+        store.queue_name::<ReassignConversation>(),
+        store.queue_name::<RecordAudit>(),
+    ];
+    Workers {
+        monitor: monitor(ctx, options),
+        queues,
+        store,
+    }
+}
+
+fn monitor(ctx: JobContext, options: &WorkerOptions) -> Monitor {
     let monitor = Monitor::new()
         .shutdown_timeout(Duration::from_secs(30))
         // A worker ends when its storage fails (a Redis restart, a locked SQLite file); without
@@ -63,8 +118,33 @@ fn register<J: Job>(monitor: Monitor, ctx: &JobContext, options: &WorkerOptions)
         }
         JobStore::Redis { conn, prefix } => {
             let (conn, prefix) = (conn.clone(), prefix.clone());
+            let backlog_conn = conn.clone();
+            let queue = ctx.jobs.queue_name::<J>();
+            let drain = move || {
+                let (conn, queue) = (backlog_conn.clone(), queue.clone());
+                async move {
+                    // A backlog too large for apalis-redis's own promotion makes every fetch
+                    // fail: clear it before the first one.
+                    match backlog::drain(&conn, &queue).await {
+                        Ok(moved) if moved > 0 => {
+                            tracing::info!(queue, moved, "promoted due tasks before start")
+                        }
+                        Ok(_) => {}
+                        Err(err) => tracing::warn!(queue, %err, "could not promote due tasks"),
+                    }
+                }
+            };
             register_on::<J, _>(monitor, name, ctx, options, move || {
-                JobStore::redis_storage::<J>(&conn, &prefix).poll_with_strategy(Every::new(poll))
+                let drain = drain.clone();
+                JobStore::redis_storage::<J>(&conn, &prefix)
+                    .poll_with_strategy(Every::new(poll))
+                    .before_start(move |_| {
+                        let drain = drain();
+                        async move {
+                            drain.await;
+                            Ok(())
+                        }
+                    })
             })
         }
     }

@@ -1,0 +1,87 @@
+//! Keeps apalis-redis's scheduled set small.
+//!
+//! apalis-redis 1.0.0 stores every pushed task in the queue's *scheduled* sorted set (it clamps
+//! `run_at` to now), and each fetch promotes every due entry with a single Lua `unpack`. Past
+//! about 8,000 due tasks that call fails ("too many results to unpack"), so a burst, or workers
+//! that were down for a while, leave a queue whose workers fail on every fetch until the backlog
+//! is gone — which never happens. We promote due tasks ourselves, in chunks small enough for
+//! `unpack`: before a worker (re)starts, and periodically while workers run. The script is atomic,
+//! so any number of nodes may run it at once.
+
+use std::{
+    sync::LazyLock,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use apalis_redis::ConnectionManager;
+use redis::{RedisError, Script};
+
+/// Due tasks moved per script call: far below what `unpack` accepts.
+const CHUNK: usize = 1000;
+
+static PROMOTE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local ids = redis.call('zrangebyscore', KEYS[1], 0, ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+        if #ids > 0 then
+            redis.call('rpush', KEYS[2], unpack(ids))
+            redis.call('zrem', KEYS[1], unpack(ids))
+            redis.call('del', KEYS[3])
+            redis.call('lpush', KEYS[3], 1)
+        end
+        return #ids
+        ",
+    )
+});
+
+/// Moves every due task of `queue` (the storage-level name) from the scheduled set to the list
+/// workers fetch from, `CHUNK` at a time. Returns how many moved.
+pub async fn drain(conn: &ConnectionManager, queue: &str) -> Result<usize, RedisError> {
+    let config = apalis_redis::Config::default().queue(queue);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let mut conn = conn.clone();
+    let mut moved = 0;
+    loop {
+        let count: usize = PROMOTE
+            .key(config.scheduled_jobs_set())
+            .key(config.active_jobs_list())
+            .key(config.signal_list())
+            .arg(now)
+            .arg(CHUNK)
+            .invoke_async(&mut conn)
+            .await?;
+        moved += count;
+        if count < CHUNK {
+            return Ok(moved);
+        }
+    }
+}
+
+/// Drains every queue each `period`, forever (run it beside the workers).
+pub async fn guard(conn: ConnectionManager, queues: Vec<String>, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for queue in &queues {
+            match drain(&conn, queue).await {
+                Ok(moved) if moved >= CHUNK => {
+                    tracing::info!(queue, moved, "promoted a backlog of due tasks");
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(queue, %err, "could not promote due tasks"),
+            }
+        }
+    }
+}
+
+/// Size of `queue`'s scheduled set (for tests and operators).
+pub async fn scheduled_len(conn: &ConnectionManager, queue: &str) -> Result<usize, RedisError> {
+    let config = apalis_redis::Config::default().queue(queue);
+    redis::cmd("ZCARD")
+        .arg(config.scheduled_jobs_set())
+        .query_async(&mut conn.clone())
+        .await
+}
