@@ -84,9 +84,11 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_WORKER_CONCURRENCY", default_value_t = 16)]
     pub worker_concurrency: usize,
 
-    /// How often an idle worker looks for new tasks, in milliseconds.
-    #[arg(long, env = "SWITCHBOARD_POLL_INTERVAL_MS", default_value_t = 20)]
-    pub poll_interval_ms: u64,
+    /// How often an idle worker looks for tasks submitted by other processes, in milliseconds.
+    /// Default: 20 with Redis (API and worker nodes are separate processes), 250 with SQLite
+    /// (one process, whose own submissions wake its workers at once).
+    #[arg(long, env = "SWITCHBOARD_POLL_INTERVAL_MS")]
+    pub poll_interval_ms: Option<u64>,
 
     /// Login attempts allowed per client address per minute.
     #[arg(long, env = "SWITCHBOARD_LOGIN_RATE_PER_MINUTE", default_value_t = 10)]
@@ -127,6 +129,7 @@ impl Settings {
 
     /// Worker poll interval.
     pub fn poll_interval(&self) -> Duration {
-        Duration::from_millis(self.poll_interval_ms)
+        let default = if self.redis_url.is_some() { 20 } else { 250 };
+        Duration::from_millis(self.poll_interval_ms.unwrap_or(default))
     }
 }

@@ -23,7 +23,7 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<DatabaseConnection> 
             let mut options = ConnectOptions::new(format!("sqlite://{}?mode=rwc", path.display()));
             // One writer at a time is SQLite's rule; WAL lets readers go on meanwhile and the
             // busy timeout makes writers queue instead of failing.
-            options.max_connections(8).map_sqlx_sqlite_opts(|o| {
+            options.max_connections(1).map_sqlx_sqlite_opts(|o| {
                 o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                     .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(10))

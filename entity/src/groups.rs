@@ -22,6 +22,8 @@ pub struct Model {
     pub first_response_sla_seconds: i32,
     pub max_reassignments: i32,
     pub max_queue_wait_seconds: Option<i32>,
+    /// Set while an assign job for the group is requested and not yet started (coalescing).
+    pub assign_requested_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
     pub deleted_at: Option<DateTimeUtc>,

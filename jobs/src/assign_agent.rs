@@ -6,15 +6,24 @@
 //! so a lost race only means re-reading the line. Running it when nothing can be assigned is a
 //! cheap no-op, which is what makes it safe to submit liberally.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, LazyLock, Mutex},
+    time::Duration,
+};
 
+use chrono::Utc;
 use entity::groups;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{
+    ColumnTrait, Condition, EntityTrait, QueryFilter, TransactionTrait, sea_query::Expr,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     Job, JobContext, JobError, RetryBudget,
-    conversation::{Assigned, candidates, claim, excluded_agents, previous_agent, waiting_line},
+    conversation::{
+        Assigned, candidates, claim, excluded_agents_of, lock_agents, previous_agent, waiting_line,
+    },
     db::begin_write,
     notify::Outcome,
     routing::choose,
@@ -22,9 +31,9 @@ use crate::{
 
 /// Assignments made by one run before it hands over to a fresh job, so one busy group cannot hold
 /// a worker for long.
-const ASSIGNMENTS_PER_RUN: usize = 50;
+const ASSIGNMENTS_PER_RUN: usize = 500;
 /// How deep into the line a run looks for a conversation some free agent may take.
-const LOOKAHEAD: u64 = 25;
+const LOOKAHEAD: u64 = 50;
 
 /// Serves one group's line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +55,50 @@ impl AssignAgent {
     }
 }
 
+/// The in-process lock of one group's line.
+fn group_lock(key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: LazyLock<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> =
+        LazyLock::new(Default::default);
+    let mut locks = LOCKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    locks.entry(key.to_owned()).or_default().clone()
+}
+
+/// How long a request stays "in flight": after this, another request submits a fresh job even if
+/// the first one has not started (it may have been lost).
+const REQUEST_TTL: chrono::Duration = chrono::Duration::seconds(5);
+
+/// Asks for the group's line to be served, coalescing requests: a job is submitted only when none
+/// is waiting to start. The job clears the mark *before* it reads the line, so a conversation
+/// queued after that clearing makes a new request, and one queued before it is seen by the job:
+/// no wake-up is lost. A mark left by a crash expires after `REQUEST_TTL`, and the reconciler
+/// submits directly.
+pub async fn request_assign(
+    ctx: &JobContext,
+    account_id: i64,
+    group_id: i64,
+) -> Result<(), JobError> {
+    let now = Utc::now();
+    let marked = groups::Entity::update_many()
+        .col_expr(groups::Column::AssignRequestedAt, Expr::value(Some(now)))
+        .filter(groups::Column::Id.eq(group_id))
+        .filter(
+            Condition::any()
+                .add(groups::Column::AssignRequestedAt.is_null())
+                .add(groups::Column::AssignRequestedAt.lt(now - REQUEST_TTL)),
+        )
+        .exec(&ctx.db)
+        .await?;
+    if marked.rows_affected == 1 {
+        ctx.jobs
+            .submit(AssignAgent::new(account_id, group_id))
+            .await
+            .map_err(|err| JobError::Transient(err.to_string()))?;
+    }
+    Ok(())
+}
+
 impl Job for AssignAgent {
     const QUEUE: &'static str = "assign-agent";
     const BUDGET: RetryBudget = RetryBudget {
@@ -65,18 +118,34 @@ impl Job for AssignAgent {
         else {
             return Ok("group is gone".into());
         };
+        // One assigner per group in this process: concurrent runs would only race for the same
+        // head of the line (SQLite even serialises the losers' writes). A run that waits here
+        // still clears the mark and reads the line after the one before it, so nothing is missed.
+        // Other processes may run at once; the conditional claim keeps that correct.
+        let lock = group_lock(&format!("{}#{}", ctx.jobs.wake_key::<Self>(), group.id));
+        let _serving = lock.lock().await;
+        // Clear the request mark first: anything queued from now on asks again.
+        groups::Entity::update_many()
+            .col_expr(
+                groups::Column::AssignRequestedAt,
+                Expr::value(Option::<chrono::DateTime<Utc>>::None),
+            )
+            .filter(groups::Column::Id.eq(group.id))
+            .exec(&ctx.db)
+            .await?;
         let mut assigned = 0;
         while assigned < ASSIGNMENTS_PER_RUN {
-            match assign_next(ctx, &group).await? {
-                Step::Assigned(done) => {
-                    assigned += 1;
-                    announce(ctx, &done);
+            match assign_batch(ctx, &group).await? {
+                Step::Assigned(batch) => {
+                    assigned += batch.len();
+                    for done in &batch {
+                        announce(ctx, done);
+                    }
                 }
-                Step::Raced => continue,
                 Step::Idle => break,
             }
         }
-        if assigned == ASSIGNMENTS_PER_RUN {
+        if assigned >= ASSIGNMENTS_PER_RUN {
             // More may be waiting: let a fresh task carry on.
             ctx.jobs
                 .submit(self.clone())
@@ -88,26 +157,41 @@ impl Job for AssignAgent {
 }
 
 enum Step {
-    Assigned(Box<Assigned>),
-    /// Another worker changed the state under us: read again.
-    Raced,
+    /// Some conversations were assigned.
+    Assigned(Vec<Assigned>),
     /// Nothing can be assigned now.
     Idle,
 }
 
-/// One assignment: the first conversation in line (priority, then age) that some eligible agent
-/// may take. A conversation is skipped only when every free agent is excluded for it, so an older
-/// conversation never waits while an agent eligible for it is free (invariant 3).
-async fn assign_next(ctx: &JobContext, group: &groups::Model) -> Result<Step, JobError> {
-    let agents = candidates(&ctx.db, group.id).await?;
+/// Assigns as much of the head of the line as the free agents allow, in one transaction (one
+/// write lock on SQLite), each claim in its own savepoint so a lost race undoes only itself.
+/// Conversations are taken in serving order (priority, then age); one is skipped only when every
+/// free agent is excluded for it, so an older conversation never waits while an agent eligible
+/// for it is free (invariant 3).
+async fn assign_batch(ctx: &JobContext, group: &groups::Model) -> Result<Step, JobError> {
+    let mut agents = candidates(&ctx.db, group.id).await?;
     if agents.is_empty() {
         return Ok(Step::Idle);
     }
-    for conversation in waiting_line(&ctx.db, group.id, LOOKAHEAD).await? {
-        let excluded = excluded_agents(&ctx.db, conversation.id).await?;
+    let line = waiting_line(&ctx.db, group.id, LOOKAHEAD).await?;
+    if line.is_empty() {
+        return Ok(Step::Idle);
+    }
+    let ids: Vec<i64> = line.iter().map(|c| c.id).collect();
+    let excluded = excluded_agents_of(&ctx.db, &ids).await?;
+    let txn = begin_write(&ctx.db).await?;
+    // Assigners on other nodes take the same agents' locks in the same order: no deadlock.
+    lock_agents(&txn, agents.iter().map(|a| a.id).collect()).await?;
+    let mut done = Vec::new();
+    for conversation in &line {
+        if agents.iter().all(|agent| agent.free_slots() <= 0) {
+            break;
+        }
+        let barred = excluded.get(&conversation.id);
         let pool: Vec<_> = agents
             .iter()
-            .filter(|agent| !excluded.contains(&agent.id))
+            .filter(|agent| agent.free_slots() > 0)
+            .filter(|agent| barred.is_none_or(|barred| !barred.contains(&agent.id)))
             .cloned()
             .collect();
         if pool.is_empty() {
@@ -115,24 +199,36 @@ async fn assign_next(ctx: &JobContext, group: &groups::Model) -> Result<Step, Jo
         }
         let previous = match group.routing_strategy {
             entity::enums::RoutingStrategy::Sticky => {
-                previous_agent(&ctx.db, conversation.visitor_id).await?
+                previous_agent(&txn, conversation.visitor_id).await?
             }
             _ => None,
         };
         let Some((agent_id, reason)) = choose(group.routing_strategy, &pool, previous) else {
             continue;
         };
-        let txn = begin_write(&ctx.db).await?;
-        return match claim(&txn, conversation.id, agent_id, reason.describe()).await? {
-            Ok(done) => {
-                txn.commit().await?;
-                Ok(Step::Assigned(Box::new(done)))
+        let savepoint = txn.begin().await?;
+        match claim(&savepoint, conversation.id, agent_id, reason.describe()).await? {
+            Ok(assigned) => {
+                savepoint.commit().await?;
+                if let Some(agent) = agents.iter_mut().find(|a| a.id == agent_id) {
+                    agent.active_chats = assigned.agent.active_chats;
+                    agent.last_assigned_at = assigned.agent.last_assigned_at;
+                }
+                done.push(assigned);
             }
-            // Dropping the transaction rolls the partial claim back.
-            Err(_) => Ok(Step::Raced),
-        };
+            // Another node got there first: undo this claim only, and stop offering that agent.
+            Err(_) => {
+                drop(savepoint);
+                agents.retain(|a| a.id != agent_id);
+            }
+        }
     }
-    Ok(Step::Idle)
+    txn.commit().await?;
+    Ok(if done.is_empty() {
+        Step::Idle
+    } else {
+        Step::Assigned(done)
+    })
 }
 
 /// Tells the agent, the visitor and the group what an assignment changed.

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Job, JobContext, JobError, RetryBudget,
-    assign_agent::AssignAgent,
+    assign_agent::request_assign,
     conversation::{close, groups_of_agent},
     db::begin_write,
     notify::Outcome,
@@ -74,10 +74,7 @@ pub async fn serve_groups_of(
     agent_id: i64,
 ) -> Result<(), JobError> {
     for group_id in groups_of_agent(&ctx.db, agent_id).await? {
-        ctx.jobs
-            .submit(AssignAgent::new(account_id, group_id))
-            .await
-            .map_err(|err| JobError::Transient(err.to_string()))?;
+        request_assign(ctx, account_id, group_id).await?;
     }
     Ok(())
 }

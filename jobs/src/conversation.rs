@@ -277,6 +277,24 @@ pub async fn claim(
     }))
 }
 
+/// Locks the rows of `agents` in id order (PostgreSQL; SQLite transactions already run one at a
+/// time). A transaction that touches two agents — a transfer releases one and claims another —
+/// must take both locks first, in a fixed order, or two crossing transfers deadlock.
+pub async fn lock_agents(txn: &impl ConnectionTrait, mut agents: Vec<i64>) -> Result<(), DbErr> {
+    if txn.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+        return Ok(());
+    }
+    agents.sort_unstable();
+    agents.dedup();
+    agents::Entity::find()
+        .filter(agents::Column::Id.is_in(agents))
+        .order_by_asc(agents::Column::Id)
+        .lock_exclusive()
+        .all(txn)
+        .await?;
+    Ok(())
+}
+
 /// Gives back the agent's slot for a conversation that just left `active`.
 async fn release_agent(
     txn: &impl ConnectionTrait,
@@ -556,6 +574,8 @@ pub async fn waiting_line(
     conversations::Entity::find()
         .filter(conversations::Column::GroupId.eq(group_id))
         .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
+        // Not yet queued (a crash mid-way): the reconciler enqueues it first.
+        .filter(conversations::Column::QueuedAt.is_not_null())
         .order_by_asc(conversations::Column::Priority)
         .order_by_asc(conversations::Column::QueuedAt)
         .order_by_asc(conversations::Column::Id)
@@ -606,6 +626,27 @@ pub async fn excluded_agents(
         .into_tuple()
         .all(db)
         .await
+}
+
+/// [`excluded_agents`] of several conversations in one query.
+pub async fn excluded_agents_of(
+    db: &impl ConnectionTrait,
+    conversation_ids: &[i64],
+) -> Result<std::collections::HashMap<i64, Vec<i64>>, DbErr> {
+    let rows: Vec<(i64, i64)> = assignments::Entity::find()
+        .select_only()
+        .column(assignments::Column::ConversationId)
+        .column(assignments::Column::AgentId)
+        .filter(assignments::Column::ConversationId.is_in(conversation_ids.iter().copied()))
+        .filter(assignments::Column::ReleaseReason.is_in(REASSIGN_REASONS))
+        .into_tuple()
+        .all(db)
+        .await?;
+    let mut excluded: std::collections::HashMap<i64, Vec<i64>> = Default::default();
+    for (conversation, agent) in rows {
+        excluded.entry(conversation).or_default().push(agent);
+    }
+    Ok(excluded)
 }
 
 /// The agent who last served this visitor, in this conversation or an earlier one (for sticky

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::{
     Job, JobContext, JobError, RetryBudget,
-    assign_agent::AssignAgent,
+    assign_agent::request_assign,
     conversation::{queue_position, system_event},
     notify::Outcome,
 };
@@ -104,13 +104,7 @@ impl Job for EnqueueConversation {
             account_id: conversation.account_id,
             group_id: conversation.group_id,
         });
-        ctx.jobs
-            .submit(AssignAgent::new(
-                conversation.account_id,
-                conversation.group_id,
-            ))
-            .await
-            .map_err(|err| JobError::Transient(err.to_string()))?;
+        request_assign(ctx, conversation.account_id, conversation.group_id).await?;
         Ok(format!("queued at position {position}"))
     }
 }

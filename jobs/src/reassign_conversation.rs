@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Job, JobContext, JobError, RetryBudget,
-    assign_agent::AssignAgent,
+    assign_agent::request_assign,
     close_conversation::serve_groups_of,
     conversation::{queue_position, requeue},
     db::begin_write,
@@ -71,13 +71,7 @@ impl Job for ReassignConversation {
             visitor_id: conversation.visitor_id,
             position,
         });
-        ctx.jobs
-            .submit(AssignAgent::new(
-                conversation.account_id,
-                conversation.group_id,
-            ))
-            .await
-            .map_err(|err| JobError::Transient(err.to_string()))?;
+        request_assign(ctx, conversation.account_id, conversation.group_id).await?;
         serve_groups_of(ctx, conversation.account_id, requeued.agent_id).await?;
         Ok(format!("requeued at position {position}"))
     }

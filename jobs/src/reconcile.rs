@@ -1,8 +1,9 @@
 //! The reconciler: repairs what a crash between two steps can leave behind.
 //!
+//! - An agent whose `active_chats` counter disagrees with its active conversations is corrected
+//!   (first, so that the offers below see the true capacity).
 //! - A pending conversation whose enqueue or assign job was lost (the process died between the
 //!   HTTP write and the job push, or the job storage lost it) is offered again.
-//! - An agent whose `active_chats` counter disagrees with its active conversations is corrected.
 //!
 //! Both are safe to run at any time, on any number of nodes: they only submit idempotent jobs or
 //! write the value the rows dictate. The scheduler runs them periodically.
@@ -30,31 +31,7 @@ pub struct Repairs {
 /// Offers every waiting conversation again and corrects drifted counters.
 pub async fn reconcile(ctx: &JobContext) -> Result<Repairs, JobError> {
     let mut repairs = Repairs::default();
-    let unqueued: Vec<i64> = conversations::Entity::find()
-        .select_only()
-        .column(conversations::Column::Id)
-        .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
-        .filter(conversations::Column::QueuedAt.is_null())
-        .into_tuple()
-        .all(&ctx.db)
-        .await?;
-    for conversation_id in unqueued {
-        submit(ctx, EnqueueConversation::new(conversation_id)).await?;
-        repairs.conversations_enqueued += 1;
-    }
-    let waiting: Vec<(i64, i64)> = conversations::Entity::find()
-        .select_only()
-        .column(conversations::Column::AccountId)
-        .column(conversations::Column::GroupId)
-        .distinct()
-        .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
-        .into_tuple()
-        .all(&ctx.db)
-        .await?;
-    for (account_id, group_id) in waiting {
-        submit(ctx, AssignAgent::new(account_id, group_id)).await?;
-        repairs.groups_offered += 1;
-    }
+    // Counters first: a counter that says "full" would make the offers below assign nothing.
     for agent in agents::Entity::find().all(&ctx.db).await? {
         let actual = conversations::Entity::find()
             .filter(conversations::Column::AssignedAgentId.eq(agent.id))
@@ -80,6 +57,31 @@ pub async fn reconcile(ctx: &JobContext) -> Result<Repairs, JobError> {
                 repairs.counters_fixed += 1;
             }
         }
+    }
+    let unqueued: Vec<i64> = conversations::Entity::find()
+        .select_only()
+        .column(conversations::Column::Id)
+        .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
+        .filter(conversations::Column::QueuedAt.is_null())
+        .into_tuple()
+        .all(&ctx.db)
+        .await?;
+    for conversation_id in unqueued {
+        submit(ctx, EnqueueConversation::new(conversation_id)).await?;
+        repairs.conversations_enqueued += 1;
+    }
+    let waiting: Vec<(i64, i64)> = conversations::Entity::find()
+        .select_only()
+        .column(conversations::Column::AccountId)
+        .column(conversations::Column::GroupId)
+        .distinct()
+        .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
+        .into_tuple()
+        .all(&ctx.db)
+        .await?;
+    for (account_id, group_id) in waiting {
+        submit(ctx, AssignAgent::new(account_id, group_id)).await?;
+        repairs.groups_offered += 1;
     }
     Ok(repairs)
 }

@@ -87,6 +87,18 @@ impl JobStore {
         }
     }
 
+    /// The key of job `J`'s in-process wake-up signal: storage location and queue.
+    pub fn wake_key<J: Job>(&self) -> String {
+        match self {
+            Self::Sqlite(pool) => format!(
+                "{}#{}",
+                pool.connect_options().get_filename().display(),
+                J::QUEUE
+            ),
+            Self::Redis { .. } => self.queue_name::<J>(),
+        }
+    }
+
     pub(crate) fn sqlite_storage<J: Job>(pool: &SqlitePool) -> SqliteStorage<J> {
         SqliteStorage::new(pool).with_config(apalis_sqlite::Config::default().queue(J::QUEUE))
     }
@@ -101,7 +113,7 @@ impl JobStore {
         let task = TaskBuilder::new(job)
             .max_attempts(J::BUDGET.deliveries)
             .build();
-        match self {
+        let pushed = match self {
             Self::Sqlite(pool) => Self::sqlite_storage::<J>(pool)
                 .push_task(task)
                 .await
@@ -110,7 +122,41 @@ impl JobStore {
                 .push_task(task)
                 .await
                 .map_err(StoreError::new),
+        };
+        if pushed.is_ok() {
+            crate::poll::wake(&self.wake_key::<J>());
         }
+        pushed
+    }
+
+    /// Deletes finished tasks from apalis-sqlite: done ones after `keep_done`, killed or
+    /// exhausted ones after `keep_failed` (operators look at those). apalis-sqlite's fetch and
+    /// acknowledgement slow down as its table grows (STACK-NOTES), so this runs periodically.
+    /// Returns how many rows went. A no-op on Redis.
+    pub async fn prune(
+        &self,
+        keep_done: Duration,
+        keep_failed: Duration,
+    ) -> Result<u64, StoreError> {
+        let Self::Sqlite(pool) = self else {
+            return Ok(0);
+        };
+        let done = sqlx::query(
+            "DELETE FROM Jobs WHERE status = 'Done' AND done_at < strftime('%s', 'now') - ?1",
+        )
+        .bind(i64::try_from(keep_done.as_secs()).unwrap_or(i64::MAX))
+        .execute(pool)
+        .await
+        .map_err(StoreError::new)?;
+        let failed = sqlx::query(
+            "DELETE FROM Jobs WHERE (status = 'Killed' OR (status = 'Failed' AND attempts >= max_attempts)) \
+             AND done_at < strftime('%s', 'now') - ?1",
+        )
+        .bind(i64::try_from(keep_failed.as_secs()).unwrap_or(i64::MAX))
+        .execute(pool)
+        .await
+        .map_err(StoreError::new)?;
+        Ok(done.rows_affected() + failed.rows_affected())
     }
 
     /// Round-trips to the storage, for readiness checks.

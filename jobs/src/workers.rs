@@ -26,8 +26,8 @@ use crate::{
 pub struct WorkerOptions {
     /// Tasks of one queue run at once in this process.
     pub concurrency: usize,
-    /// How often an idle worker looks for new tasks. apalis only looks on its heartbeat otherwise
-    /// (30 s), so this bounds the delay between a submission and its start.
+    /// How often an idle worker looks for tasks submitted by other processes (and for retries).
+    /// Tasks this process submits wake their worker at once.
     pub poll_interval: Duration,
     /// Unique name of this process among all worker processes (host, pid and a random part): apalis
     /// refuses a second worker with the same name while the first one's heartbeat is fresh.
@@ -65,10 +65,30 @@ impl Workers {
                     () = guard => Ok(()),
                 }
             }
-            JobStore::Sqlite(_) => run.await,
+            JobStore::Sqlite(_) => {
+                let store = self.store.clone();
+                let prune = async move {
+                    let mut tick = tokio::time::interval(PRUNE_PERIOD);
+                    loop {
+                        tick.tick().await;
+                        if let Err(err) = store.prune(KEEP_DONE, KEEP_FAILED).await {
+                            tracing::warn!(%err, "could not prune finished jobs");
+                        }
+                    }
+                };
+                tokio::select! {
+                    result = run => result,
+                    () = prune => Ok(()),
+                }
+            }
         }
     }
 }
+
+/// How often finished apalis-sqlite tasks are pruned, and how long they are kept.
+const PRUNE_PERIOD: Duration = Duration::from_secs(5);
+const KEEP_DONE: Duration = Duration::from_secs(60);
+const KEEP_FAILED: Duration = Duration::from_secs(24 * 3600);
 
 /// How often the Redis backlog guard promotes due tasks.
 const BACKLOG_PERIOD: Duration = Duration::from_millis(250);
@@ -109,11 +129,12 @@ fn monitor(ctx: JobContext, options: &WorkerOptions) -> Monitor {
 fn register<J: Job>(monitor: Monitor, ctx: &JobContext, options: &WorkerOptions) -> Monitor {
     let name = format!("{}@{}", J::QUEUE, options.node);
     let poll = options.poll_interval;
+    let wake_key = ctx.jobs.wake_key::<J>();
     match &ctx.jobs {
         JobStore::Sqlite(pool) => {
             let pool = pool.clone();
             register_on::<J, _>(monitor, name, ctx, options, move || {
-                JobStore::sqlite_storage::<J>(&pool).poll_with_strategy(Every::new(poll))
+                JobStore::sqlite_storage::<J>(&pool).poll_with_strategy(Every::new(&wake_key, poll))
             })
         }
         JobStore::Redis { conn, prefix } => {
@@ -137,7 +158,7 @@ fn register<J: Job>(monitor: Monitor, ctx: &JobContext, options: &WorkerOptions)
             register_on::<J, _>(monitor, name, ctx, options, move || {
                 let drain = drain.clone();
                 JobStore::redis_storage::<J>(&conn, &prefix)
-                    .poll_with_strategy(Every::new(poll))
+                    .poll_with_strategy(Every::new(&wake_key, poll))
                     .before_start(move |_| {
                         let drain = drain();
                         async move {

@@ -21,8 +21,8 @@ use jobs::{
     assign_agent::announce,
     close_conversation::CloseConversation,
     conversation::{
-        ClaimError, MessageError, claim, groups_of_agent, post_message, reopen, requeue,
-        waiting_line,
+        ClaimError, MessageError, claim, groups_of_agent, lock_agents, post_message, reopen,
+        requeue, waiting_line,
     },
     enqueue_conversation::EnqueueConversation,
     notify::Outcome,
@@ -198,6 +198,7 @@ async fn claim_now(
 ) -> Result<conversations::Model, ApiError> {
     let txn = jobs::db::begin_write(&state.db).await?;
     if let Some(holder) = release_from {
+        lock_agents(&txn, vec![holder, agent_id]).await?;
         requeue(&txn, conversation.id, holder, "transferred", None)
             .await?
             .ok_or_else(|| ApiError::Conflict("the conversation changed hands meanwhile".into()))?;

@@ -13,7 +13,7 @@ use entity::{
     enums::{AgentRole, RoutingStrategy},
     groups,
 };
-use jobs::assign_agent::AssignAgent;
+use jobs::assign_agent::request_assign;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
     sea_query::OnConflict,
@@ -351,7 +351,7 @@ async fn add_member(
     .exec_without_returning(&state.db)
     .await?;
     // A new member may take what waits.
-    if let Err(err) = state.jobs.submit(AssignAgent::new(account, id)).await {
+    if let Err(err) = request_assign(&state.job_context(), account, id).await {
         tracing::warn!(group_id = id, %err, "could not offer the line to the new member");
     }
     audit::record(

@@ -28,29 +28,40 @@ async fn fifty_thousand_jobs_submitted_while_workers_are_down_all_complete() {
         .map(|n| {
             let store = store.clone();
             async move {
-                let job = RecordAudit::new(1, None, "backlog.test", "test", Some(n as i64), json!({}));
+                let job =
+                    RecordAudit::new(1, None, "backlog.test", "test", Some(n as i64), json!({}));
                 store.submit(job).await.expect("submitted");
             }
         })
         .buffer_unordered(64)
         .collect::<Vec<()>>()
         .await;
-    let JobStore::Redis { conn, .. } = &store else { panic!("distributed uses redis") };
+    let JobStore::Redis { conn, .. } = &store else {
+        panic!("distributed uses redis")
+    };
     let queue = store.queue_name::<RecordAudit>();
     let waiting = backlog::scheduled_len(conn, &queue).await.unwrap();
-    assert_eq!(waiting, BACKLOG, "every push sits in the scheduled set, far past what one unpack takes");
+    assert_eq!(
+        waiting, BACKLOG,
+        "every push sits in the scheduled set, far past what one unpack takes"
+    );
     eprintln!("submitted {BACKLOG} jobs in {:?}", started.elapsed());
 
     let started = Instant::now();
-    let worker = spawn_with(storage.clone(), Command::Work, |s| s.worker_concurrency = 32).await;
+    let worker = spawn_with(storage.clone(), Command::Work, |s| {
+        s.worker_concurrency = 32
+    })
+    .await;
     let done = || {
         audit_log::Entity::find()
             .filter(audit_log::Column::Action.eq("backlog.test"))
             .count(worker.db())
     };
-    eventually(Duration::from_secs(240), "every backlogged job to complete", || async {
-        (done().await.unwrap() == BACKLOG as u64).then_some(())
-    })
+    eventually(
+        Duration::from_secs(240),
+        "every backlogged job to complete",
+        || async { (done().await.unwrap() == BACKLOG as u64).then_some(()) },
+    )
     .await;
     eprintln!("worked off {BACKLOG} jobs in {:?}", started.elapsed());
     assert_eq!(backlog::scheduled_len(conn, &queue).await.unwrap(), 0);

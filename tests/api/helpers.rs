@@ -133,7 +133,7 @@ impl Storage {
             admin_password: Some(ADMIN_PASSWORD.into()),
             account_name: "Acme".into(),
             worker_concurrency: 4,
-            poll_interval_ms: 20,
+            poll_interval_ms: None,
             login_rate_per_minute: 1000,
             widget_rate_per_minute: 10_000,
             smtp_url: None,
@@ -468,4 +468,28 @@ macro_rules! both_backends {
             async fn distributed() { run(Backend::Distributed).await }
         }
     };
+}
+
+impl TestApp {
+    /// An agent with `capacity`, member of `group`, left offline (as created); returns (id, token).
+    pub async fn agent_in_group(&self, admin: &str, group: i64, capacity: i64) -> (i64, String) {
+        let (id, token) = self.agent_with_role(admin, "agent").await;
+        let reply = self
+            .patch(
+                &format!("/v1/agents/{id}"),
+                admin,
+                json!({ "maxConcurrentChats": capacity }),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        let reply = self
+            .post(
+                &format!("/v1/groups/{group}/agents"),
+                admin,
+                json!({ "agentId": id }),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        (id, token)
+    }
 }

@@ -5,10 +5,13 @@
 mod helpers;
 
 mod auth;
+mod backlog;
 mod bad_input;
 mod health;
+mod invariants;
 mod isolation;
 mod jobs;
 mod lifecycle;
+mod lifecycle_input;
 mod modes;
 mod resources;
