@@ -80,6 +80,14 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_ACCOUNT_NAME", default_value = "Switchboard")]
     pub account_name: String,
 
+    /// Connections to PostgreSQL per process (SQLite always uses one: it has a single writer).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DATABASE_MAX_CONNECTIONS",
+        default_value_t = 32
+    )]
+    pub database_max_connections: u32,
+
     /// Tasks of one job queue run at once in a worker process.
     #[arg(long, env = "SWITCHBOARD_WORKER_CONCURRENCY", default_value_t = 16)]
     pub worker_concurrency: usize,

@@ -1,4 +1,4 @@
-//! Keeps apalis-redis's scheduled set small.
+//! Keeps apalis-redis small: its scheduled set, and its finished tasks.
 //!
 //! apalis-redis 1.0.0 stores every pushed task in the queue's *scheduled* sorted set (it clamps
 //! `run_at` to now), and each fetch promotes every due entry with a single Lua `unpack`. Past
@@ -59,7 +59,57 @@ pub async fn drain(conn: &ConnectionManager, queue: &str) -> Result<usize, Redis
     }
 }
 
-/// Drains every queue each `period`, forever (run it beside the workers).
+static PRUNE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local ids = redis.call('srandmember', KEYS[1], tonumber(ARGV[2]))
+        local cutoff = tonumber(ARGV[1])
+        local deleted = 0
+        for _, id in ipairs(ids) do
+            local meta = KEYS[3] .. ':' .. id
+            local done_at = tonumber(redis.call('hget', meta, 'done_at') or '0') or 0
+            if done_at <= cutoff then
+                redis.call('srem', KEYS[1], id)
+                redis.call('hdel', KEYS[2], id)
+                redis.call('hdel', KEYS[3] .. ':result', id)
+                redis.call('del', meta)
+                deleted = deleted + 1
+            end
+        end
+        return deleted
+        ",
+    )
+});
+
+/// Deletes up to `CHUNK` tasks of `queue` that finished successfully more than `keep` ago.
+///
+/// apalis-redis keeps every finished task's data and metadata forever (its own vacuum reads the
+/// whole data hash in one call, blocking Redis); at hundreds of tasks a second that is a memory
+/// leak. Failed and dead tasks are left for operators.
+pub async fn prune_done(
+    conn: &ConnectionManager,
+    queue: &str,
+    keep: Duration,
+) -> Result<usize, RedisError> {
+    let config = apalis_redis::Config::default().queue(queue);
+    let cutoff = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+        .saturating_sub(keep.as_secs());
+    PRUNE
+        .key(config.done_jobs_set())
+        .key(config.job_data_hash())
+        .key(config.job_meta_hash())
+        .arg(cutoff)
+        .arg(CHUNK)
+        .invoke_async(&mut conn.clone())
+        .await
+}
+
+/// Finished tasks are kept this long (for operators), then pruned.
+const KEEP_DONE: Duration = Duration::from_secs(60);
+
+/// Drains and prunes every queue each `period`, forever (run it beside the workers).
 pub async fn guard(conn: ConnectionManager, queues: Vec<String>, period: Duration) {
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -73,8 +123,20 @@ pub async fn guard(conn: ConnectionManager, queues: Vec<String>, period: Duratio
                 Ok(_) => {}
                 Err(err) => tracing::warn!(queue, %err, "could not promote due tasks"),
             }
+            if let Err(err) = prune_done(&conn, queue, KEEP_DONE).await {
+                tracing::warn!(queue, %err, "could not prune finished tasks");
+            }
         }
     }
+}
+
+/// Number of finished tasks `queue` still keeps (for tests and operators).
+pub async fn done_len(conn: &ConnectionManager, queue: &str) -> Result<usize, RedisError> {
+    let config = apalis_redis::Config::default().queue(queue);
+    redis::cmd("SCARD")
+        .arg(config.done_jobs_set())
+        .query_async(&mut conn.clone())
+        .await
 }
 
 /// Size of `queue`'s scheduled set (for tests and operators).

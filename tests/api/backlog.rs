@@ -65,4 +65,26 @@ async fn fifty_thousand_jobs_submitted_while_workers_are_down_all_complete() {
     .await;
     eprintln!("worked off {BACKLOG} jobs in {:?}", started.elapsed());
     assert_eq!(backlog::scheduled_len(conn, &queue).await.unwrap(), 0);
+
+    // Finished tasks do not stay in Redis for ever: pruning removes them and their data.
+    assert!(
+        backlog::done_len(conn, &queue).await.unwrap() > 0,
+        "finished tasks are kept for a while"
+    );
+    // (The workers' guard prunes tasks older than a minute meanwhile; this prunes the rest.)
+    for _ in 0..1000 {
+        if backlog::done_len(conn, &queue).await.unwrap() == 0 {
+            break;
+        }
+        backlog::prune_done(conn, &queue, Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    assert_eq!(backlog::done_len(conn, &queue).await.unwrap(), 0);
+    let left: usize = redis::cmd("HLEN")
+        .arg(format!("{queue}:data"))
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "their data went too");
 }

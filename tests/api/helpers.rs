@@ -132,6 +132,7 @@ impl Storage {
             admin_email: ADMIN_EMAIL.into(),
             admin_password: Some(ADMIN_PASSWORD.into()),
             account_name: "Acme".into(),
+            database_max_connections: 16,
             worker_concurrency: 4,
             poll_interval_ms: None,
             login_rate_per_minute: 1000,
