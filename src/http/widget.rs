@@ -18,6 +18,7 @@ use entity::{
     events, groups, threads, visitors,
 };
 use jobs::{
+    assign_agent::request_assign,
     close_conversation::CloseConversation,
     conversation::{MessageError, post_message, queue_position, write_event},
     enqueue_conversation::EnqueueConversation,
@@ -230,6 +231,11 @@ async fn create_session(
         .await
     {
         tracing::warn!(conversation_id = conversation.id, %err, "enqueue not submitted; the reconciler will offer it");
+    }
+    // The conversation is already in line: ask for its group to be served now rather than after
+    // the enqueue job (which asks again; requests coalesce, so this costs one conditional update).
+    if let Err(err) = request_assign(&state.job_context(), account_id, group_id).await {
+        tracing::warn!(conversation_id = conversation.id, %err, "assignment not requested; the enqueue job will");
     }
     let queue_position = queue_position(&state.db, &conversation).await?;
     Ok((

@@ -74,6 +74,33 @@ async fn clean_leftovers(admin: &DatabaseConnection) {
                         .await;
                 }
             }
+            // Earlier runs' Redis keys (test prefixes are unique, so none of them is in use).
+            if let Ok(client) = redis::Client::open(redis_url().as_str())
+                && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+            {
+                let mut cursor = 0u64;
+                loop {
+                    let Ok((next, keys)): Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg("sbtest:*")
+                        .arg("COUNT")
+                        .arg(5000)
+                        .query_async(&mut conn)
+                        .await
+                    else {
+                        break;
+                    };
+                    if !keys.is_empty() {
+                        let _: Result<(), _> =
+                            redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await;
+                    }
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+            }
         })
         .await;
 }
