@@ -21,8 +21,8 @@ use jobs::{
     assign_agent::announce,
     close_conversation::CloseConversation,
     conversation::{
-        ClaimError, MessageError, claim, groups_of_agent, lock_agents, post_message, reopen,
-        requeue, waiting_line,
+        ClaimError, claim, groups_of_agent, lock_agents, post_message, reopen, requeue,
+        waiting_line,
     },
     enqueue_conversation::EnqueueConversation,
     notify::Outcome,
@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     extract::{Json, OptionalJson, Path, Query},
     resource::{Page, page_limit, split_page},
-    views::{ConversationView, EventView},
+    views::{ConversationView, EventView, stored_message},
 };
 use crate::{
     auth::{CurrentAgent, rank},
@@ -550,17 +550,7 @@ async fn post_event(
         body.client_message_id.as_ref().map(ClientMessageId::as_str),
     )
     .await?;
-    match stored {
-        Ok((event, created)) => {
-            let status = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            Ok((status, Json(event.into())))
-        }
-        Err(MessageError::Closed) => Err(ApiError::Conflict("the conversation is closed".into())),
-    }
+    stored_message(stored)
 }
 
 #[derive(Debug, Serialize)]

@@ -107,3 +107,24 @@ impl From<events::Model> for EventView {
         }
     }
 }
+
+/// The answer to a sent message: 201 with the stored event, 200 with the first one when the
+/// client sent the same message id again, 409 when the conversation is closed.
+pub fn stored_message(
+    stored: Result<(entity::events::Model, bool), jobs::conversation::MessageError>,
+) -> Result<(axum::http::StatusCode, super::extract::Json<EventView>), ApiError> {
+    use axum::http::StatusCode;
+    match stored {
+        Ok((event, created)) => {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok((status, super::extract::Json(event.into())))
+        }
+        Err(jobs::conversation::MessageError::Closed) => {
+            Err(ApiError::Conflict("the conversation is closed".into()))
+        }
+    }
+}

@@ -20,7 +20,7 @@ use entity::{
 use jobs::{
     assign_agent::request_assign,
     close_conversation::CloseConversation,
-    conversation::{MessageError, post_message, queue_position, write_event},
+    conversation::{post_message, queue_position, write_event},
     enqueue_conversation::EnqueueConversation,
 };
 use sea_orm::{
@@ -33,7 +33,7 @@ use serde_json::{Map, Value};
 use super::{
     extract::{Json, Query},
     rate_limit,
-    views::EventView,
+    views::{EventView, stored_message},
 };
 use crate::{
     auth::visitor::{CurrentVisitor, new_session_token},
@@ -365,17 +365,7 @@ async fn send_message(
         body.client_message_id.as_ref().map(ClientMessageId::as_str),
     )
     .await?;
-    match stored {
-        Ok((event, created)) => {
-            let status = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            Ok((status, Json(event.into())))
-        }
-        Err(MessageError::Closed) => Err(ApiError::Conflict("the conversation is closed".into())),
-    }
+    stored_message(stored)
 }
 
 #[derive(Debug, Serialize)]

@@ -414,23 +414,7 @@ impl TestApp {
 
     /// An agent with `capacity`, member of `group`, online and accepting; returns (id, token).
     pub async fn online_agent(&self, admin: &str, group: i64, capacity: i64) -> (i64, String) {
-        let (id, token) = self.agent_with_role(admin, "agent").await;
-        let reply = self
-            .patch(
-                &format!("/v1/agents/{id}"),
-                admin,
-                json!({ "maxConcurrentChats": capacity }),
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-        let reply = self
-            .post(
-                &format!("/v1/groups/{group}/agents"),
-                admin,
-                json!({ "agentId": id }),
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        let (id, token) = self.agent_in_group(admin, group, capacity).await;
         self.set_status(&token, "online").await;
         (id, token)
     }
