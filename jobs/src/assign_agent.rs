@@ -14,15 +14,14 @@ use std::{
 
 use chrono::Utc;
 use entity::groups;
-use sea_orm::{
-    ColumnTrait, Condition, EntityTrait, QueryFilter, TransactionTrait, sea_query::Expr,
-};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, sea_query::Expr};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     Job, JobContext, JobError, RetryBudget,
     conversation::{
-        Assigned, candidates, claim, excluded_agents_of, lock_agents, previous_agent, waiting_line,
+        Assigned, ClaimError, candidates, claim, excluded_agents_of, lock_agents, previous_agent,
+        waiting_line,
     },
     db::begin_write,
     notify::Outcome,
@@ -164,24 +163,31 @@ enum Step {
 }
 
 /// Assigns as much of the head of the line as the free agents allow, in one transaction (one
-/// write lock on SQLite), each claim in its own savepoint so a lost race undoes only itself.
+/// write lock on SQLite).
 /// Conversations are taken in serving order (priority, then age); one is skipped only when every
 /// free agent is excluded for it, so an older conversation never waits while an agent eligible
 /// for it is free (invariant 3).
 async fn assign_batch(ctx: &JobContext, group: &groups::Model) -> Result<Step, JobError> {
-    let mut agents = candidates(&ctx.db, group.id).await?;
-    if agents.is_empty() {
+    if candidates(&ctx.db, group.id).await?.is_empty() {
         return Ok(Step::Idle);
     }
-    let line = waiting_line(&ctx.db, group.id, LOOKAHEAD).await?;
-    if line.is_empty() {
+    let txn = begin_write(&ctx.db).await?;
+    // Lock the group's agents (PostgreSQL; SQLite holds its write lock already), then read them
+    // and the line afresh: inside this transaction nobody else changes their capacity, so each
+    // claim's capacity check can only pass.
+    let ids = candidates(&txn, group.id)
+        .await?
+        .iter()
+        .map(|a| a.id)
+        .collect();
+    lock_agents(&txn, ids).await?;
+    let mut agents = candidates(&txn, group.id).await?;
+    let line = waiting_line(&txn, group.id, LOOKAHEAD).await?;
+    if agents.is_empty() || line.is_empty() {
         return Ok(Step::Idle);
     }
     let ids: Vec<i64> = line.iter().map(|c| c.id).collect();
-    let excluded = excluded_agents_of(&ctx.db, &ids).await?;
-    let txn = begin_write(&ctx.db).await?;
-    // Assigners on other nodes take the same agents' locks in the same order: no deadlock.
-    lock_agents(&txn, agents.iter().map(|a| a.id).collect()).await?;
+    let excluded = excluded_agents_of(&txn, &ids).await?;
     let mut done = Vec::new();
     for conversation in &line {
         if agents.iter().all(|agent| agent.free_slots() <= 0) {
@@ -206,20 +212,21 @@ async fn assign_batch(ctx: &JobContext, group: &groups::Model) -> Result<Step, J
         let Some((agent_id, reason)) = choose(group.routing_strategy, &pool, previous) else {
             continue;
         };
-        let savepoint = txn.begin().await?;
-        match claim(&savepoint, conversation.id, agent_id, reason.describe()).await? {
+        match claim(&txn, conversation.id, agent_id, reason.describe()).await? {
             Ok(assigned) => {
-                savepoint.commit().await?;
                 if let Some(agent) = agents.iter_mut().find(|a| a.id == agent_id) {
                     agent.active_chats = assigned.agent.active_chats;
                     agent.last_assigned_at = assigned.agent.last_assigned_at;
                 }
                 done.push(assigned);
             }
-            // Another node got there first: undo this claim only, and stop offering that agent.
-            Err(_) => {
-                drop(savepoint);
-                agents.retain(|a| a.id != agent_id);
+            // Taken by a pick-up or another node meanwhile: nothing was written for it.
+            Err(ClaimError::NotPending) => {}
+            // Cannot happen with the agents locked; if it does, drop the whole batch and retry.
+            Err(ClaimError::AgentUnavailable) => {
+                return Err(JobError::Transient(format!(
+                    "agent {agent_id} changed while locked"
+                )));
             }
         }
     }

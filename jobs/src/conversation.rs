@@ -184,9 +184,12 @@ async fn close_thread(
     Ok(())
 }
 
-/// Gives the pending conversation to the agent, atomically: the agent's capacity and the
-/// conversation are claimed together, the pre-assignment thread closes (`agent_assigned`), a new
-/// thread opens, an assignment row and an "assigned" system event are written.
+/// Gives the pending conversation to the agent, atomically: the conversation and the agent's
+/// capacity are claimed together, a new thread opens (the pre-assignment one closes with
+/// `agent_assigned`), and an assignment row and an "assigned" system event are written.
+///
+/// Seven statements, each returning what the next needs. `NotPending` leaves the transaction as it
+/// was; after `AgentUnavailable` the caller must drop it (the conversation was claimed in it).
 pub async fn claim(
     txn: &impl ConnectionTrait,
     conversation_id: i64,
@@ -194,7 +197,48 @@ pub async fn claim(
     why: &str,
 ) -> Result<Result<Assigned, ClaimError>, DbErr> {
     let now = Utc::now();
-    let took_slot = agents::Entity::update_many()
+    let Some(waiting) = conversations::Entity::find_by_id(conversation_id)
+        .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
+        .one(txn)
+        .await?
+    else {
+        return Ok(Err(ClaimError::NotPending));
+    };
+    let thread = threads::ActiveModel {
+        account_id: Set(waiting.account_id),
+        conversation_id: Set(conversation_id),
+        agent_id: Set(Some(agent_id)),
+        status: Set(ThreadStatus::Active),
+        created_at: Set(now),
+        ..Default::default()
+    }
+    .insert(txn)
+    .await?;
+    let mut taken = conversations::Entity::update_many()
+        .col_expr(
+            conversations::Column::Status,
+            Expr::value(ConversationStatus::Active),
+        )
+        .col_expr(
+            conversations::Column::AssignedAgentId,
+            Expr::value(Some(agent_id)),
+        )
+        .col_expr(conversations::Column::AssignedAt, Expr::value(Some(now)))
+        .col_expr(
+            conversations::Column::ActiveThreadId,
+            Expr::value(Some(thread.id)),
+        )
+        .col_expr(conversations::Column::UpdatedAt, Expr::value(now))
+        .filter(conversations::Column::Id.eq(conversation_id))
+        .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
+        .exec_with_returning(txn)
+        .await?;
+    let Some(conversation) = taken.pop() else {
+        // Claimed elsewhere between our read and our update: the thread we opened goes.
+        threads::Entity::delete_by_id(thread.id).exec(txn).await?;
+        return Ok(Err(ClaimError::NotPending));
+    };
+    let mut slot = agents::Entity::update_many()
         .col_expr(
             agents::Column::ActiveChats,
             Expr::col(agents::Column::ActiveChats).add(1),
@@ -208,46 +252,28 @@ pub async fn claim(
             Expr::col(agents::Column::ActiveChats)
                 .lt(Expr::col(agents::Column::MaxConcurrentChats)),
         )
-        .exec(txn)
+        .exec_with_returning(txn)
         .await?;
-    if took_slot.rows_affected != 1 {
+    let Some(agent) = slot.pop() else {
         return Ok(Err(ClaimError::AgentUnavailable));
-    }
-    let took_conversation = conversations::Entity::update_many()
+    };
+    // The thread the conversation waited in closes; the new one stays.
+    threads::Entity::update_many()
+        .col_expr(threads::Column::Status, Expr::value(ThreadStatus::Closed))
         .col_expr(
-            conversations::Column::Status,
-            Expr::value(ConversationStatus::Active),
+            threads::Column::ClosedBy,
+            Expr::value(Some(ClosedBy::System)),
         )
         .col_expr(
-            conversations::Column::AssignedAgentId,
-            Expr::value(Some(agent_id)),
+            threads::Column::ClosedReason,
+            Expr::value(Some("agent_assigned".to_owned())),
         )
-        .col_expr(conversations::Column::AssignedAt, Expr::value(Some(now)))
-        .col_expr(conversations::Column::UpdatedAt, Expr::value(now))
-        .filter(conversations::Column::Id.eq(conversation_id))
-        .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
+        .col_expr(threads::Column::ClosedAt, Expr::value(Some(now)))
+        .filter(threads::Column::ConversationId.eq(conversation_id))
+        .filter(threads::Column::Status.eq(ThreadStatus::Active))
+        .filter(threads::Column::Id.ne(thread.id))
         .exec(txn)
         .await?;
-    if took_conversation.rows_affected != 1 {
-        return Ok(Err(ClaimError::NotPending));
-    }
-    let agent = agents::Entity::find_by_id(agent_id)
-        .one(txn)
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound(format!("agent {agent_id}")))?;
-    let conversation = conversations::Entity::find_by_id(conversation_id)
-        .one(txn)
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound(format!("conversation {conversation_id}")))?;
-    close_thread(
-        txn,
-        conversation_id,
-        ClosedBy::System,
-        "agent_assigned",
-        now,
-    )
-    .await?;
-    let conversation = open_thread(txn, &conversation, Some(agent_id), now).await?;
     let assignment = assignments::ActiveModel {
         account_id: Set(conversation.account_id),
         conversation_id: Set(conversation_id),
@@ -278,8 +304,9 @@ pub async fn claim(
 }
 
 /// Locks the rows of `agents` in id order (PostgreSQL; SQLite transactions already run one at a
-/// time). A transaction that touches two agents — a transfer releases one and claims another —
-/// must take both locks first, in a fixed order, or two crossing transfers deadlock.
+/// time). A transaction that touches several agents — a transfer releases one and claims another,
+/// an assigner claims for many — takes their locks first, in a fixed order, so two such
+/// transactions never deadlock.
 pub async fn lock_agents(txn: &impl ConnectionTrait, mut agents: Vec<i64>) -> Result<(), DbErr> {
     if txn.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
         return Ok(());
