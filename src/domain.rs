@@ -180,7 +180,8 @@ impl TryFrom<String> for HttpUrl {
         let has_host = value.split_once("://").is_some_and(|(scheme, rest)| {
             matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.starts_with('/')
         });
-        if !has_host || value.len() > 2048 || value.chars().any(char::is_whitespace) {
+        let odd = |c: char| c.is_whitespace() || c.is_control();
+        if !has_host || value.len() > 2048 || value.chars().any(odd) {
             return Err("url must be an http(s) URL of at most 2048 characters".into());
         }
         Ok(Self(value))

@@ -89,11 +89,23 @@ pub async fn request_assign(
         )
         .exec(&ctx.db)
         .await?;
-    if marked.rows_affected == 1 {
-        ctx.jobs
+    if marked.rows_affected == 1
+        && let Err(err) = ctx
+            .jobs
             .submit(AssignAgent::new(account_id, group_id))
             .await
-            .map_err(|err| JobError::Transient(err.to_string()))?;
+    {
+        // No job will clear the mark: clear it, so the next request submits.
+        groups::Entity::update_many()
+            .col_expr(
+                groups::Column::AssignRequestedAt,
+                Expr::value(Option::<chrono::DateTime<Utc>>::None),
+            )
+            .filter(groups::Column::Id.eq(group_id))
+            .filter(groups::Column::AssignRequestedAt.eq(now))
+            .exec(&ctx.db)
+            .await?;
+        return Err(JobError::Transient(err.to_string()));
     }
     Ok(())
 }

@@ -437,10 +437,13 @@ pub async fn close(
     reason: &str,
 ) -> Result<Option<Closed>, DbErr> {
     let now = Utc::now();
-    let Some(before) = conversations::Entity::find_by_id(conversation_id)
-        .one(txn)
-        .await?
-    else {
+    // Locked (PostgreSQL), so a claim or requeue committing meanwhile is waited for and then
+    // closed, instead of making the conditional update below miss and the close be lost.
+    let mut read = conversations::Entity::find_by_id(conversation_id);
+    if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        read = read.lock_exclusive();
+    }
+    let Some(before) = read.one(txn).await? else {
         return Ok(None);
     };
     let (status, stamp) = match closed_by {

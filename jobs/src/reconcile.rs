@@ -5,16 +5,23 @@
 //! - A pending conversation whose enqueue or assign job was lost (the process died between the
 //!   HTTP write and the job push, or the job storage lost it) is offered again.
 //!
-//! Both are safe to run at any time, on any number of nodes: they only submit idempotent jobs or
-//! write the value the rows dictate. The scheduler runs them periodically.
+//! - An active conversation held by an offline or deleted agent goes back to the line.
+//!
+//! All are safe to run at any time, on any number of nodes: they only submit idempotent jobs or
+//! write the value the rows dictate. Every worker process runs a pass periodically.
 
-use entity::{agents, conversations, enums::ConversationStatus};
+use entity::{
+    agents, conversations,
+    enums::{AgentStatus, ConversationStatus},
+};
 use sea_orm::{
-    ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, sea_query::Expr,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, JoinType, QueryFilter, QuerySelect,
+    RelationTrait, Statement,
 };
 
 use crate::{
     JobContext, JobError, assign_agent::AssignAgent, enqueue_conversation::EnqueueConversation,
+    reassign_conversation::ReassignConversation,
 };
 
 /// What one pass repaired.
@@ -26,37 +33,77 @@ pub struct Repairs {
     pub conversations_enqueued: usize,
     /// Agents whose counter was corrected.
     pub counters_fixed: usize,
+    /// Active conversations taken back from offline or deleted agents.
+    pub conversations_released: usize,
 }
+
+/// Sets one agent's counter to the number of its active conversations, if it differs.
+const COUNTER_FIX: &str = "UPDATE agents SET active_chats = \
+    (SELECT COUNT(*) FROM conversations c WHERE c.assigned_agent_id = agents.id AND c.status = 'active') \
+    WHERE id = ? AND active_chats <> \
+    (SELECT COUNT(*) FROM conversations c WHERE c.assigned_agent_id = agents.id AND c.status = 'active')";
 
 /// Offers every waiting conversation again and corrects drifted counters.
 pub async fn reconcile(ctx: &JobContext) -> Result<Repairs, JobError> {
     let mut repairs = Repairs::default();
     // Counters first: a counter that says "full" would make the offers below assign nothing.
+    // One statement per agent, so a claim or close committing meanwhile is never overwritten.
+    let backend = ctx.db.get_database_backend();
     for agent in agents::Entity::find().all(&ctx.db).await? {
-        let actual = conversations::Entity::find()
-            .filter(conversations::Column::AssignedAgentId.eq(agent.id))
-            .filter(conversations::Column::Status.eq(ConversationStatus::Active))
-            .count(&ctx.db)
+        let fixed = ctx
+            .db
+            .execute_raw(Statement::from_sql_and_values(
+                backend,
+                COUNTER_FIX.replace(
+                    '?',
+                    match backend {
+                        sea_orm::DatabaseBackend::Postgres => "$1",
+                        _ => "?",
+                    },
+                ),
+                [agent.id.into()],
+            ))
             .await?;
-        let actual = i32::try_from(actual).unwrap_or(i32::MAX);
-        if actual != agent.active_chats {
-            // Conditional on the value read, so a concurrent claim is never overwritten.
-            let fixed = agents::Entity::update_many()
-                .col_expr(agents::Column::ActiveChats, Expr::value(actual))
-                .filter(agents::Column::Id.eq(agent.id))
-                .filter(agents::Column::ActiveChats.eq(agent.active_chats))
-                .exec(&ctx.db)
-                .await?;
-            if fixed.rows_affected == 1 {
-                tracing::warn!(
-                    agent_id = agent.id,
-                    counter = agent.active_chats,
-                    actual,
-                    "repaired an agent's chat counter"
-                );
-                repairs.counters_fixed += 1;
-            }
+        if fixed.rows_affected() == 1 {
+            tracing::warn!(
+                agent_id = agent.id,
+                counter = agent.active_chats,
+                "repaired an agent's chat counter"
+            );
+            repairs.counters_fixed += 1;
         }
+    }
+    // Chats held by an agent who can no longer answer them (offline or deleted, and the
+    // hand-over was lost) go back to the line.
+    let stranded: Vec<(i64, i64)> = conversations::Entity::find()
+        .select_only()
+        .column(conversations::Column::Id)
+        .column(conversations::Column::AssignedAgentId)
+        .join(
+            JoinType::InnerJoin,
+            conversations::Relation::AssignedAgent.def(),
+        )
+        .filter(conversations::Column::Status.eq(ConversationStatus::Active))
+        .filter(
+            Condition::any()
+                .add(agents::Column::DeletedAt.is_not_null())
+                .add(agents::Column::Status.eq(AgentStatus::Offline)),
+        )
+        .into_tuple()
+        .all(&ctx.db)
+        .await?;
+    for (conversation_id, agent_id) in stranded {
+        submit(
+            ctx,
+            ReassignConversation {
+                conversation_id,
+                from_agent_id: agent_id,
+                reason: "agent_offline".into(),
+                to_group_id: None,
+            },
+        )
+        .await?;
+        repairs.conversations_released += 1;
     }
     let unqueued: Vec<i64> = conversations::Entity::find()
         .select_only()

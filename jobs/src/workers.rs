@@ -40,6 +40,7 @@ pub struct Workers {
     /// Storage-level names of every queue.
     queues: Vec<String>,
     store: JobStore,
+    ctx: JobContext,
 }
 
 impl Workers {
@@ -57,17 +58,12 @@ impl Workers {
             shutdown.await;
             Ok(())
         });
-        match self.store {
-            JobStore::Redis { conn, .. } => {
-                let guard = backlog::guard(conn, self.queues, BACKLOG_PERIOD);
-                tokio::select! {
-                    result = run => result,
-                    () = guard => Ok(()),
+        let storage = async move {
+            match self.store {
+                JobStore::Redis { conn, .. } => {
+                    backlog::guard(conn, self.queues, BACKLOG_PERIOD).await;
                 }
-            }
-            JobStore::Sqlite(_) => {
-                let store = self.store.clone();
-                let prune = async move {
+                store @ JobStore::Sqlite(_) => {
                     let mut tick = tokio::time::interval(PRUNE_PERIOD);
                     loop {
                         tick.tick().await;
@@ -75,15 +71,38 @@ impl Workers {
                             tracing::warn!(%err, "could not prune finished jobs");
                         }
                     }
-                };
-                tokio::select! {
-                    result = run => result,
-                    () = prune => Ok(()),
                 }
             }
+        };
+        let ctx = self.ctx;
+        let repairs = async move {
+            // First pass one period after start: a restart storm does not become a repair storm.
+            let first = tokio::time::Instant::now() + RECONCILE_PERIOD;
+            let mut tick = tokio::time::interval_at(first, RECONCILE_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match crate::reconcile::reconcile(&ctx).await {
+                    Ok(done) if done != crate::reconcile::Repairs::default() => {
+                        tracing::info!(?done, "reconciled");
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(%err, "reconcile pass failed"),
+                }
+            }
+        };
+        // The housekeeping loops never end: the workers' run decides when this returns.
+        tokio::select! {
+            result = run => result,
+            () = storage => Ok(()),
+            () = repairs => Ok(()),
         }
     }
 }
+
+/// How often each worker process repairs what crashes can leave (lost jobs, drifted counters,
+/// chats held by agents who left). The scheduler issue may move this to apalis-cron.
+const RECONCILE_PERIOD: Duration = Duration::from_secs(30);
 
 /// How often finished apalis-sqlite tasks are pruned, and how long they are kept. apalis-sqlite
 /// slows down steeply as its table grows (measured: a 200 chats/s load degraded from 0.2 s to
@@ -107,9 +126,10 @@ pub fn workers(ctx: JobContext, options: &WorkerOptions) -> Workers {
         store.queue_name::<RecordAudit>(),
     ];
     Workers {
-        monitor: monitor(ctx, options),
+        monitor: monitor(ctx.clone(), options),
         queues,
         store,
+        ctx,
     }
 }
 

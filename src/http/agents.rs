@@ -79,7 +79,9 @@ async fn set_status(
         status: agent.status,
         accepting_chats: agent.accepting_chats,
     });
-    if agent.status == AgentStatus::Offline && before.status != AgentStatus::Offline {
+    // Also when it already was offline: a retry after a failed hand-over completes it (the
+    // reassign job acts only on chats still held).
+    if agent.status == AgentStatus::Offline {
         release_all(&state, &agent, "agent_offline").await?;
     }
     if agent.status == AgentStatus::Online && agent.accepting_chats {

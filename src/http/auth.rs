@@ -47,7 +47,11 @@ async fn login(
     Json(body): Json<Login>,
 ) -> Result<Json<Session>, ApiError> {
     const REFUSED: ApiError = ApiError::Unauthorized("wrong e-mail or password");
-    if body.email.len() > 320 || body.password.len() > 1024 {
+    // Control characters (NUL above all, which PostgreSQL refuses in text) match nobody.
+    if body.email.len() > 320
+        || body.password.len() > 1024
+        || body.email.chars().any(char::is_control)
+    {
         return Err(REFUSED);
     }
     let mut query = agents::Entity::find()

@@ -29,8 +29,8 @@ use jobs::{
     reassign_conversation::ReassignConversation,
 };
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 use serde::{Deserialize, Serialize};
 
@@ -197,8 +197,9 @@ async fn claim_now(
     release_from: Option<i64>,
 ) -> Result<conversations::Model, ApiError> {
     let txn = jobs::db::begin_write(&state.db).await?;
+    // Agents first, in id order, as the assigner does: no lock cycle with it.
+    lock_agents(&txn, release_from.into_iter().chain([agent_id]).collect()).await?;
     if let Some(holder) = release_from {
-        lock_agents(&txn, vec![holder, agent_id]).await?;
         requeue(&txn, conversation.id, holder, "transferred", None)
             .await?
             .ok_or_else(|| ApiError::Conflict("the conversation changed hands meanwhile".into()))?;
@@ -406,6 +407,7 @@ async fn reopen_conversation(
     Path(id): Path<i64>,
 ) -> Result<Json<ConversationView>, ApiError> {
     let conversation = visible(&state.db, &caller, id).await?;
+    require_holder(&caller, &conversation)?;
     let txn = jobs::db::begin_write(&state.db).await?;
     let reopened = reopen(&txn, conversation.id)
         .await?
@@ -460,13 +462,22 @@ async fn set_tags(
         .await?;
     let now = Utc::now();
     for tag_id in &wanted {
-        conversation_tags::ActiveModel {
+        // A concurrent identical request may have inserted it: the same set either way.
+        conversation_tags::Entity::insert(conversation_tags::ActiveModel {
             conversation_id: Set(id),
             tag_id: Set(*tag_id),
             account_id: Set(caller.account_id()),
             created_at: Set(now),
-        }
-        .insert(&txn)
+        })
+        .on_conflict(
+            sea_orm::sea_query::OnConflict::columns([
+                conversation_tags::Column::ConversationId,
+                conversation_tags::Column::TagId,
+            ])
+            .do_nothing()
+            .to_owned(),
+        )
+        .exec_without_returning(&txn)
         .await?;
     }
     txn.commit().await?;

@@ -15,8 +15,8 @@ use entity::{
 };
 use jobs::assign_agent::request_assign;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    sea_query::OnConflict,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait,
+    QueryFilter, sea_query::OnConflict,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -305,6 +305,20 @@ async fn remove(
         return Err(ApiError::Conflict(
             "the default group cannot be deleted: make another group the default first".into(),
         ));
+    }
+    // Its waiting and active chats would be stranded: no assigner serves a deleted group.
+    let live = entity::conversations::Entity::find()
+        .filter(entity::conversations::Column::GroupId.eq(id))
+        .filter(entity::conversations::Column::Status.is_in([
+            entity::enums::ConversationStatus::Pending,
+            entity::enums::ConversationStatus::Active,
+        ]))
+        .count(&state.db)
+        .await?;
+    if live > 0 {
+        return Err(ApiError::Conflict(format!(
+            "the group still has {live} waiting or active conversations: transfer or close them first"
+        )));
     }
     resource::soft_delete::<groups::Entity>(&state, &caller, id).await?;
     Ok(StatusCode::NO_CONTENT)

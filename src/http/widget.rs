@@ -87,6 +87,18 @@ struct Session {
     queue_position: u64,
 }
 
+/// True when a JSON value holds a NUL character anywhere (PostgreSQL's jsonb refuses it).
+fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map
+            .iter()
+            .any(|(key, item)| key.contains('\0') || has_nul(item)),
+        _ => false,
+    }
+}
+
 /// Cuts a header value to `max` characters.
 fn header_text(headers: &HeaderMap, name: header::HeaderName, max: usize) -> Option<String> {
     headers
@@ -146,6 +158,11 @@ async fn create_session(
     Json(body): Json<NewSession>,
 ) -> Result<(StatusCode, Json<Session>), ApiError> {
     let metadata = body.metadata.unwrap_or_default();
+    if has_nul(&Value::Object(metadata.clone())) {
+        return Err(ApiError::Unprocessable(
+            "metadata must not contain NUL characters".into(),
+        ));
+    }
     if metadata.len() > METADATA_MAX_KEYS
         || serde_json::to_vec(&metadata).map_or(usize::MAX, |v| v.len()) > METADATA_MAX_BYTES
     {
@@ -322,8 +339,11 @@ async fn show(
         }
         _ => None,
     };
+    // Visitors see the conversation's messages; routing notes (who was busy, why a chat moved)
+    // are for agents.
     let events = events::Entity::find()
         .filter(events::Column::ConversationId.eq(conversation.id))
+        .filter(events::Column::Kind.eq(EventKind::Message))
         .filter(events::Column::Id.gt(params.after.unwrap_or(0)))
         .order_by_asc(events::Column::Id)
         .limit(EVENTS_PER_READ)

@@ -65,6 +65,10 @@ both_backends! {
         let seen = app.request(Method::GET, "/v1/widget/conversation", Some(&visitor), None).await;
         assert_eq!(seen.body["status"], "active");
         assert_eq!(seen.body["agent"]["name"], "A agent");
+        assert!(
+            seen.body["events"].as_array().unwrap().iter().all(|e| e["kind"] == "message" && e["metadata"].is_null()),
+            "visitors see messages, not routing notes"
+        );
         let all = texts(&seen.body["events"]);
         assert_eq!(all.iter().filter(|t| *t == "Hello Vera!").count(), 1);
         assert_eq!(all.last().unwrap(), "Thanks!");
@@ -275,6 +279,12 @@ async fn transfers_claims_and_pickups_respect_capacity() {
     assert_eq!(reply.status, StatusCode::ACCEPTED);
     let requeued = app.conversation_becomes(&admin, id, "pending").await;
     assert_eq!(requeued["groupId"], sales);
+    let refused = app.delete(&format!("/v1/groups/{sales}"), &admin).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::CONFLICT,
+        "a group with a waiting chat stays"
+    );
     assert_eq!(requeued["assignedAgentId"], Value::Null);
     // Bo's freed slot serves what waits in his group.
     let late = app.conversation_becomes(&admin, late, "active").await;
