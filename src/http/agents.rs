@@ -17,7 +17,7 @@ use jobs::{
 };
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait,
-    QueryFilter, QuerySelect,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -404,12 +404,21 @@ async fn ensure_another_admin(
     db: &impl ConnectionTrait,
     agent: &agents::Model,
 ) -> Result<(), ApiError> {
-    let others = resource::scoped::<agents::Entity>(agent.account_id)
+    // Locking every admin row (PostgreSQL; SQLite runs write transactions one at a time) makes
+    // two admins demoting each other at once take turns: the second sees the first's change.
+    let mut admins = resource::scoped::<agents::Entity>(agent.account_id)
         .filter(agents::Column::Role.eq(AgentRole::Admin))
         .filter(agents::Column::DeletedAt.is_null())
-        .filter(agents::Column::Id.ne(agent.id))
-        .count(db)
-        .await?;
+        .order_by_asc(agents::Column::Id);
+    if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        admins = admins.lock_exclusive();
+    }
+    let others = admins
+        .all(db)
+        .await?
+        .iter()
+        .filter(|admin| admin.id != agent.id)
+        .count();
     if others == 0 {
         return Err(ApiError::Conflict(
             "the account must keep at least one admin".into(),
