@@ -98,6 +98,15 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_POLL_INTERVAL_MS")]
     pub poll_interval_ms: Option<u64>,
 
+    /// Seconds between two repair passes of a worker process (lost jobs, drifted counters, chats
+    /// held by agents who left).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_RECONCILE_INTERVAL_SECONDS",
+        default_value_t = 30
+    )]
+    pub reconcile_interval_seconds: u64,
+
     /// Login attempts allowed per client address per minute.
     #[arg(long, env = "SWITCHBOARD_LOGIN_RATE_PER_MINUTE", default_value_t = 10)]
     pub login_rate_per_minute: u32,

@@ -106,6 +106,9 @@ impl Application {
         let options = WorkerOptions {
             concurrency: state.settings.worker_concurrency.max(1),
             poll_interval: state.settings.poll_interval(),
+            reconcile_period: std::time::Duration::from_secs(
+                state.settings.reconcile_interval_seconds,
+            ),
             node: node_name(),
         };
         let http = {

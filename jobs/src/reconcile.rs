@@ -37,6 +37,10 @@ pub struct Repairs {
     pub conversations_released: usize,
 }
 
+/// Agents whose counter disagrees with their active conversations.
+const COUNTER_DRIFT: &str = "SELECT id FROM agents WHERE active_chats <> \
+    (SELECT COUNT(*) FROM conversations c WHERE c.assigned_agent_id = agents.id AND c.status = 'active')";
+
 /// Sets one agent's counter to the number of its active conversations, if it differs.
 const COUNTER_FIX: &str = "UPDATE agents SET active_chats = \
     (SELECT COUNT(*) FROM conversations c WHERE c.assigned_agent_id = agents.id AND c.status = 'active') \
@@ -47,9 +51,16 @@ const COUNTER_FIX: &str = "UPDATE agents SET active_chats = \
 pub async fn reconcile(ctx: &JobContext) -> Result<Repairs, JobError> {
     let mut repairs = Repairs::default();
     // Counters first: a counter that says "full" would make the offers below assign nothing.
-    // One statement per agent, so a claim or close committing meanwhile is never overwritten.
+    // Find drifted counters with one read (no locks: a counter and its rows change in the same
+    // transaction, so committed data never disagrees unless something went wrong), then fix each
+    // with one statement, so a claim or close committing meanwhile is never overwritten.
     let backend = ctx.db.get_database_backend();
-    for agent in agents::Entity::find().all(&ctx.db).await? {
+    let drifted = ctx
+        .db
+        .query_all_raw(Statement::from_string(backend, COUNTER_DRIFT))
+        .await?;
+    for row in drifted {
+        let agent_id: i64 = row.try_get_by_index(0)?;
         let fixed = ctx
             .db
             .execute_raw(Statement::from_sql_and_values(
@@ -61,15 +72,11 @@ pub async fn reconcile(ctx: &JobContext) -> Result<Repairs, JobError> {
                         _ => "?",
                     },
                 ),
-                [agent.id.into()],
+                [agent_id.into()],
             ))
             .await?;
         if fixed.rows_affected() == 1 {
-            tracing::warn!(
-                agent_id = agent.id,
-                counter = agent.active_chats,
-                "repaired an agent's chat counter"
-            );
+            tracing::warn!(agent_id, "repaired an agent's chat counter");
             repairs.counters_fixed += 1;
         }
     }

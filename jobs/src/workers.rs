@@ -29,6 +29,8 @@ pub struct WorkerOptions {
     /// How often an idle worker looks for tasks submitted by other processes (and for retries).
     /// Tasks this process submits wake their worker at once.
     pub poll_interval: Duration,
+    /// How often this process repairs what crashes can leave (see `reconcile`).
+    pub reconcile_period: Duration,
     /// Unique name of this process among all worker processes (host, pid and a random part): apalis
     /// refuses a second worker with the same name while the first one's heartbeat is fresh.
     pub node: String,
@@ -41,6 +43,7 @@ pub struct Workers {
     queues: Vec<String>,
     store: JobStore,
     ctx: JobContext,
+    reconcile_period: Duration,
 }
 
 impl Workers {
@@ -75,10 +78,11 @@ impl Workers {
             }
         };
         let ctx = self.ctx;
+        let period = self.reconcile_period;
         let repairs = async move {
             // First pass one period after start: a restart storm does not become a repair storm.
-            let first = tokio::time::Instant::now() + RECONCILE_PERIOD;
-            let mut tick = tokio::time::interval_at(first, RECONCILE_PERIOD);
+            let first = tokio::time::Instant::now() + period;
+            let mut tick = tokio::time::interval_at(first, period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
@@ -99,10 +103,6 @@ impl Workers {
         }
     }
 }
-
-/// How often each worker process repairs what crashes can leave (lost jobs, drifted counters,
-/// chats held by agents who left). The scheduler issue may move this to apalis-cron.
-const RECONCILE_PERIOD: Duration = Duration::from_secs(30);
 
 /// How often finished apalis-sqlite tasks are pruned, and how long they are kept. apalis-sqlite
 /// slows down steeply as its table grows (measured: a 200 chats/s load degraded from 0.2 s to
@@ -130,6 +130,7 @@ pub fn workers(ctx: JobContext, options: &WorkerOptions) -> Workers {
         queues,
         store,
         ctx,
+        reconcile_period: options.reconcile_period.max(Duration::from_secs(1)),
     }
 }
 

@@ -162,6 +162,7 @@ impl Storage {
             database_max_connections: 16,
             worker_concurrency: 4,
             poll_interval_ms: None,
+            reconcile_interval_seconds: 30,
             login_rate_per_minute: 1000,
             widget_rate_per_minute: 10_000,
             smtp_url: None,
