@@ -69,6 +69,17 @@ pub struct Closed {
     pub released_agent: Option<i64>,
 }
 
+/// An event insert that writes nothing when the conversation already has an event with the same
+/// key (`client_message_id`: a client's message id, or a system event's cause).
+fn once_per_key() -> OnConflict {
+    OnConflict::columns([
+        events::Column::ConversationId,
+        events::Column::ClientMessageId,
+    ])
+    .do_nothing()
+    .to_owned()
+}
+
 /// Writes an event. With a `dedupe` key, a second write with the same key writes nothing
 /// (returns `false`): jobs key their system events by what caused them.
 #[allow(clippy::too_many_arguments)]
@@ -97,14 +108,7 @@ pub async fn write_event(
         ..Default::default()
     };
     let written = events::Entity::insert(row)
-        .on_conflict(
-            OnConflict::columns([
-                events::Column::ConversationId,
-                events::Column::ClientMessageId,
-            ])
-            .do_nothing()
-            .to_owned(),
-        )
+        .on_conflict(once_per_key())
         .exec_without_returning(db)
         .await?;
     Ok(written == 1)
@@ -775,14 +779,7 @@ pub async fn post_message(
         None => (row.insert(db).await?, true),
         Some(key) => {
             let written = events::Entity::insert(row)
-                .on_conflict(
-                    OnConflict::columns([
-                        events::Column::ConversationId,
-                        events::Column::ClientMessageId,
-                    ])
-                    .do_nothing()
-                    .to_owned(),
-                )
+                .on_conflict(once_per_key())
                 .exec_without_returning(db)
                 .await?;
             let event = events::Entity::find()
