@@ -115,6 +115,20 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_WIDGET_RATE_PER_MINUTE", default_value_t = 30)]
     pub widget_rate_per_minute: u32,
 
+    /// Seconds an agent whose last socket dropped keeps its status and chats (a reload costs
+    /// nothing); after it, the agent goes offline and its chats are reassigned.
+    #[arg(long, env = "SWITCHBOARD_PRESENCE_GRACE_SECONDS", default_value_t = 30)]
+    pub presence_grace_seconds: u64,
+
+    /// Events one socket may send per second (bursts of twice this); beyond it they are answered
+    /// with a `rate_limited` error and not handled.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_SOCKET_EVENTS_PER_SECOND",
+        default_value_t = 20
+    )]
+    pub socket_events_per_second: u32,
+
     /// SMTP server for e-mail (`smtp://user:pass@host:587`); unset: e-mail off.
     #[arg(long, env = "SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<String>,
@@ -142,6 +156,11 @@ impl Settings {
     /// Token lifetime.
     pub fn jwt_ttl(&self) -> Duration {
         Duration::from_secs(self.jwt_ttl_seconds)
+    }
+
+    /// Presence grace period.
+    pub fn presence_grace(&self) -> Duration {
+        Duration::from_secs(self.presence_grace_seconds)
     }
 
     /// Worker poll interval.

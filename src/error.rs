@@ -96,6 +96,21 @@ impl ApiError {
         }
     }
 
+    /// `{code, message}` as clients see it (HTTP bodies and socket acknowledgements); a 500's
+    /// cause is never shown.
+    pub fn payload(&self) -> serde_json::Value {
+        let message = match self {
+            Self::Internal(_) => "internal server error".to_owned(),
+            other => other.to_string(),
+        };
+        json!({ "code": self.code(), "message": message })
+    }
+
+    /// True for a failure of ours (logged), false for one the client caused.
+    pub fn is_internal(&self) -> bool {
+        matches!(self, Self::Internal(_))
+    }
+
     /// Maps a unique-key violation to 409 with `message`; any other database error to a 500.
     pub fn conflict_on_unique(message: &str) -> impl FnOnce(DbErr) -> ApiError + '_ {
         move |err| match err.sql_err() {
@@ -140,11 +155,7 @@ impl From<QueryRejection> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let message = match &self {
-            Self::Internal(_) => "internal server error".to_owned(),
-            other => other.to_string(),
-        };
-        let body = json!({ "error": { "code": self.code(), "message": message } });
+        let body = json!({ "error": self.payload() });
         let mut response = (status, Json(body)).into_response();
         match self {
             Self::Internal(cause) => {

@@ -1,9 +1,9 @@
 //! Building and running the application: database, job storage, HTTP listener, workers.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::net::SocketAddr;
 
 use anyhow::Context;
-use jobs::{JobStore, WorkerOptions, notify::LogNotifier};
+use jobs::{JobStore, WorkerOptions};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
@@ -14,6 +14,7 @@ use crate::{
     bootstrap,
     config::{Command, Settings},
     db, http,
+    realtime::{Realtime, deliver::RoomNotifier},
     state::AppState,
 };
 
@@ -47,6 +48,7 @@ pub async fn prepare_database(
 /// A built application, listening but not yet serving.
 pub struct Application {
     state: AppState,
+    realtime: Realtime,
     listener: Option<TcpListener>,
     run_workers: bool,
 }
@@ -72,14 +74,24 @@ impl Application {
             ),
             Command::Work | Command::Migrate => None,
         };
+        let redis_url = settings.redis_url.as_deref();
+        let realtime = if listener.is_some() {
+            Realtime::serve(redis_url, &settings.redis_prefix).await
+        } else {
+            Realtime::emit_only(redis_url, &settings.redis_prefix).await
+        }
+        .context("setting up Socket.IO")?;
+        let notifier = RoomNotifier::start(realtime.push.clone(), db.clone());
         Ok(Self {
             state: AppState {
                 db,
                 jobs,
                 tokens: tokens.into(),
                 settings: settings.into(),
-                notifier: Arc::new(LogNotifier),
+                notifier,
+                push: realtime.push.clone(),
             },
+            realtime,
             listener,
             run_workers: matches!(command, Command::All | Command::Work),
         })
@@ -99,6 +111,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
             state,
+            realtime,
             listener,
             run_workers,
         } = self;
@@ -115,10 +128,19 @@ impl Application {
             let shutdown = shutdown.clone();
             async move {
                 if let Some(listener) = listener {
-                    let app =
-                        http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+                    let app = realtime
+                        .mount(http::router(state.clone()), &state)
+                        .await
+                        .context("registering the Socket.IO namespaces")?
+                        .into_make_service_with_connect_info::<SocketAddr>();
+                    let push = state.push.clone();
                     axum::serve(listener, app)
-                        .with_graceful_shutdown(shutdown.cancelled_owned())
+                        .with_graceful_shutdown(async move {
+                            shutdown.cancelled().await;
+                            // Open sockets would hold the server forever; clients reconnect
+                            // to another node within the presence grace period.
+                            push.close().await;
+                        })
                         .await
                         .context("HTTP server")?;
                 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use jobs::{JobContext, JobStore, notify::Notifier};
 use sea_orm::DatabaseConnection;
 
-use crate::{auth::TokenKeys, config::Settings};
+use crate::{auth::TokenKeys, config::Settings, realtime::Push};
 
 /// Handles every request may need.
 #[derive(Clone, Debug)]
@@ -20,6 +20,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Where outcomes of what the HTTP layer did itself go (the same seam jobs use).
     pub notifier: Arc<dyn Notifier>,
+    /// Direct pushes of the realtime layer (typing, seen, disconnecting revoked agents).
+    pub push: Push,
 }
 
 impl AppState {

@@ -29,6 +29,10 @@ pub struct Model {
     pub token_version: i32,
     pub last_seen_at: Option<DateTimeUtc>,
     pub last_assigned_at: Option<DateTimeUtc>,
+    /// When a socket of the agent last connected (presence; see the agent-presence job).
+    pub connected_at: Option<DateTimeUtc>,
+    /// When the agent's last socket last dropped.
+    pub disconnected_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
     pub deleted_at: Option<DateTimeUtc>,

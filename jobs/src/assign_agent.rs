@@ -259,6 +259,8 @@ pub fn announce(ctx: &JobContext, done: &Assigned) {
         group_id: conversation.group_id,
         visitor_id: conversation.visitor_id,
         agent_id: done.agent.id,
+        agent_name: done.agent.name.clone(),
+        agent_avatar_url: done.agent.avatar_url.clone(),
         reason: done.why.clone(),
     });
     ctx.notifier.notify(Outcome::QueueChanged {

@@ -32,6 +32,9 @@ pub enum Outcome {
         group_id: i64,
         visitor_id: i64,
         agent_id: i64,
+        /// The agent's name and picture, as the visitor is shown them.
+        agent_name: String,
+        agent_avatar_url: Option<String>,
         reason: String,
     },
     /// An agent lost a conversation (transfer, offline, no reply).
@@ -50,6 +53,14 @@ pub enum Outcome {
         agent_id: Option<i64>,
         closed_by: ClosedBy,
         reason: String,
+    },
+    /// A message was stored (`event` is its wire form). Pushed to both sides of the conversation.
+    MessageCreated {
+        account_id: i64,
+        conversation_id: i64,
+        /// The agent holding the conversation, who hears it even without joining its room.
+        assigned_agent_id: Option<i64>,
+        event: serde_json::Value,
     },
     /// A group's waiting line changed (positions moved).
     QueueChanged { account_id: i64, group_id: i64 },

@@ -110,9 +110,17 @@ impl JobStore {
 
     /// Submits one job with its retry budget. Returns once the storage has accepted it.
     pub async fn submit<J: Job>(&self, job: J) -> Result<(), StoreError> {
-        let task = TaskBuilder::new(job)
-            .max_attempts(J::BUDGET.deliveries)
-            .build();
+        self.push(TaskBuilder::new(job)).await
+    }
+
+    /// Submits one job that must not start before `delay` has passed (whole seconds: the
+    /// storages keep run times in Unix seconds, so it may start up to a second later).
+    pub async fn submit_after<J: Job>(&self, job: J, delay: Duration) -> Result<(), StoreError> {
+        self.push(TaskBuilder::new(job).run_after(delay)).await
+    }
+
+    async fn push<J: Job>(&self, task: TaskBuilder<J>) -> Result<(), StoreError> {
+        let task = task.max_attempts(J::BUDGET.deliveries).build();
         let pushed = match self {
             Self::Sqlite(pool) => Self::sqlite_storage::<J>(pool)
                 .push_task(task)

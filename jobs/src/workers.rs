@@ -16,8 +16,9 @@ use apalis_core::backend::{
 use serde_json::Value;
 
 use crate::{
-    Job, JobContext, JobError, JobStore, assign_agent::AssignAgent, audit::RecordAudit, backlog,
-    close_conversation::CloseConversation, enqueue_conversation::EnqueueConversation, poll::Every,
+    Job, JobContext, JobError, JobStore, agent_presence::AgentDisconnected,
+    assign_agent::AssignAgent, audit::RecordAudit, backlog, close_conversation::CloseConversation,
+    enqueue_conversation::EnqueueConversation, poll::Every,
     reassign_conversation::ReassignConversation,
 };
 
@@ -124,6 +125,7 @@ pub fn workers(ctx: JobContext, options: &WorkerOptions) -> Workers {
         store.queue_name::<CloseConversation>(),
         store.queue_name::<ReassignConversation>(),
         store.queue_name::<RecordAudit>(),
+        store.queue_name::<AgentDisconnected>(),
     ];
     Workers {
         monitor: monitor(ctx.clone(), options),
@@ -147,7 +149,8 @@ fn monitor(ctx: JobContext, options: &WorkerOptions) -> Monitor {
     let monitor = register::<AssignAgent>(monitor, &ctx, options);
     let monitor = register::<CloseConversation>(monitor, &ctx, options);
     let monitor = register::<ReassignConversation>(monitor, &ctx, options);
-    register::<RecordAudit>(monitor, &ctx, options)
+    let monitor = register::<RecordAudit>(monitor, &ctx, options);
+    register::<AgentDisconnected>(monitor, &ctx, options)
 }
 
 fn register<J: Job>(monitor: Monitor, ctx: &JobContext, options: &WorkerOptions) -> Monitor {

@@ -222,6 +222,8 @@ async fn entities_round_trip(db: &DatabaseConnection) -> Result<(), DbErr> {
         token_version: Set(0),
         last_seen_at: Set(Some(now)),
         last_assigned_at: Set(None),
+        connected_at: Set(Some(now)),
+        disconnected_at: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
         deleted_at: Set(None),

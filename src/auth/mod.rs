@@ -73,13 +73,38 @@ impl FromRequestParts<AppState> for CurrentAgent {
             .ok_or(ApiError::Unauthorized(
                 "expected Authorization: Bearer <token>",
             ))?;
+        Self::from_token(state, token).await
+    }
+}
+
+impl CurrentAgent {
+    /// The agent a bearer token names, checked against its row as it is now (HTTP header or
+    /// socket handshake).
+    pub async fn from_token(state: &AppState, token: &str) -> Result<Self, ApiError> {
         let claims = state.tokens.verify(token.trim())?;
-        let agent = agents::Entity::find_by_id(TokenKeys::agent_id(&claims)?)
-            .filter(agents::Column::AccountId.eq(claims.acc))
+        Self::reload(
+            &state.db,
+            TokenKeys::agent_id(&claims)?,
+            claims.acc,
+            claims.ver,
+        )
+        .await
+    }
+
+    /// The agent as it is now, if it still exists in `account_id` at token version `version`:
+    /// sockets call it for each event, so a deletion or revocation takes effect at once.
+    pub async fn reload(
+        db: &impl sea_orm::ConnectionTrait,
+        agent_id: i64,
+        account_id: i64,
+        version: i32,
+    ) -> Result<Self, ApiError> {
+        let agent = agents::Entity::find_by_id(agent_id)
+            .filter(agents::Column::AccountId.eq(account_id))
             .filter(agents::Column::DeletedAt.is_null())
-            .one(&state.db)
+            .one(db)
             .await?
-            .filter(|agent| agent.token_version == claims.ver)
+            .filter(|agent| agent.token_version == version)
             .ok_or(ApiError::Unauthorized("token revoked"))?;
         Ok(Self { agent })
     }

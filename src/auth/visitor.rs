@@ -47,9 +47,19 @@ impl FromRequestParts<AppState> for CurrentVisitor {
             .ok_or(ApiError::Unauthorized(
                 "expected Authorization: Bearer <sessionToken>",
             ))?;
+        Self::from_token(&state.db, token).await
+    }
+}
+
+impl CurrentVisitor {
+    /// The visitor whose session token is `token` (HTTP header or socket handshake).
+    pub async fn from_token(
+        db: &impl sea_orm::ConnectionTrait,
+        token: &str,
+    ) -> Result<Self, ApiError> {
         let visitor = visitors::Entity::find()
             .filter(visitors::Column::SessionTokenHash.eq(hash_session_token(token.trim())))
-            .one(&state.db)
+            .one(db)
             .await?
             .ok_or(ApiError::Unauthorized("unknown session token"))?;
         Ok(Self { visitor })

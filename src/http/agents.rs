@@ -11,10 +11,7 @@ use entity::{
     agent_groups, agents, assignments, conversations,
     enums::{AgentRole, AgentStatus, ConversationStatus},
 };
-use jobs::{
-    close_conversation::serve_groups_of, notify::Outcome,
-    reassign_conversation::ReassignConversation,
-};
+use jobs::{close_conversation::serve_groups_of, notify::Outcome};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait,
     QueryFilter, QueryOrder, QuerySelect,
@@ -45,7 +42,7 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct StatusBody {
+pub(crate) struct StatusBody {
     status: AgentStatus,
     accepting_chats: Option<bool>,
 }
@@ -58,6 +55,15 @@ async fn set_status(
     caller: CurrentAgent,
     Json(body): Json<StatusBody>,
 ) -> Result<Json<AgentView>, ApiError> {
+    set_status_as(&state, caller, body).await.map(Json)
+}
+
+/// The caller's own status (REST and `status:set`).
+pub(crate) async fn set_status_as(
+    state: &AppState,
+    caller: CurrentAgent,
+    body: StatusBody,
+) -> Result<AgentView, ApiError> {
     let before = caller.agent;
     let accepting = body.accepting_chats.unwrap_or(match body.status {
         AgentStatus::Online => true,
@@ -82,41 +88,34 @@ async fn set_status(
     // Also when it already was offline: a retry after a failed hand-over completes it (the
     // reassign job acts only on chats still held).
     if agent.status == AgentStatus::Offline {
-        release_all(&state, &agent, "agent_offline").await?;
+        release(state, agent.id).await?;
     }
     if agent.status == AgentStatus::Online && agent.accepting_chats {
-        offer_capacity(&state, &agent).await;
+        offer_capacity(state, &agent).await;
     }
-    Ok(Json(AgentView::one(&state.db, agent).await?))
+    AgentView::one(&state.db, agent).await
 }
 
-/// Submits a reassignment for every conversation the agent holds.
-async fn release_all(
-    state: &AppState,
-    agent: &agents::Model,
-    reason: &str,
-) -> Result<(), ApiError> {
-    let held: Vec<i64> = conversations::Entity::find()
-        .select_only()
-        .column(conversations::Column::Id)
-        .filter(conversations::Column::AssignedAgentId.eq(agent.id))
-        .filter(conversations::Column::Status.eq(ConversationStatus::Active))
-        .into_tuple()
-        .all(&state.db)
-        .await?;
-    for conversation_id in held {
-        state
-            .jobs
-            .submit(ReassignConversation {
-                conversation_id,
-                from_agent_id: agent.id,
-                reason: reason.to_owned(),
-                to_group_id: None,
-            })
-            .await
-            .map_err(|_| ApiError::Unavailable("job storage"))?;
-    }
-    Ok(())
+/// Hands every chat the agent holds back to the line (reassign jobs).
+async fn release(state: &AppState, agent_id: i64) -> Result<(), ApiError> {
+    jobs::agent_presence::release_all(&state.job_context(), agent_id, "agent_offline")
+        .await
+        .map(drop)
+        .map_err(|err| match err {
+            jobs::agent_presence::ReleaseError::Db(err) => ApiError::from(err),
+            jobs::agent_presence::ReleaseError::Store(_) => ApiError::Unavailable("job storage"),
+        })
+}
+
+/// Disconnects the agent's sockets on every node.
+async fn sign_out_sockets(state: &AppState, agent_id: i64) {
+    state
+        .push
+        .disconnect(
+            crate::realtime::AGENTS,
+            crate::realtime::room::agent(agent_id),
+        )
+        .await;
 }
 
 /// Capacity may have appeared for `agent`: serve its groups' lines. A lost submission only delays
@@ -342,6 +341,10 @@ async fn update(
         .await
         .map_err(ApiError::conflict_on_unique(DUPLICATE_EMAIL))?;
     txn.commit().await?;
+    if changed.iter().any(|c| matches!(*c, "password" | "role")) {
+        // Signed-out sockets go; a role change reconnects into the rooms of the new role.
+        sign_out_sockets(&state, id).await;
+    }
     if body.max_concurrent_chats.is_some() {
         offer_capacity(&state, &agent).await;
     }
@@ -384,7 +387,8 @@ async fn remove(
     .update(&txn)
     .await?;
     txn.commit().await?;
-    release_all(&state, &agent, "agent_offline").await?;
+    sign_out_sockets(&state, id).await;
+    release(&state, agent.id).await?;
     audit::record(&state, &caller, "agent.deleted", "agent", id, json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     extract::{Json, OptionalJson, Path, Query},
     resource::{Page, page_limit, split_page},
-    views::{ConversationView, EventView, stored_message},
+    views::{ConversationView, EventView, created, published},
 };
 use crate::{
     auth::{CurrentAgent, rank},
@@ -60,12 +60,12 @@ pub fn router() -> Router<AppState> {
         .route("/queue", get(queue))
 }
 
-fn is_supervisor(caller: &CurrentAgent) -> bool {
+pub(crate) fn is_supervisor(caller: &CurrentAgent) -> bool {
     rank(caller.agent.role) >= rank(AgentRole::Supervisor)
 }
 
 /// Conversation `id` if the caller may see it (404 otherwise, as if it did not exist).
-async fn visible(
+pub(crate) async fn visible(
     db: &impl ConnectionTrait,
     caller: &CurrentAgent,
     id: i64,
@@ -97,7 +97,7 @@ async fn visible(
 }
 
 /// Only the agent holding the conversation, or a supervisor, may act on it.
-fn require_holder(
+pub(crate) fn require_holder(
     caller: &CurrentAgent,
     conversation: &conversations::Model,
 ) -> Result<(), ApiError> {
@@ -267,41 +267,72 @@ async fn pickup(
     caller: CurrentAgent,
     Path(id): Path<i64>,
 ) -> Result<Json<ConversationView>, ApiError> {
-    let conversation = visible(&state.db, &caller, id).await?;
+    pickup_as(&state, &caller, id).await.map(Json)
+}
+
+/// The caller takes a waiting conversation (REST and `conversation:pickup`).
+pub(crate) async fn pickup_as(
+    state: &AppState,
+    caller: &CurrentAgent,
+    id: i64,
+) -> Result<ConversationView, ApiError> {
+    let conversation = visible(&state.db, caller, id).await?;
     let conversation = claim_now(
-        &state,
+        state,
         &conversation,
         caller.id(),
         "picked up from the queue",
         None,
     )
     .await?;
-    Ok(Json(ConversationView::new(&state.db, conversation).await?))
+    ConversationView::new(&state.db, conversation).await
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct TransferBody {
+pub(crate) struct TransferBody {
     agent_id: Option<i64>,
     group_id: Option<i64>,
     reason: Option<Name>,
 }
 
+impl TransferBody {
+    pub(crate) fn new(agent_id: Option<i64>, group_id: Option<i64>, reason: Option<Name>) -> Self {
+        Self {
+            agent_id,
+            group_id,
+            reason,
+        }
+    }
+}
+
+/// A change handed to a job: it happens shortly, and its outcome is pushed to the rooms.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Accepted {
+pub(crate) struct Accepted {
     conversation_id: i64,
     accepted: bool,
 }
 
-fn accepted(conversation_id: i64) -> (StatusCode, Json<Accepted>) {
-    (
-        StatusCode::ACCEPTED,
-        Json(Accepted {
+impl Accepted {
+    pub(crate) fn new(conversation_id: i64) -> Self {
+        Self {
             conversation_id,
             accepted: true,
-        }),
-    )
+        }
+    }
+}
+
+fn accepted(conversation_id: i64) -> (StatusCode, Json<Accepted>) {
+    (StatusCode::ACCEPTED, Json(Accepted::new(conversation_id)))
+}
+
+/// What a transfer did: claimed for an agent at once, or handed to the reassign job.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub(crate) enum Transferred {
+    Claimed(ConversationView),
+    Accepted(Accepted),
 }
 
 async fn transfer(
@@ -311,8 +342,21 @@ async fn transfer(
     Json(body): Json<TransferBody>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    let conversation = visible(&state.db, &caller, id).await?;
-    require_holder(&caller, &conversation)?;
+    Ok(match transfer_as(&state, &caller, id, body).await? {
+        Transferred::Claimed(view) => Json(view).into_response(),
+        Transferred::Accepted(done) => accepted(done.conversation_id).into_response(),
+    })
+}
+
+/// Moves an active conversation to another agent or group (REST and `conversation:transfer`).
+pub(crate) async fn transfer_as(
+    state: &AppState,
+    caller: &CurrentAgent,
+    id: i64,
+    body: TransferBody,
+) -> Result<Transferred, ApiError> {
+    let conversation = visible(&state.db, caller, id).await?;
+    require_holder(caller, &conversation)?;
     let Some(holder) = conversation
         .assigned_agent_id
         .filter(|_| conversation.status == ConversationStatus::Active)
@@ -328,7 +372,7 @@ async fn transfer(
                     "the conversation is already with that agent".into(),
                 ));
             }
-            let agent = agent_of_account(&state.db, &caller, agent_id).await?;
+            let agent = agent_of_account(&state.db, caller, agent_id).await?;
             let why = match &body.reason {
                 Some(reason) => {
                     format!("transferred by {}: {}", caller.agent.name, reason.as_str())
@@ -336,8 +380,10 @@ async fn transfer(
                 None => format!("transferred by {}", caller.agent.name),
             };
             let conversation =
-                claim_now(&state, &conversation, agent.id, &why, Some(holder)).await?;
-            Ok(Json(ConversationView::new(&state.db, conversation).await?).into_response())
+                claim_now(state, &conversation, agent.id, &why, Some(holder)).await?;
+            Ok(Transferred::Claimed(
+                ConversationView::new(&state.db, conversation).await?,
+            ))
         }
         (None, Some(group_id)) => {
             groups::Entity::find_by_id(group_id)
@@ -356,7 +402,7 @@ async fn transfer(
                 })
                 .await
                 .map_err(|_| ApiError::Unavailable("job storage"))?;
-            Ok(accepted(id).into_response())
+            Ok(Transferred::Accepted(Accepted::new(id)))
         }
         _ => Err(ApiError::Unprocessable(
             "give exactly one of agentId or groupId".into(),
@@ -366,8 +412,14 @@ async fn transfer(
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CloseBody {
+pub(crate) struct CloseBody {
     reason: Option<Name>,
+}
+
+impl CloseBody {
+    pub(crate) fn new(reason: Option<Name>) -> Self {
+        Self { reason }
+    }
 }
 
 async fn close(
@@ -376,8 +428,19 @@ async fn close(
     Path(id): Path<i64>,
     OptionalJson(body): OptionalJson<CloseBody>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    let conversation = visible(&state.db, &caller, id).await?;
-    require_holder(&caller, &conversation)?;
+    let done = close_as(&state, &caller, id, body).await?;
+    Ok(accepted(done.conversation_id))
+}
+
+/// Submits the close job for a conversation the caller holds (REST and `conversation:close`).
+pub(crate) async fn close_as(
+    state: &AppState,
+    caller: &CurrentAgent,
+    id: i64,
+    body: CloseBody,
+) -> Result<Accepted, ApiError> {
+    let conversation = visible(&state.db, caller, id).await?;
+    require_holder(caller, &conversation)?;
     if !matches!(
         conversation.status,
         ConversationStatus::Pending | ConversationStatus::Active
@@ -398,7 +461,7 @@ async fn close(
         })
         .await
         .map_err(|_| ApiError::Unavailable("job storage"))?;
-    Ok(accepted(id))
+    Ok(Accepted::new(id))
 }
 
 async fn reopen_conversation(
@@ -534,9 +597,59 @@ async fn thread_events(
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct NewEvent {
+pub(crate) struct NewEvent {
     content: MessageContent,
     client_message_id: Option<ClientMessageId>,
+}
+
+impl NewEvent {
+    pub(crate) fn new(content: MessageContent, client_message_id: Option<ClientMessageId>) -> Self {
+        Self {
+            content,
+            client_message_id,
+        }
+    }
+}
+
+/// The events of a conversation after event id `after`, oldest first (at most `limit`, default
+/// and cap 500): how a client catches up after a reconnect. Visitors see messages only.
+pub(crate) async fn events_since(
+    db: &impl ConnectionTrait,
+    conversation_id: i64,
+    after: Option<i64>,
+    limit: Option<u64>,
+    messages_only: bool,
+) -> Result<Vec<EventView>, ApiError> {
+    let mut query = events::Entity::find()
+        .filter(events::Column::ConversationId.eq(conversation_id))
+        .filter(events::Column::Id.gt(after.unwrap_or(0)));
+    if messages_only {
+        query = query.filter(events::Column::Kind.eq(entity::enums::EventKind::Message));
+    }
+    Ok(query
+        .order_by_asc(events::Column::Id)
+        .limit(limit.unwrap_or(EVENTS_PER_READ).clamp(1, EVENTS_PER_READ))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(EventView::from)
+        .collect())
+}
+
+/// Most events one catch-up read returns; page with `after`.
+const EVENTS_PER_READ: u64 = 500;
+
+/// Event `event_id` of conversation `conversation_id` (404 when it belongs elsewhere).
+pub(crate) async fn event_of(
+    db: &impl ConnectionTrait,
+    conversation_id: i64,
+    event_id: i64,
+) -> Result<events::Model, ApiError> {
+    events::Entity::find_by_id(event_id)
+        .filter(events::Column::ConversationId.eq(conversation_id))
+        .one(db)
+        .await?
+        .ok_or(ApiError::NotFound("event"))
 }
 
 async fn post_event(
@@ -546,22 +659,33 @@ async fn post_event(
     Json(body): Json<NewEvent>,
 ) -> Result<(StatusCode, Json<EventView>), ApiError> {
     let (thread, conversation) = thread_of(&state.db, &caller, thread_id).await?;
-    require_holder(&caller, &conversation)?;
     if conversation.active_thread_id != Some(thread.id) {
         return Err(ApiError::Conflict(
             "the thread is closed; write to the active thread".into(),
         ));
     }
+    created(send_as_agent(&state, &caller, &conversation, body).await?)
+}
+
+/// Stores an agent's message in a conversation it holds and pushes it to both sides (REST and
+/// `message:send`). Returns the event and whether it is new (not a resent client id).
+pub(crate) async fn send_as_agent(
+    state: &AppState,
+    caller: &CurrentAgent,
+    conversation: &conversations::Model,
+    body: NewEvent,
+) -> Result<(EventView, bool), ApiError> {
+    require_holder(caller, conversation)?;
     let stored = post_message(
         &state.db,
-        &conversation,
+        conversation,
         AuthorType::Agent,
         Some(caller.id()),
         body.content.into(),
         body.client_message_id.as_ref().map(ClientMessageId::as_str),
     )
     .await?;
-    stored_message(stored)
+    published(state, conversation, stored)
 }
 
 #[derive(Debug, Serialize)]

@@ -2,18 +2,18 @@
 //! must see at once, submit jobs, answer. Each feature module builds its own `router()`; this one
 //! only merges them and adds the cross-cutting layers.
 
-mod agents;
+pub(crate) mod agents;
 mod audit;
 mod auth;
-mod conversations;
+pub(crate) mod conversations;
 mod extract;
 mod groups;
 mod health;
 pub mod rate_limit;
 mod resource;
 mod tags;
-mod views;
-mod widget;
+pub(crate) mod views;
+pub(crate) mod widget;
 
 use std::time::Duration;
 

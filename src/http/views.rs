@@ -108,23 +108,46 @@ impl From<events::Model> for EventView {
     }
 }
 
-/// The answer to a sent message: 201 with the stored event, 200 with the first one when the
-/// client sent the same message id again, 409 when the conversation is closed.
-pub fn stored_message(
-    stored: Result<(entity::events::Model, bool), jobs::conversation::MessageError>,
-) -> Result<(axum::http::StatusCode, super::extract::Json<EventView>), ApiError> {
-    use axum::http::StatusCode;
-    match stored {
-        Ok((event, created)) => {
-            let status = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            Ok((status, super::extract::Json(event.into())))
+/// A stored message's answer for the caller, pushed to both sides of the conversation when it is
+/// new (a resent client id returns the first event and pushes nothing). A closed conversation is
+/// 409.
+pub fn published(
+    state: &crate::state::AppState,
+    conversation: &conversations::Model,
+    stored: Result<(events::Model, bool), jobs::conversation::MessageError>,
+) -> Result<(EventView, bool), ApiError> {
+    let (event, created) = stored.map_err(|err| match err {
+        jobs::conversation::MessageError::Closed => {
+            ApiError::Conflict("the conversation is closed".into())
         }
-        Err(jobs::conversation::MessageError::Closed) => {
-            Err(ApiError::Conflict("the conversation is closed".into()))
+    })?;
+    let view = EventView::from(event);
+    if created {
+        match serde_json::to_value(&view) {
+            Ok(event) => state
+                .notifier
+                .notify(jobs::notify::Outcome::MessageCreated {
+                    account_id: conversation.account_id,
+                    conversation_id: conversation.id,
+                    assigned_agent_id: conversation.assigned_agent_id,
+                    event,
+                }),
+            Err(err) => tracing::warn!(%err, "message not pushed"),
         }
     }
+    Ok((view, created))
+}
+
+/// The HTTP answer to a sent message: 201 with the stored event, 200 with the first one when the
+/// client sent the same message id again.
+pub fn created(
+    (view, created): (EventView, bool),
+) -> Result<(axum::http::StatusCode, super::extract::Json<EventView>), ApiError> {
+    use axum::http::StatusCode;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, super::extract::Json(view)))
 }

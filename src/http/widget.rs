@@ -15,7 +15,7 @@ use chrono::Utc;
 use entity::{
     accounts, agents, conversations,
     enums::{AuthorType, ClosedBy, ConversationStatus, EventKind, Priority, ThreadStatus},
-    events, groups, threads, visitors,
+    groups, threads, visitors,
 };
 use jobs::{
     assign_agent::request_assign,
@@ -31,9 +31,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{
+    conversations::{Accepted, events_since},
     extract::{Json, Query},
     rate_limit,
-    views::{EventView, stored_message},
+    views::{EventView, created, published},
 };
 use crate::{
     auth::visitor::{CurrentVisitor, new_session_token},
@@ -269,7 +270,7 @@ async fn create_session(
 }
 
 /// The visitor's current conversation (its latest one).
-async fn current_conversation(
+pub(crate) async fn current_conversation(
     db: &impl ConnectionTrait,
     visitor: &visitors::Model,
     requested: Option<i64>,
@@ -313,9 +314,6 @@ struct VisitorConversation {
     events: Vec<EventView>,
 }
 
-/// Most events one read returns; page with `after`.
-const EVENTS_PER_READ: u64 = 500;
-
 async fn show(
     State(state): State<AppState>,
     visitor: CurrentVisitor,
@@ -341,17 +339,7 @@ async fn show(
     };
     // Visitors see the conversation's messages; routing notes (who was busy, why a chat moved)
     // are for agents.
-    let events = events::Entity::find()
-        .filter(events::Column::ConversationId.eq(conversation.id))
-        .filter(events::Column::Kind.eq(EventKind::Message))
-        .filter(events::Column::Id.gt(params.after.unwrap_or(0)))
-        .order_by_asc(events::Column::Id)
-        .limit(EVENTS_PER_READ)
-        .all(&state.db)
-        .await?
-        .into_iter()
-        .map(EventView::from)
-        .collect();
+    let events = events_since(&state.db, conversation.id, params.after, None, true).await?;
     Ok(Json(VisitorConversation {
         conversation_id: conversation.id,
         status: conversation.status,
@@ -363,7 +351,7 @@ async fn show(
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct NewMessage {
+pub(crate) struct NewMessage {
     conversation_id: Option<i64>,
     content: MessageContent,
     client_message_id: Option<ClientMessageId>,
@@ -374,8 +362,16 @@ async fn send_message(
     visitor: CurrentVisitor,
     Json(body): Json<NewMessage>,
 ) -> Result<(StatusCode, Json<EventView>), ApiError> {
-    let conversation =
-        current_conversation(&state.db, &visitor.visitor, body.conversation_id).await?;
+    created(send_as_visitor(&state, &visitor.visitor, body).await?)
+}
+
+/// Stores the visitor's message and pushes it to both sides (REST and `message:send`).
+pub(crate) async fn send_as_visitor(
+    state: &AppState,
+    visitor: &visitors::Model,
+    body: NewMessage,
+) -> Result<(EventView, bool), ApiError> {
+    let conversation = current_conversation(&state.db, visitor, body.conversation_id).await?;
     let stored = post_message(
         &state.db,
         &conversation,
@@ -385,21 +381,25 @@ async fn send_message(
         body.client_message_id.as_ref().map(ClientMessageId::as_str),
     )
     .await?;
-    stored_message(stored)
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Accepted {
-    conversation_id: i64,
-    accepted: bool,
+    published(state, &conversation, stored)
 }
 
 async fn end(
     State(state): State<AppState>,
     visitor: CurrentVisitor,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    let conversation = current_conversation(&state.db, &visitor.visitor, None).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(end_as_visitor(&state, &visitor.visitor).await?),
+    ))
+}
+
+/// The visitor leaves: submits the close job (REST and `conversation:end`).
+pub(crate) async fn end_as_visitor(
+    state: &AppState,
+    visitor: &visitors::Model,
+) -> Result<Accepted, ApiError> {
+    let conversation = current_conversation(&state.db, visitor, None).await?;
     if !matches!(
         conversation.status,
         ConversationStatus::Pending | ConversationStatus::Active
@@ -417,11 +417,5 @@ async fn end(
         })
         .await
         .map_err(|_| ApiError::Unavailable("job storage"))?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Accepted {
-            conversation_id: conversation.id,
-            accepted: true,
-        }),
-    ))
+    Ok(Accepted::new(conversation.id))
 }

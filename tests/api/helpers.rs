@@ -165,6 +165,8 @@ impl Storage {
             reconcile_interval_seconds: 30,
             login_rate_per_minute: 1000,
             widget_rate_per_minute: 10_000,
+            presence_grace_seconds: 30,
+            socket_events_per_second: 200,
             smtp_url: None,
             webhook_allow_private: true,
         }

@@ -3,6 +3,7 @@
 //! Each test gets its own port, database and Redis key prefix (see `helpers`).
 
 mod helpers;
+mod sio;
 
 mod auth;
 mod backlog;
@@ -14,4 +15,5 @@ mod jobs;
 mod lifecycle;
 mod lifecycle_input;
 mod modes;
+mod realtime;
 mod resources;

@@ -1,0 +1,394 @@
+//! The `/agents` namespace: handshake `auth: {token}` with the agent's JWT.
+//!
+//! On connect a socket joins `agent:{id}`, its groups, its active conversations and, for
+//! supervisors and admins, `account:{id}`. Every request re-reads the agent's row, so a deleted
+//! agent or a revoked token stops working at once (and the socket is disconnected).
+
+use chrono::{SubsecRound, Utc};
+use entity::{agents, enums::AgentRole};
+use jobs::{
+    agent_presence::{AgentDisconnected, held_by},
+    conversation::groups_of_agent,
+};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use socketioxide::{
+    ParserError, SocketIo,
+    adapter::Adapter,
+    extract::{SocketRef, TryData},
+    handler::ConnectHandler,
+};
+use socketioxide_core::adapter::DefinedAdapter;
+
+use super::{
+    AGENTS, VISITORS, room,
+    session::{Limiter, Refused, Session, auth_field, limiter, on, on_unknown},
+};
+use crate::{
+    auth::{CurrentAgent, rank},
+    domain::{ClientMessageId, MessageContent, Name},
+    error::ApiError,
+    http::{
+        agents::{StatusBody, set_status_as},
+        conversations::{
+            CloseBody, NewEvent, TransferBody, close_as, event_of, events_since, pickup_as,
+            require_holder, send_as_agent, transfer_as, visible,
+        },
+        views::ConversationView,
+    },
+    state::AppState,
+};
+
+/// Who a socket is, from its handshake.
+#[derive(Clone)]
+struct AgentSession {
+    agent_id: i64,
+    account_id: i64,
+    token_version: i32,
+    limiter: Limiter,
+}
+
+impl Session for AgentSession {
+    fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+}
+
+impl AgentSession {
+    /// The agent as it is now.
+    async fn caller(&self, state: &AppState) -> Result<CurrentAgent, ApiError> {
+        CurrentAgent::reload(
+            &state.db,
+            self.agent_id,
+            self.account_id,
+            self.token_version,
+        )
+        .await
+    }
+}
+
+pub(super) fn register<A: Adapter + DefinedAdapter>(
+    io: &SocketIo<A>,
+    state: AppState,
+) -> A::InitRes {
+    let authenticate = {
+        let state = state.clone();
+        move |socket: SocketRef<A>, TryData(auth): TryData<Value>| {
+            let state = state.clone();
+            async move { handshake(&state, &socket, auth).await }
+        }
+    };
+    let connected = move |socket: SocketRef<A>| {
+        let state = state.clone();
+        async move { attach(&state, &socket) }
+    };
+    io.ns(AGENTS, connected.with(authenticate))
+}
+
+/// Checks the token, joins the rooms and records the connection, all before the client hears
+/// it is connected (so its first request finds everything in place).
+async fn handshake<A: Adapter>(
+    state: &AppState,
+    socket: &SocketRef<A>,
+    auth: Result<Value, ParserError>,
+) -> Result<(), Refused> {
+    let token = auth_field(auth, "token")
+        .ok_or_else(|| Refused("missing auth.token (the agent's access token)".into()))?;
+    let caller = CurrentAgent::from_token(state, &token).await?;
+    let agent = &caller.agent;
+    let mut rooms = vec![room::agent(agent.id)];
+    if rank(agent.role) >= rank(AgentRole::Supervisor) {
+        rooms.push(room::account(agent.account_id));
+    }
+    let db_err = |err| Refused::from(ApiError::from(err));
+    rooms.extend(
+        groups_of_agent(&state.db, agent.id)
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .map(room::group),
+    );
+    rooms.extend(
+        held_by(&state.db, agent.id)
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .map(room::conversation),
+    );
+    let now = Utc::now().trunc_subsecs(6);
+    agents::Entity::update_many()
+        .col_expr(agents::Column::ConnectedAt, Expr::value(now))
+        .col_expr(agents::Column::LastSeenAt, Expr::value(now))
+        .filter(agents::Column::Id.eq(agent.id))
+        .exec(&state.db)
+        .await
+        .map_err(db_err)?;
+    socket.join(rooms);
+    socket.extensions.insert(AgentSession {
+        agent_id: agent.id,
+        account_id: agent.account_id,
+        token_version: agent.token_version,
+        limiter: limiter(state.settings.socket_events_per_second),
+    });
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ConversationRef {
+    conversation_id: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TransferRequest {
+    conversation_id: i64,
+    agent_id: Option<i64>,
+    group_id: Option<i64>,
+    reason: Option<Name>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CloseRequest {
+    conversation_id: i64,
+    reason: Option<Name>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SendRequest {
+    conversation_id: i64,
+    content: MessageContent,
+    client_message_id: Option<ClientMessageId>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TypingRequest {
+    conversation_id: i64,
+    typing: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SeenRequest {
+    conversation_id: i64,
+    event_id: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ListRequest {
+    conversation_id: i64,
+    after: Option<i64>,
+    limit: Option<u64>,
+}
+
+/// Registers the requests of a connected agent socket.
+fn attach<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
+    let st = state.clone();
+    on(
+        socket,
+        "status:set",
+        move |_, session: AgentSession, body: StatusBody| {
+            let state = st.clone();
+            async move { set_status_as(&state, session.caller(&state).await?, body).await }
+        },
+    );
+    let st = state.clone();
+    on(
+        socket,
+        "conversation:join",
+        move |socket: SocketRef<A>, session: AgentSession, body: ConversationRef| {
+            let state = st.clone();
+            async move {
+                let caller = session.caller(&state).await?;
+                let conversation = visible(&state.db, &caller, body.conversation_id).await?;
+                require_holder(&caller, &conversation)?;
+                socket.join(room::conversation(conversation.id));
+                ConversationView::new(&state.db, conversation).await
+            }
+        },
+    );
+    on(
+        socket,
+        "conversation:leave",
+        |socket: SocketRef<A>, _: AgentSession, body: ConversationRef| async move {
+            socket.leave(room::conversation(body.conversation_id));
+            Ok(json!({ "conversationId": body.conversation_id }))
+        },
+    );
+    let st = state.clone();
+    on(
+        socket,
+        "conversation:pickup",
+        move |_, session: AgentSession, body: ConversationRef| {
+            let state = st.clone();
+            async move { pickup_as(&state, &session.caller(&state).await?, body.conversation_id).await }
+        },
+    );
+    let st = state.clone();
+    on(
+        socket,
+        "conversation:transfer",
+        move |_, session: AgentSession, body: TransferRequest| {
+            let state = st.clone();
+            async move {
+                let caller = session.caller(&state).await?;
+                let transfer = TransferBody::new(body.agent_id, body.group_id, body.reason);
+                transfer_as(&state, &caller, body.conversation_id, transfer).await
+            }
+        },
+    );
+    let st = state.clone();
+    on(
+        socket,
+        "conversation:close",
+        move |_, session: AgentSession, body: CloseRequest| {
+            let state = st.clone();
+            async move {
+                let caller = session.caller(&state).await?;
+                close_as(
+                    &state,
+                    &caller,
+                    body.conversation_id,
+                    CloseBody::new(body.reason),
+                )
+                .await
+            }
+        },
+    );
+    let st = state.clone();
+    on(
+        socket,
+        "message:send",
+        move |_, session: AgentSession, body: SendRequest| {
+            let state = st.clone();
+            async move {
+                let caller = session.caller(&state).await?;
+                let conversation = visible(&state.db, &caller, body.conversation_id).await?;
+                let message = NewEvent::new(body.content, body.client_message_id);
+                let (event, _) = send_as_agent(&state, &caller, &conversation, message).await?;
+                Ok(event)
+            }
+        },
+    );
+    let st = state.clone();
+    on(
+        socket,
+        "typing:set",
+        move |_, session: AgentSession, body: TypingRequest| {
+            let state = st.clone();
+            async move {
+                let caller = session.caller(&state).await?;
+                let conversation = visible(&state.db, &caller, body.conversation_id).await?;
+                require_holder(&caller, &conversation)?;
+                let typing = json!({
+                    "conversationId": conversation.id,
+                    "from": "agent",
+                    "agentId": caller.id(),
+                    "typing": body.typing,
+                });
+                state
+                    .push
+                    .emit(
+                        VISITORS,
+                        vec![room::conversation(conversation.id)],
+                        "typing",
+                        &typing,
+                    )
+                    .await;
+                Ok(typing)
+            }
+        },
+    );
+    let st = state.clone();
+    on(
+        socket,
+        "message:seen",
+        move |_, session: AgentSession, body: SeenRequest| {
+            let state = st.clone();
+            async move {
+                let caller = session.caller(&state).await?;
+                let conversation = visible(&state.db, &caller, body.conversation_id).await?;
+                require_holder(&caller, &conversation)?;
+                event_of(&state.db, conversation.id, body.event_id).await?;
+                let seen = json!({
+                    "conversationId": conversation.id,
+                    "eventId": body.event_id,
+                    "by": "agent",
+                    "agentId": caller.id(),
+                });
+                state
+                    .push
+                    .emit(
+                        VISITORS,
+                        vec![room::conversation(conversation.id)],
+                        "message:seen",
+                        &seen,
+                    )
+                    .await;
+                Ok(seen)
+            }
+        },
+    );
+    let st = state.clone();
+    on(
+        socket,
+        "message:list",
+        move |_, session: AgentSession, body: ListRequest| {
+            let state = st.clone();
+            async move {
+                let caller = session.caller(&state).await?;
+                let conversation = visible(&state.db, &caller, body.conversation_id).await?;
+                let events =
+                    events_since(&state.db, conversation.id, body.after, body.limit, false).await?;
+                Ok(json!({ "conversationId": conversation.id, "events": events }))
+            }
+        },
+    );
+    on_unknown::<A, AgentSession>(socket);
+    let state = state.clone();
+    socket.on_disconnect(move |socket: SocketRef<A>| async move {
+        if let Some(session) = socket.extensions.get::<AgentSession>() {
+            dropped(&state, &socket.id.to_string(), session.agent_id).await;
+        }
+    });
+}
+
+/// A socket of `agent_id` closed. When it was the agent's last one on any node, the drop is
+/// recorded and the presence job submitted to run after the grace period.
+async fn dropped(state: &AppState, socket_id: &str, agent_id: i64) {
+    let others = state
+        .push
+        .sockets_in(AGENTS, room::agent(agent_id))
+        .await
+        .map_or(0, |ids| ids.iter().filter(|id| *id != socket_id).count());
+    if others > 0 {
+        return;
+    }
+    let now = Utc::now().trunc_subsecs(6);
+    let recorded = agents::Entity::update_many()
+        .col_expr(agents::Column::DisconnectedAt, Expr::value(now))
+        .col_expr(agents::Column::LastSeenAt, Expr::value(now))
+        .filter(agents::Column::Id.eq(agent_id))
+        .exec(&state.db)
+        .await;
+    if let Err(err) = recorded {
+        tracing::warn!(agent_id, %err, "could not record a disconnect; the reconciler will notice");
+        return;
+    }
+    let job = AgentDisconnected {
+        agent_id,
+        disconnected_at: now,
+    };
+    if let Err(err) = state
+        .jobs
+        .submit_after(job, state.settings.presence_grace())
+        .await
+    {
+        tracing::warn!(agent_id, %err, "presence job not submitted; the reconciler will notice");
+    }
+}

@@ -1,0 +1,351 @@
+//! The [`Notifier`] of a process: job outcomes become room pushes.
+//!
+//! `notify` never blocks a job: outcomes go through a bounded channel to one delivery task,
+//! which pushes them in order. Waiting lines are pushed at most every [`LINE_PERIOD`] per group
+//! (a burst of assignments moves a line many times a second; clients need its latest state),
+//! and a visitor hears `queue:position` only when its place changed.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use chrono::Utc;
+use entity::{conversations, enums::Priority};
+use jobs::{
+    conversation::waiting_line,
+    notify::{Notifier, Outcome},
+};
+use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, QueryFilter};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::{AGENTS, Push, VISITORS, room};
+
+/// How often a changed waiting line is pushed.
+pub const LINE_PERIOD: Duration = Duration::from_millis(250);
+/// Outcomes waiting for delivery before new ones are dropped (and logged).
+const BACKLOG: usize = 65_536;
+/// The part of a line whose visitors hear their place; further back they hear it once they move
+/// into it.
+const LINE_WATCHED: u64 = 1_000;
+/// The part of a line shown to agents in `queue:update`.
+const LINE_SHOWN: usize = 100;
+/// The window over which the group's serving rate is measured for wait estimates.
+const RATE_WINDOW_SECONDS: i64 = 900;
+
+/// Pushes outcomes to Socket.IO rooms.
+#[derive(Debug)]
+pub struct RoomNotifier {
+    outcomes: mpsc::Sender<Outcome>,
+}
+
+impl RoomNotifier {
+    /// Starts the delivery task (it ends when the last notifier handle is dropped).
+    pub fn start(push: Push, db: DatabaseConnection) -> Arc<Self> {
+        let (outcomes, inbox) = mpsc::channel(BACKLOG);
+        tokio::spawn(Delivery::new(push, db).run(inbox));
+        Arc::new(Self { outcomes })
+    }
+}
+
+impl Notifier for RoomNotifier {
+    fn notify(&self, outcome: Outcome) {
+        if let Err(err) = self.outcomes.try_send(outcome) {
+            tracing::warn!(%err, "push dropped: the delivery backlog is full");
+        }
+    }
+}
+
+struct Delivery {
+    push: Push,
+    db: DatabaseConnection,
+    /// Groups whose line changed since the last push: (account, group).
+    changed: HashSet<(i64, i64)>,
+    /// The place each watched visitor was last told, per group.
+    told: HashMap<i64, HashMap<i64, u64>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Waiting {
+    conversation_id: i64,
+    visitor_id: i64,
+    position: u64,
+    priority: Priority,
+    waited_seconds: i64,
+}
+
+impl Delivery {
+    fn new(push: Push, db: DatabaseConnection) -> Self {
+        Self {
+            push,
+            db,
+            changed: HashSet::new(),
+            told: HashMap::new(),
+        }
+    }
+
+    async fn run(mut self, mut inbox: mpsc::Receiver<Outcome>) {
+        let mut tick = tokio::time::interval(LINE_PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                outcome = inbox.recv() => match outcome {
+                    Some(outcome) => self.deliver(outcome).await,
+                    None => break,
+                },
+                _ = tick.tick(), if !self.changed.is_empty() => self.push_lines().await,
+            }
+        }
+    }
+
+    async fn deliver(&mut self, outcome: Outcome) {
+        let push = &self.push;
+        match &outcome {
+            Outcome::ConversationQueued {
+                account_id,
+                conversation_id,
+                group_id,
+                visitor_id,
+                position,
+            } => {
+                self.changed.insert((*account_id, *group_id));
+                let body = json!({
+                    "conversationId": conversation_id,
+                    "groupId": group_id,
+                    "visitorId": visitor_id,
+                    "position": position,
+                });
+                let rooms = vec![room::group(*group_id), room::account(*account_id)];
+                push.emit(AGENTS, rooms, "conversation:queued", &body).await;
+            }
+            Outcome::ConversationAssigned {
+                account_id,
+                conversation_id,
+                group_id,
+                visitor_id,
+                agent_id,
+                agent_name,
+                agent_avatar_url,
+                reason,
+            } => {
+                self.changed.insert((*account_id, *group_id));
+                push.move_sockets(
+                    AGENTS,
+                    room::agent(*agent_id),
+                    room::conversation(*conversation_id),
+                    true,
+                )
+                .await;
+                let body = json!({
+                    "conversationId": conversation_id,
+                    "groupId": group_id,
+                    "visitorId": visitor_id,
+                    "agentId": agent_id,
+                    "reason": reason,
+                });
+                let rooms = vec![
+                    room::agent(*agent_id),
+                    room::group(*group_id),
+                    room::account(*account_id),
+                ];
+                push.emit(AGENTS, rooms, "conversation:assigned", &body)
+                    .await;
+                let card = json!({
+                    "conversationId": conversation_id,
+                    "agent": { "name": agent_name, "avatar": agent_avatar_url },
+                });
+                let rooms = vec![room::conversation(*conversation_id)];
+                push.emit(VISITORS, rooms, "conversation:assigned", &card)
+                    .await;
+            }
+            Outcome::ConversationUnassigned {
+                account_id,
+                conversation_id,
+                group_id,
+                agent_id,
+                reason,
+            } => {
+                let body = json!({
+                    "conversationId": conversation_id,
+                    "groupId": group_id,
+                    "agentId": agent_id,
+                    "reason": reason,
+                });
+                let rooms = vec![
+                    room::agent(*agent_id),
+                    room::group(*group_id),
+                    room::account(*account_id),
+                ];
+                push.emit(AGENTS, rooms, "conversation:unassigned", &body)
+                    .await;
+                push.move_sockets(
+                    AGENTS,
+                    room::agent(*agent_id),
+                    room::conversation(*conversation_id),
+                    false,
+                )
+                .await;
+            }
+            Outcome::ConversationClosed {
+                account_id,
+                conversation_id,
+                visitor_id,
+                agent_id,
+                closed_by,
+                reason,
+            } => {
+                let body = json!({
+                    "conversationId": conversation_id,
+                    "visitorId": visitor_id,
+                    "agentId": agent_id,
+                    "closedBy": closed_by,
+                    "reason": reason,
+                });
+                let mut rooms = vec![
+                    room::conversation(*conversation_id),
+                    room::account(*account_id),
+                ];
+                rooms.extend(agent_id.map(room::agent));
+                push.emit(AGENTS, rooms, "conversation:closed", &body).await;
+                let rooms = vec![room::conversation(*conversation_id)];
+                push.emit(VISITORS, rooms, "conversation:closed", &body)
+                    .await;
+                if let Some(agent_id) = agent_id {
+                    push.move_sockets(
+                        AGENTS,
+                        room::agent(*agent_id),
+                        room::conversation(*conversation_id),
+                        false,
+                    )
+                    .await;
+                }
+            }
+            Outcome::MessageCreated {
+                conversation_id,
+                assigned_agent_id,
+                event,
+                ..
+            } => {
+                let mut rooms = vec![room::conversation(*conversation_id)];
+                rooms.extend(assigned_agent_id.map(room::agent));
+                push.emit(AGENTS, rooms, "message:new", event).await;
+                let rooms = vec![room::conversation(*conversation_id)];
+                push.emit(VISITORS, rooms, "message:new", event).await;
+            }
+            Outcome::QueueChanged {
+                account_id,
+                group_id,
+            } => {
+                self.changed.insert((*account_id, *group_id));
+            }
+            Outcome::AgentStatusChanged {
+                account_id,
+                agent_id,
+                status,
+                accepting_chats,
+            } => {
+                let body = json!({
+                    "agentId": agent_id,
+                    "status": status,
+                    "acceptingChats": accepting_chats,
+                });
+                let rooms = vec![room::agent(*agent_id), room::account(*account_id)];
+                push.emit(AGENTS, rooms, "agent:status", &body).await;
+            }
+        }
+    }
+
+    async fn push_lines(&mut self) {
+        for (account_id, group_id) in std::mem::take(&mut self.changed) {
+            if let Err(err) = self.push_line(account_id, group_id).await {
+                tracing::warn!(group_id, %err, "waiting line not pushed");
+            }
+        }
+    }
+
+    /// `queue:update` to the group's agents and supervisors; `queue:position` to each watched
+    /// visitor whose place changed.
+    async fn push_line(&mut self, account_id: i64, group_id: i64) -> Result<(), DbErr> {
+        let line = waiting_line(&self.db, group_id, LINE_WATCHED).await?;
+        let now = Utc::now();
+        let served = conversations::Entity::find()
+            .filter(conversations::Column::GroupId.eq(group_id))
+            .filter(
+                conversations::Column::AssignedAt
+                    .gt(now - chrono::Duration::seconds(RATE_WINDOW_SECONDS)),
+            )
+            .count(&self.db)
+            .await?;
+        let waiting: Vec<Waiting> = line
+            .iter()
+            .take(LINE_SHOWN)
+            .enumerate()
+            .map(|(index, c)| Waiting {
+                conversation_id: c.id,
+                visitor_id: c.visitor_id,
+                position: index as u64 + 1,
+                priority: c.priority,
+                waited_seconds: c.queued_at.map_or(0, |at| (now - at).num_seconds().max(0)),
+            })
+            .collect();
+        let body = json!({
+            "groupId": group_id,
+            "waitingCount": line.len(),
+            "waiting": waiting,
+        });
+        let rooms = vec![room::group(group_id), room::account(account_id)];
+        self.push.emit(AGENTS, rooms, "queue:update", &body).await;
+
+        let before = self.told.remove(&group_id).unwrap_or_default();
+        let mut now_told = HashMap::with_capacity(line.len());
+        for (index, conversation) in line.iter().enumerate() {
+            let position = index as u64 + 1;
+            now_told.insert(conversation.id, position);
+            if before.get(&conversation.id) == Some(&position) {
+                continue;
+            }
+            let body = json!({
+                "conversationId": conversation.id,
+                "position": position,
+                "estimatedWaitSeconds": estimate(position, served),
+            });
+            let rooms = vec![room::conversation(conversation.id)];
+            self.push
+                .emit(VISITORS, rooms, "queue:position", &body)
+                .await;
+        }
+        if !now_told.is_empty() {
+            self.told.insert(group_id, now_told);
+        }
+        Ok(())
+    }
+}
+
+/// Seconds until place `position` is served at the group's recent rate (`served` chats in the
+/// window); `None` when nothing was served lately, so there is no rate to go by.
+fn estimate(position: u64, served: u64) -> Option<u64> {
+    if served == 0 {
+        return None;
+    }
+    let per_chat = RATE_WINDOW_SECONDS as f64 / served as f64;
+    Some((position as f64 * per_chat).ceil() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::estimate;
+
+    #[test]
+    fn estimates_follow_the_recent_rate() {
+        assert_eq!(estimate(3, 0), None);
+        // 90 served in 15 minutes: one every 10 s.
+        assert_eq!(estimate(1, 90), Some(10));
+        assert_eq!(estimate(4, 90), Some(40));
+        // Faster than one a second still waits at least a second.
+        assert_eq!(estimate(1, 10_000), Some(1));
+    }
+}

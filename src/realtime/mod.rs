@@ -1,0 +1,320 @@
+//! Socket.IO: the `/agents` and `/visitors` namespaces, and how pushes reach their rooms.
+//!
+//! The layer is thin: handlers validate, call the same functions as the REST endpoints, and
+//! answer with an acknowledgement. Job outcomes arrive through the [`Notifier`](jobs::notify)
+//! seam and are pushed by [`deliver`]. Where pushes go depends on the process:
+//! - embedded (`all` on SQLite): the in-process [`SocketIo`] with its local adapter;
+//! - API nodes on Redis: a [`SocketIo`] with the socketioxide-redis adapter, so an emit on one node
+//!   reaches sockets on every node;
+//! - worker-only processes: socketioxide-emitter, publishing into the same Redis channels.
+
+mod agents;
+pub mod deliver;
+mod session;
+mod visitors;
+
+use std::{sync::Arc, time::Duration};
+
+use serde::Serialize;
+use socketioxide::{
+    SocketIo,
+    adapter::{Adapter, Emitter, LocalAdapter},
+    layer::SocketIoLayer,
+};
+use socketioxide_core::adapter::DefinedAdapter;
+use socketioxide_redis::{RedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
+
+use crate::state::AppState;
+
+/// Agents' namespace.
+pub const AGENTS: &str = "/agents";
+/// Visitors' namespace.
+pub const VISITORS: &str = "/visitors";
+
+/// Largest message a socket may send over WebSocket or HTTP long-polling; beyond it the
+/// connection is closed (WebSocket) or the request refused with 413 (polling). Message contents
+/// are limited to 4,000 characters well inside it.
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+
+/// Room names (ARCHITECTURE.md "Real-time protocol"). Ids are global, so a room never spans accounts.
+pub mod room {
+    /// Supervisors and admins of an account.
+    pub fn account(id: i64) -> String {
+        format!("account:{id}")
+    }
+    /// Every socket of one agent.
+    pub fn agent(id: i64) -> String {
+        format!("agent:{id}")
+    }
+    /// Agents of a group.
+    pub fn group(id: i64) -> String {
+        format!("group:{id}")
+    }
+    /// Everyone in a conversation (one room per namespace).
+    pub fn conversation(id: i64) -> String {
+        format!("conversation:{id}")
+    }
+    /// Every socket of one visitor.
+    pub fn visitor(id: i64) -> String {
+        format!("visitor:{id}")
+    }
+}
+
+/// Publishes socketioxide-emitter requests on Redis.
+#[derive(Clone)]
+pub struct EmitterDriver(redis::aio::ConnectionManager);
+
+impl socketioxide_emitter::Driver for EmitterDriver {
+    type Error = redis::RedisError;
+
+    async fn emit(&self, channel: String, data: Vec<u8>) -> Result<(), Self::Error> {
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(data)
+            .query_async::<i64>(&mut self.0.clone())
+            .await
+            .map(drop)
+    }
+}
+
+/// What carries pushes out of this process.
+#[derive(Clone)]
+pub enum Push {
+    /// Nothing to push to (a worker process without Redis).
+    Off,
+    /// The process's own sockets.
+    Local(SocketIo<LocalAdapter>),
+    /// The process's sockets and, through Redis, every other API node's.
+    Cluster(SocketIo<RedisAdapter<Emitter>>),
+    /// No sockets here: requests are published for the API nodes.
+    Emitter {
+        driver: EmitterDriver,
+        prefix: Arc<str>,
+    },
+}
+
+impl std::fmt::Debug for Push {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Off => "Push::Off",
+            Self::Local(_) => "Push::Local",
+            Self::Cluster(_) => "Push::Cluster",
+            Self::Emitter { .. } => "Push::Emitter",
+        })
+    }
+}
+
+/// Runs `$body` with `$io` bound to whichever `SocketIo` this is; `$otherwise` for the rest.
+macro_rules! with_io {
+    ($push:expr, $io:ident => $body:expr, $emitter:pat => $otherwise:expr) => {
+        match $push {
+            Push::Local($io) => $body,
+            Push::Cluster($io) => $body,
+            $emitter => $otherwise,
+        }
+    };
+}
+
+impl Push {
+    /// Emits `event` to every socket of `ns` in any of `rooms` (each socket once).
+    pub async fn emit(
+        &self,
+        ns: &'static str,
+        rooms: Vec<String>,
+        event: &str,
+        data: &impl Serialize,
+    ) {
+        let result = with_io!(self, io => match io.of(ns) {
+            Some(ops) => ops.to(rooms).emit(event, data).await.map_err(|e| e.to_string()),
+            None => Ok(()),
+        }, other => match other {
+            Self::Emitter { driver, prefix } => socketioxide_emitter::IoEmitter::new()
+                .of(ns)
+                .to(rooms)
+                .prefix(prefix.to_string())
+                .emit(event, data, driver)
+                .await
+                .map_err(|e| e.to_string()),
+            _ => Ok(()),
+        });
+        if let Err(err) = result {
+            tracing::warn!(event, %err, "push failed");
+        }
+    }
+
+    /// Makes the sockets of `ns` in room `of` join (or, `join == false`, leave) room `room`.
+    pub async fn move_sockets(&self, ns: &'static str, of: String, room: String, join: bool) {
+        let result = with_io!(self, io => match io.of(ns) {
+            Some(ops) if join => ops.within(of).join(room).await.map_err(|e| e.to_string()),
+            Some(ops) => ops.within(of).leave(room).await.map_err(|e| e.to_string()),
+            None => Ok(()),
+        }, other => match other {
+            Self::Emitter { driver, prefix } => {
+                let selected = socketioxide_emitter::IoEmitter::new()
+                    .of(ns)
+                    .within(of)
+                    .prefix(prefix.to_string());
+                if join {
+                    selected.join(room, driver).await
+                } else {
+                    selected.leave(room, driver).await
+                }
+                .map_err(|e| e.to_string())
+            }
+            _ => Ok(()),
+        });
+        if let Err(err) = result {
+            tracing::warn!(%err, "moving sockets between rooms failed");
+        }
+    }
+
+    /// Disconnects every socket of `ns` in `room` (a deleted or revoked agent).
+    pub async fn disconnect(&self, ns: &'static str, room: String) {
+        let result = with_io!(self, io => match io.of(ns) {
+            Some(ops) => ops.within(room).disconnect().await.map_err(|e| e.to_string()),
+            None => Ok(()),
+        }, other => match other {
+            Self::Emitter { driver, prefix } => socketioxide_emitter::IoEmitter::new()
+                .of(ns)
+                .within(room)
+                .prefix(prefix.to_string())
+                .disconnect(driver)
+                .await
+                .map_err(|e| e.to_string()),
+            _ => Ok(()),
+        });
+        if let Err(err) = result {
+            tracing::warn!(%err, "disconnecting sockets failed");
+        }
+    }
+
+    /// The ids of the sockets of `ns` in `room` on every node (`None` when unknown: no sockets
+    /// here, or a node did not answer).
+    pub async fn sockets_in(&self, ns: &'static str, room: String) -> Option<Vec<String>> {
+        with_io!(self, io => {
+            let ops = io.of(ns)?;
+            match ops.within(room).fetch_sockets().await {
+                Ok(sockets) => Some(sockets.iter().map(|s| s.data().id.to_string()).collect()),
+                Err(err) => {
+                    tracing::warn!(%err, "could not list the sockets of a room");
+                    None
+                }
+            }
+        }, _ => None)
+    }
+
+    /// Disconnects every socket of this node (shutdown), so the HTTP server can finish.
+    pub async fn close(&self) {
+        with_io!(self, io => io.close().await, _ => ())
+    }
+
+    /// Sockets connected to this node, per namespace (for operators).
+    pub fn local_sockets(&self, ns: &'static str) -> usize {
+        with_io!(self, io => io.of(ns).map_or(0, |ops| ops.sockets().len()), _ => 0)
+    }
+}
+
+/// How this process pushes, and the Socket.IO layer to mount when it serves sockets.
+pub struct Realtime {
+    /// The push side, for the notifier and handlers.
+    pub push: Push,
+    layer: Option<Layer>,
+}
+
+enum Layer {
+    Local(SocketIoLayer<LocalAdapter>),
+    Cluster(SocketIoLayer<RedisAdapter<Emitter>>),
+}
+
+/// The adapter's Redis URL: its subscriptions need RESP3 (`protocol=resp3`, lower case).
+fn resp3(url: &str) -> String {
+    if url.contains("protocol=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&protocol=resp3")
+    } else if url.trim_end_matches('/').matches('/').count() > 2 {
+        format!("{url}?protocol=resp3")
+    } else {
+        format!("{}/?protocol=resp3", url.trim_end_matches('/'))
+    }
+}
+
+impl Realtime {
+    /// Sockets served here: local rooms without Redis, Redis-adapted rooms with it.
+    pub async fn serve(redis_url: Option<&str>, prefix: &str) -> anyhow::Result<Self> {
+        let builder = || {
+            SocketIo::builder()
+                .max_payload(MAX_PAYLOAD_BYTES as u64)
+                .ws_max_message_size(MAX_PAYLOAD_BYTES)
+                .ack_timeout(Duration::from_secs(10))
+        };
+        Ok(match redis_url {
+            None => {
+                let (layer, io) = builder().build_layer();
+                Self {
+                    push: Push::Local(io),
+                    layer: Some(Layer::Local(layer)),
+                }
+            }
+            Some(url) => {
+                let client = redis::Client::open(resp3(url))?;
+                let config = RedisAdapterConfig::new()
+                    .with_prefix(format!("{prefix}:sio"))
+                    .with_request_timeout(Duration::from_secs(2));
+                let ctr = RedisAdapterCtr::new_with_redis_config(&client, config).await?;
+                let (layer, io) = builder().with_adapter::<RedisAdapter<_>>(ctr).build_layer();
+                Self {
+                    push: Push::Cluster(io),
+                    layer: Some(Layer::Cluster(layer)),
+                }
+            }
+        })
+    }
+
+    /// No sockets here: pushes are published on Redis for the API nodes (or dropped without it).
+    pub async fn emit_only(redis_url: Option<&str>, prefix: &str) -> anyhow::Result<Self> {
+        let push = match redis_url {
+            Some(url) => {
+                let conn = redis::Client::open(url)?.get_connection_manager().await?;
+                Push::Emitter {
+                    driver: EmitterDriver(conn),
+                    prefix: format!("{prefix}:sio").into(),
+                }
+            }
+            None => Push::Off,
+        };
+        Ok(Self { push, layer: None })
+    }
+
+    /// Registers the namespaces (their handlers get `state`) and wraps `router` in the layer.
+    pub async fn mount(
+        self,
+        router: axum::Router,
+        state: &AppState,
+    ) -> anyhow::Result<axum::Router> {
+        Ok(match (self.layer, &self.push) {
+            (Some(Layer::Local(layer)), Push::Local(io)) => {
+                register(io, state);
+                router.layer(layer)
+            }
+            (Some(Layer::Cluster(layer)), Push::Cluster(io)) => {
+                let (agents, visitors) = register(io, state);
+                agents.await?;
+                visitors.await?;
+                router.layer(layer)
+            }
+            _ => router,
+        })
+    }
+}
+
+/// Registers both namespaces; with a remote adapter the returned futures finish the registration.
+fn register<A: Adapter + DefinedAdapter>(
+    io: &SocketIo<A>,
+    state: &AppState,
+) -> (A::InitRes, A::InitRes) {
+    (
+        agents::register(io, state.clone()),
+        visitors::register(io, state.clone()),
+    )
+}

@@ -1,0 +1,195 @@
+//! The `/visitors` namespace: handshake `auth: {sessionToken}` from `POST /v1/widget/session`.
+//!
+//! A visitor's socket joins `visitor:{id}` and its current conversation's room. Requests name no
+//! conversation, or the visitor's own (another one is 404, as over REST).
+
+use entity::visitors;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use socketioxide::{
+    ParserError, SocketIo,
+    adapter::Adapter,
+    extract::{SocketRef, TryData},
+    handler::ConnectHandler,
+};
+use socketioxide_core::adapter::DefinedAdapter;
+
+use super::{
+    AGENTS, VISITORS, room,
+    session::{Limiter, Refused, Session, auth_field, limiter, on, on_unknown},
+};
+use crate::{
+    auth::visitor::CurrentVisitor,
+    http::{
+        conversations::{event_of, events_since},
+        widget::{NewMessage, current_conversation, end_as_visitor, send_as_visitor},
+    },
+    state::AppState,
+};
+
+/// Who a socket is, from its handshake.
+#[derive(Clone)]
+struct VisitorSession {
+    visitor: visitors::Model,
+    limiter: Limiter,
+}
+
+impl Session for VisitorSession {
+    fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+}
+
+pub(super) fn register<A: Adapter + DefinedAdapter>(
+    io: &SocketIo<A>,
+    state: AppState,
+) -> A::InitRes {
+    let authenticate = {
+        let state = state.clone();
+        move |socket: SocketRef<A>, TryData(auth): TryData<Value>| {
+            let state = state.clone();
+            async move { handshake(&state, &socket, auth).await }
+        }
+    };
+    let connected = move |socket: SocketRef<A>| {
+        let state = state.clone();
+        async move { attach(&state, &socket) }
+    };
+    io.ns(VISITORS, connected.with(authenticate))
+}
+
+async fn handshake<A: Adapter>(
+    state: &AppState,
+    socket: &SocketRef<A>,
+    auth: Result<Value, ParserError>,
+) -> Result<(), Refused> {
+    let token = auth_field(auth, "sessionToken").ok_or_else(|| {
+        Refused("missing auth.sessionToken (from POST /v1/widget/session)".into())
+    })?;
+    let visitor = CurrentVisitor::from_token(&state.db, &token).await?.visitor;
+    let conversation = current_conversation(&state.db, &visitor, None).await?;
+    socket.join([
+        room::visitor(visitor.id),
+        room::conversation(conversation.id),
+    ]);
+    socket.extensions.insert(VisitorSession {
+        visitor,
+        limiter: limiter(state.settings.socket_events_per_second),
+    });
+    Ok(())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TypingRequest {
+    conversation_id: Option<i64>,
+    typing: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SeenRequest {
+    conversation_id: Option<i64>,
+    event_id: i64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ListRequest {
+    conversation_id: Option<i64>,
+    after: Option<i64>,
+    limit: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Nothing {}
+
+/// Both sides of a conversation hear this: its room, and the agent holding it.
+fn agent_rooms(conversation: &entity::conversations::Model) -> Vec<String> {
+    let mut rooms = vec![room::conversation(conversation.id)];
+    rooms.extend(conversation.assigned_agent_id.map(room::agent));
+    rooms
+}
+
+fn attach<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
+    let st = state.clone();
+    on(
+        socket,
+        "message:send",
+        move |_, session: VisitorSession, body: NewMessage| {
+            let state = st.clone();
+            async move { Ok(send_as_visitor(&state, &session.visitor, body).await?.0) }
+        },
+    );
+    let st = state.clone();
+    on(
+        socket,
+        "typing:set",
+        move |_, session: VisitorSession, body: TypingRequest| {
+            let state = st.clone();
+            async move {
+                let conversation =
+                    current_conversation(&state.db, &session.visitor, body.conversation_id).await?;
+                let typing = json!({
+                    "conversationId": conversation.id,
+                    "from": "visitor",
+                    "typing": body.typing,
+                });
+                state
+                    .push
+                    .emit(AGENTS, agent_rooms(&conversation), "typing", &typing)
+                    .await;
+                Ok(typing)
+            }
+        },
+    );
+    let st = state.clone();
+    on(
+        socket,
+        "message:seen",
+        move |_, session: VisitorSession, body: SeenRequest| {
+            let state = st.clone();
+            async move {
+                let conversation =
+                    current_conversation(&state.db, &session.visitor, body.conversation_id).await?;
+                event_of(&state.db, conversation.id, body.event_id).await?;
+                let seen = json!({
+                    "conversationId": conversation.id,
+                    "eventId": body.event_id,
+                    "by": "visitor",
+                });
+                state
+                    .push
+                    .emit(AGENTS, agent_rooms(&conversation), "message:seen", &seen)
+                    .await;
+                Ok(seen)
+            }
+        },
+    );
+    let st = state.clone();
+    on(
+        socket,
+        "message:list",
+        move |_, session: VisitorSession, body: ListRequest| {
+            let state = st.clone();
+            async move {
+                let conversation =
+                    current_conversation(&state.db, &session.visitor, body.conversation_id).await?;
+                let events =
+                    events_since(&state.db, conversation.id, body.after, body.limit, true).await?;
+                Ok(json!({ "conversationId": conversation.id, "events": events }))
+            }
+        },
+    );
+    let st = state.clone();
+    on(
+        socket,
+        "conversation:end",
+        move |_, session: VisitorSession, _: Nothing| {
+            let state = st.clone();
+            async move { end_as_visitor(&state, &session.visitor).await }
+        },
+    );
+    on_unknown::<A, VisitorSession>(socket);
+}
