@@ -16,4 +16,5 @@ mod lifecycle;
 mod lifecycle_input;
 mod modes;
 mod realtime;
+mod realtime_input;
 mod resources;
