@@ -132,6 +132,7 @@ impl Application {
                         .mount(http::router(state.clone()), &state)
                         .await
                         .context("registering the Socket.IO namespaces")?
+                        .layer(http::cors())
                         .into_make_service_with_connect_info::<SocketAddr>();
                     let push = state.push.clone();
                     axum::serve(listener, app)

@@ -1,10 +1,19 @@
-//! Load generator: opens widget sessions at a steady rate against a running Switchboard with M
-//! online agents, resolves each chat as soon as it is assigned, and prints one JSON report:
-//! throughput and the enqueue→assigned latency the server recorded (`assignedAt - queuedAt`).
+//! Load generator against a running Switchboard; prints one JSON report.
+//!
+//! - Chats (default): opens widget sessions at a steady rate with M online agents, resolves each
+//!   chat as soon as it is assigned, and reports throughput and the enqueue→assigned latency the
+//!   server recorded (`assignedAt - queuedAt`).
+//! - `sockets`: connects K agents and V visitors over Socket.IO at once, has the visitors send
+//!   messages at a steady total rate, and reports visitor→agent delivery latency (send to
+//!   `message:new` on the agent's socket) and the server's memory per connected socket.
 //!
 //! Run the server with its widget rate limit raised, then for example:
-//!   switchboard-load --rate 200 --duration 60 --agents 20
+//!   switchboard-load --admin-password P --rate 200 --duration 60 --agents 20
+//!   switchboard-load --admin-password P sockets --agents 50 --visitors 4950 --messages-per-second 2000
 //! See the README, "Load generator".
+
+#[path = "switchboard-load/sockets.rs"]
+mod sockets;
 
 use std::{
     collections::HashSet,
@@ -54,15 +63,24 @@ struct Args {
     /// Requests in flight at most (sessions and closes each).
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
+    /// Another load than chats.
+    #[command(subcommand)]
+    mode: Option<Mode>,
 }
 
-struct Client {
+#[derive(Debug, clap::Subcommand)]
+enum Mode {
+    /// Connected sockets and message delivery.
+    Sockets(sockets::SocketArgs),
+}
+
+pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
 }
 
 impl Client {
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -105,7 +123,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-fn summary(mut values: Vec<f64>) -> Value {
+pub(crate) fn summary(mut values: Vec<f64>) -> Value {
     values.sort_by(f64::total_cmp);
     json!({
         "count": values.len(),
@@ -143,59 +161,10 @@ async fn main() -> anyhow::Result<()> {
     let health = client
         .call(reqwest::Method::GET, "/health", None, None)
         .await?;
-    let run = ulid::Ulid::new().to_string().to_lowercase();
-
-    // A group of its own, so earlier runs and real traffic do not mix in.
-    let group = client
-        .call(
-            post.clone(),
-            "/v1/groups",
-            Some(&admin),
-            Some(json!({ "name": format!("load-{run}") })),
-        )
-        .await?;
-    let group_id = group["id"].as_i64().context("a group id")?;
-    eprintln!("setting up {} agents in group {group_id}", args.agents);
-    for n in 0..args.agents {
-        let email = format!("load-{run}-{n}@example.com");
-        let agent = client
-            .call(
-                post.clone(),
-                "/v1/agents",
-                Some(&admin),
-                Some(json!({
-                    "name": format!("Load agent {n}"), "email": email, "password": "load-password",
-                    "maxConcurrentChats": args.capacity
-                })),
-            )
-            .await?;
-        let agent_id = agent["id"].as_i64().context("an agent id")?;
-        client
-            .call(
-                post.clone(),
-                &format!("/v1/groups/{group_id}/agents"),
-                Some(&admin),
-                Some(json!({ "agentId": agent_id })),
-            )
-            .await?;
-        let session = client
-            .call(
-                post.clone(),
-                "/v1/auth/login",
-                None,
-                Some(json!({ "email": email, "password": "load-password" })),
-            )
-            .await?;
-        let token = session["token"].as_str().context("a token")?;
-        client
-            .call(
-                reqwest::Method::PUT,
-                "/v1/agents/me/status",
-                Some(token),
-                Some(json!({ "status": "online" })),
-            )
-            .await?;
+    if let Some(Mode::Sockets(socket_args)) = &args.mode {
+        return sockets::run(&client, &admin, socket_args).await;
     }
+    let (group_id, _) = setup_agents(&client, &admin, args.agents, args.capacity).await?;
 
     let tally = Arc::new(Tally::default());
     let total = u64::from(args.rate) * args.duration;
@@ -347,4 +316,69 @@ async fn main() -> anyhow::Result<()> {
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// A group of its own (so earlier runs and real traffic do not mix in) with `count` online agents
+/// of `capacity`; returns the group and each agent's (id, token).
+pub(crate) async fn setup_agents(
+    client: &Client,
+    admin: &str,
+    count: u32,
+    capacity: u32,
+) -> anyhow::Result<(i64, Vec<(i64, String)>)> {
+    let post = reqwest::Method::POST;
+    let run = ulid::Ulid::new().to_string().to_lowercase();
+    let group = client
+        .call(
+            post.clone(),
+            "/v1/groups",
+            Some(admin),
+            Some(json!({ "name": format!("load-{run}") })),
+        )
+        .await?;
+    let group_id = group["id"].as_i64().context("a group id")?;
+    eprintln!("setting up {count} agents in group {group_id}");
+    let mut agents = Vec::new();
+    for n in 0..count {
+        let email = format!("load-{run}-{n}@example.com");
+        let agent = client
+            .call(
+                post.clone(),
+                "/v1/agents",
+                Some(admin),
+                Some(json!({
+                    "name": format!("Load agent {n}"), "email": email, "password": "load-password",
+                    "maxConcurrentChats": capacity
+                })),
+            )
+            .await?;
+        let agent_id = agent["id"].as_i64().context("an agent id")?;
+        client
+            .call(
+                post.clone(),
+                &format!("/v1/groups/{group_id}/agents"),
+                Some(admin),
+                Some(json!({ "agentId": agent_id })),
+            )
+            .await?;
+        let session = client
+            .call(
+                post.clone(),
+                "/v1/auth/login",
+                None,
+                Some(json!({ "email": email, "password": "load-password" })),
+            )
+            .await?;
+        let token = session["token"].as_str().context("a token")?.to_owned();
+        client
+            .call(
+                reqwest::Method::PUT,
+                "/v1/agents/me/status",
+                Some(&token),
+                Some(json!({ "status": "online" })),
+            )
+            .await?;
+        agents.push((agent_id, token));
+    }
+    Ok((group_id, agents))
 }

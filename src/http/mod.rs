@@ -48,21 +48,6 @@ pub fn router(state: AppState) -> Router {
         .merge(widget::router(&state))
         .merge(conversations::router())
         .fallback(not_found);
-    // Tokens travel in the Authorization header, never in cookies, so any origin may call.
-    let cors = CorsLayer::new()
-        .allow_origin(Any)
-        .allow_methods([
-            Method::GET,
-            Method::POST,
-            Method::PUT,
-            Method::PATCH,
-            Method::DELETE,
-        ])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            HeaderName::from_static("x-request-id"),
-        ]);
     Router::new()
         .nest("/v1", v1)
         .merge(health::router())
@@ -75,6 +60,25 @@ pub fn router(state: AppState) -> Router {
             Duration::from_secs(30),
         ))
         .layer(TraceLayer::new_for_http())
-        .layer(cors)
         .with_state(state)
+}
+
+/// Cross-origin access for browsers: widgets run on customers' sites. Tokens travel in the
+/// Authorization header (or the Socket.IO handshake), never in cookies, so any origin may call.
+/// Applied outside the Socket.IO layer too, so HTTP long-polling works from any origin.
+pub fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-request-id"),
+        ])
 }

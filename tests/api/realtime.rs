@@ -416,3 +416,38 @@ async fn two_api_nodes_and_a_worker_share_their_rooms_through_redis() {
         .await;
     drop(worker);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_on_other_origins_may_poll_and_call() {
+    let app = spawn_app(Backend::Embedded).await;
+    let origin = "https://shop.example";
+    for path in ["/socket.io/?EIO=4&transport=polling", "/v1/widget/session"] {
+        let preflight = app
+            .client
+            .request(reqwest::Method::OPTIONS, format!("{}{path}", app.address))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+            .await
+            .unwrap();
+        assert!(preflight.status().is_success(), "{path}: {}", preflight.status());
+        let allowed: Vec<_> = preflight
+            .headers()
+            .get_all("access-control-allow-origin")
+            .iter()
+            .collect();
+        assert_eq!(allowed, ["*"], "{path}");
+    }
+    // A long-polling handshake answers with the CORS header once.
+    let open = app
+        .client
+        .get(format!("{}/socket.io/?EIO=4&transport=polling", app.address))
+        .header("origin", origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), StatusCode::OK);
+    assert_eq!(open.headers().get_all("access-control-allow-origin").iter().count(), 1);
+    assert!(open.text().await.unwrap().contains("\"sid\""));
+}
