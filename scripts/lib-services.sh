@@ -366,3 +366,62 @@ ensure_postgres() {
     sb_pg_verify_url "$SWITCHBOARD_TEST_DATABASE_URL"
     sb_log postgres "SWITCHBOARD_TEST_DATABASE_URL works"
 }
+
+# ----------------------------------------------------------------------------
+# Node.js and the npm packages of tests/js (the official socket.io-client,
+# driven by tests/api/js_client.rs)
+
+SB_NODE_MIN=18
+SB_JS_DIR=tests/js
+
+ensure_node() {
+    local -a missing=()
+    sb_have node || missing+=(nodejs)
+    sb_have npm || missing+=(npm)
+    if ((${#missing[@]})); then
+        sb_apt_install node "${missing[@]}"
+    fi
+    sb_have node && sb_have npm ||
+        sb_die "node: node/npm still missing after installing ${missing[*]}; install Node.js >= $SB_NODE_MIN with npm by hand"
+
+    # socket.io-client 4 and the test script (ES modules, Buffer base64url) need a
+    # current Node; Debian 12's nodejs is 18, older releases ship 12 or 10.
+    local have
+    have=$(node --version 2>/dev/null) || sb_die "node: 'node --version' failed"
+    have=${have#v}
+    if ! sb_version_ge "$have" "$SB_NODE_MIN"; then
+        sb_die "node: Node.js $have is older than $SB_NODE_MIN, which the JavaScript client tests need; install a newer Node.js (https://nodejs.org/en/download, or NodeSource's packages) and put it first on PATH"
+    fi
+    sb_log node "node $have (tests need >= $SB_NODE_MIN), npm $(npm --version 2>/dev/null)"
+}
+
+# The "version" of a package.json.
+sb_js_version() { # package.json
+    sed -n 's/^[[:space:]]*"version":[[:space:]]*"\([^"]*\)".*/\1/p' "$1" | head -n 1
+}
+
+# Installs tests/js/node_modules exactly as package-lock.json says, when it is
+# missing or the lock changed since the last install. npm writes its record
+# of that install, node_modules/.package-lock.json, last; a lock newer than it
+# (a pull, a version bump) means node_modules may be stale.
+ensure_js_packages() {
+    local client="$SB_JS_DIR/node_modules/socket.io-client/package.json"
+    local installed="$SB_JS_DIR/node_modules/.package-lock.json"
+    local lock="$SB_JS_DIR/package-lock.json"
+    [ -f "$lock" ] || sb_die "npm: $lock is missing (it is committed with the repository)"
+
+    if [ -f "$client" ] && [ -f "$installed" ] && ! [ "$lock" -nt "$installed" ]; then
+        sb_log npm "$SB_JS_DIR packages up to date (socket.io-client $(sb_js_version "$client"))"
+        return 0
+    fi
+    local log
+    log=$(mktemp "${TMPDIR:-/tmp}/switchboard-npm.XXXXXX")
+    sb_log npm "npm ci --prefix $SB_JS_DIR"
+    if ! npm ci --prefix "$SB_JS_DIR" --no-audit --no-fund >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        sb_die "npm: npm ci --prefix $SB_JS_DIR failed (full log: $log); is the npm registry reachable?"
+    fi
+    rm -f "$log"
+    [ -f "$client" ] || sb_die "npm: npm ci finished but $client is missing"
+    sb_log npm "installed socket.io-client $(sb_js_version "$client")"
+}

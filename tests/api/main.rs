@@ -12,6 +12,7 @@ mod health;
 mod invariants;
 mod isolation;
 mod jobs;
+mod js_client;
 mod lifecycle;
 mod lifecycle_input;
 mod modes;

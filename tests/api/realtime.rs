@@ -431,7 +431,11 @@ async fn browsers_on_other_origins_may_poll_and_call() {
             .send()
             .await
             .unwrap();
-        assert!(preflight.status().is_success(), "{path}: {}", preflight.status());
+        assert!(
+            preflight.status().is_success(),
+            "{path}: {}",
+            preflight.status()
+        );
         let allowed: Vec<_> = preflight
             .headers()
             .get_all("access-control-allow-origin")
@@ -442,12 +446,21 @@ async fn browsers_on_other_origins_may_poll_and_call() {
     // A long-polling handshake answers with the CORS header once.
     let open = app
         .client
-        .get(format!("{}/socket.io/?EIO=4&transport=polling", app.address))
+        .get(format!(
+            "{}/socket.io/?EIO=4&transport=polling",
+            app.address
+        ))
         .header("origin", origin)
         .send()
         .await
         .unwrap();
     assert_eq!(open.status(), StatusCode::OK);
-    assert_eq!(open.headers().get_all("access-control-allow-origin").iter().count(), 1);
+    assert_eq!(
+        open.headers()
+            .get_all("access-control-allow-origin")
+            .iter()
+            .count(),
+        1
+    );
     assert!(open.text().await.unwrap().contains("\"sid\""));
 }

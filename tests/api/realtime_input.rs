@@ -33,10 +33,15 @@ async fn malformed_and_foreign_requests_are_refused_and_change_nothing() {
     app.conversation_becomes(&admin, mine, "active").await;
     app.conversation_becomes(&admin, theirs, "active").await;
     // Which agent got which chat is the router's choice: find out.
-    let holder = app.get(&format!("/v1/conversations/{mine}"), &admin).await.body["assignedAgentId"]
+    let holder = app
+        .get(&format!("/v1/conversations/{mine}"), &admin)
+        .await
+        .body["assignedAgentId"]
         .as_i64()
         .unwrap();
-    let me_id = app.get("/v1/auth/me", &token).await.body["id"].as_i64().unwrap();
+    let me_id = app.get("/v1/auth/me", &token).await.body["id"]
+        .as_i64()
+        .unwrap();
     let (token, other_token) = if holder == me_id {
         (token, other_token)
     } else {
@@ -47,7 +52,10 @@ async fn malformed_and_foreign_requests_are_refused_and_change_nothing() {
     let _other_visitor = visitor_socket(&app, &other_session).await;
     let other_event = agent_socket(&app, &other_token)
         .await
-        .ok("message:send", json!({ "conversationId": theirs, "content": "theirs" }))
+        .ok(
+            "message:send",
+            json!({ "conversationId": theirs, "content": "theirs" }),
+        )
         .await["id"]
         .clone();
     let before = stored_events(&app).await;
@@ -57,23 +65,91 @@ async fn malformed_and_foreign_requests_are_refused_and_change_nothing() {
         ("message:send", json!("hello"), "validation_failed"),
         ("message:send", json!([1, 2]), "validation_failed"),
         ("message:send", json!({}), "validation_failed"),
-        ("message:send", json!({ "conversationId": mine }), "validation_failed"),
-        ("message:send", json!({ "conversationId": "one", "content": "x" }), "validation_failed"),
-        ("message:send", json!({ "conversationId": mine, "content": "" }), "validation_failed"),
-        ("message:send", json!({ "conversationId": mine, "content": "a\u{0}b" }), "validation_failed"),
-        ("message:send", json!({ "conversationId": mine, "content": too_long }), "validation_failed"),
-        ("message:send", json!({ "conversationId": mine, "content": "x", "admin": true }), "validation_failed"),
-        ("message:send", json!({ "conversationId": theirs, "content": "not mine" }), "not_found"),
-        ("message:send", json!({ "conversationId": 987_654, "content": "nowhere" }), "not_found"),
-        ("status:set", json!({ "status": "dancing" }), "validation_failed"),
-        ("typing:set", json!({ "conversationId": theirs, "typing": true }), "not_found"),
-        ("typing:set", json!({ "conversationId": mine, "typing": "yes" }), "validation_failed"),
-        ("message:seen", json!({ "conversationId": mine, "eventId": other_event }), "not_found"),
-        ("conversation:join", json!({ "conversationId": theirs }), "not_found"),
-        ("conversation:close", json!({ "conversationId": theirs }), "not_found"),
-        ("conversation:transfer", json!({ "conversationId": mine }), "validation_failed"),
-        ("conversation:pickup", json!({ "conversationId": mine }), "conflict"),
-        ("message:list", json!({ "conversationId": theirs }), "not_found"),
+        (
+            "message:send",
+            json!({ "conversationId": mine }),
+            "validation_failed",
+        ),
+        (
+            "message:send",
+            json!({ "conversationId": "one", "content": "x" }),
+            "validation_failed",
+        ),
+        (
+            "message:send",
+            json!({ "conversationId": mine, "content": "" }),
+            "validation_failed",
+        ),
+        (
+            "message:send",
+            json!({ "conversationId": mine, "content": "a\u{0}b" }),
+            "validation_failed",
+        ),
+        (
+            "message:send",
+            json!({ "conversationId": mine, "content": too_long }),
+            "validation_failed",
+        ),
+        (
+            "message:send",
+            json!({ "conversationId": mine, "content": "x", "admin": true }),
+            "validation_failed",
+        ),
+        (
+            "message:send",
+            json!({ "conversationId": theirs, "content": "not mine" }),
+            "not_found",
+        ),
+        (
+            "message:send",
+            json!({ "conversationId": 987_654, "content": "nowhere" }),
+            "not_found",
+        ),
+        (
+            "status:set",
+            json!({ "status": "dancing" }),
+            "validation_failed",
+        ),
+        (
+            "typing:set",
+            json!({ "conversationId": theirs, "typing": true }),
+            "not_found",
+        ),
+        (
+            "typing:set",
+            json!({ "conversationId": mine, "typing": "yes" }),
+            "validation_failed",
+        ),
+        (
+            "message:seen",
+            json!({ "conversationId": mine, "eventId": other_event }),
+            "not_found",
+        ),
+        (
+            "conversation:join",
+            json!({ "conversationId": theirs }),
+            "not_found",
+        ),
+        (
+            "conversation:close",
+            json!({ "conversationId": theirs }),
+            "not_found",
+        ),
+        (
+            "conversation:transfer",
+            json!({ "conversationId": mine }),
+            "validation_failed",
+        ),
+        (
+            "conversation:pickup",
+            json!({ "conversationId": mine }),
+            "conflict",
+        ),
+        (
+            "message:list",
+            json!({ "conversationId": theirs }),
+            "not_found",
+        ),
         ("no:such-event", json!({}), "bad_request"),
     ];
     for (event, payload, code) in agent_cases {
@@ -81,29 +157,61 @@ async fn malformed_and_foreign_requests_are_refused_and_change_nothing() {
         assert_eq!(refused, code, "agent {event} {payload}");
     }
     let visitor_cases: Vec<(&str, Value, &str)> = vec![
-        ("message:send", json!({ "content": "" }), "validation_failed"),
+        (
+            "message:send",
+            json!({ "content": "" }),
+            "validation_failed",
+        ),
         ("message:send", json!({ "content": 5 }), "validation_failed"),
-        ("message:send", json!({ "conversationId": theirs, "content": "hi" }), "not_found"),
+        (
+            "message:send",
+            json!({ "conversationId": theirs, "content": "hi" }),
+            "not_found",
+        ),
         ("typing:set", json!({}), "validation_failed"),
-        ("message:seen", json!({ "eventId": other_event }), "not_found"),
-        ("message:list", json!({ "conversationId": theirs }), "not_found"),
-        ("conversation:end", json!({ "now": true }), "validation_failed"),
+        (
+            "message:seen",
+            json!({ "eventId": other_event }),
+            "not_found",
+        ),
+        (
+            "message:list",
+            json!({ "conversationId": theirs }),
+            "not_found",
+        ),
+        (
+            "conversation:end",
+            json!({ "now": true }),
+            "validation_failed",
+        ),
         ("status:set", json!({ "status": "online" }), "bad_request"),
-        ("conversation:pickup", json!({ "conversationId": mine }), "bad_request"),
+        (
+            "conversation:pickup",
+            json!({ "conversationId": mine }),
+            "bad_request",
+        ),
     ];
     for (event, payload, code) in visitor_cases {
         let refused = visitor.refused(event, payload.clone()).await;
         assert_eq!(refused, code, "visitor {event} {payload}");
     }
     assert_eq!(stored_events(&app).await, before, "nothing was stored");
-    let view = app.get(&format!("/v1/conversations/{theirs}"), &admin).await.body;
+    let view = app
+        .get(&format!("/v1/conversations/{theirs}"), &admin)
+        .await
+        .body;
     assert_eq!(view["status"], "active", "the other chat was not touched");
 
     // Both sockets still work.
     agent
-        .ok("message:send", json!({ "conversationId": mine, "content": "still here" }))
+        .ok(
+            "message:send",
+            json!({ "conversationId": mine, "content": "still here" }),
+        )
         .await;
-    visitor.ok("message:send", json!({ "content": "me too" })).await;
+    visitor
+        .ok("message:send", json!({ "content": "me too" }))
+        .await;
     assert_eq!(stored_events(&app).await, before + 2);
 }
 
@@ -132,7 +240,9 @@ async fn a_flooding_socket_is_held_to_its_budget() {
     assert_eq!(stored_events(&app).await, before + accepted);
     // The budget refills: the socket works again a moment later.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    visitor.ok("message:send", json!({ "content": "calm now" })).await;
+    visitor
+        .ok("message:send", json!({ "content": "calm now" }))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,6 +259,8 @@ async fn an_oversized_frame_drops_that_connection_only() {
     assert_eq!(stored_events(&app).await, before);
     // The server and the visitor's next connection are fine.
     let again = visitor_socket(&app, &session).await;
-    again.ok("message:send", json!({ "content": "short" })).await;
+    again
+        .ok("message:send", json!({ "content": "short" }))
+        .await;
     assert_eq!(stored_events(&app).await, before + 1);
 }
