@@ -163,6 +163,17 @@ impl Settings {
         Duration::from_secs(self.presence_grace_seconds)
     }
 
+    /// How often an API node vouches for the agents connected to it (`last_seen_at`), and
+    /// closes sockets whose token expired: a third of the grace, within [0.25 s, 10 s].
+    pub fn presence_heartbeat(&self) -> Duration {
+        (self.presence_grace() / 3).clamp(Duration::from_millis(250), Duration::from_secs(10))
+    }
+
+    /// When an apparently connected agent that no node vouched for counts as dropped.
+    pub fn presence_stale(&self) -> Duration {
+        self.presence_grace() + self.presence_heartbeat() * 3
+    }
+
     /// Worker poll interval.
     pub fn poll_interval(&self) -> Duration {
         let default = if self.redis_url.is_some() { 20 } else { 250 };

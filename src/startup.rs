@@ -128,6 +128,12 @@ impl Application {
             let shutdown = shutdown.clone();
             async move {
                 if let Some(listener) = listener {
+                    tokio::spawn(crate::realtime::heartbeat(
+                        state.push.clone(),
+                        state.db.clone(),
+                        state.settings.presence_heartbeat(),
+                        shutdown.clone(),
+                    ));
                     let app = realtime
                         .mount(http::router(state.clone()), &state)
                         .await

@@ -31,6 +31,7 @@ impl AppState {
             db: self.db.clone(),
             jobs: self.jobs.clone(),
             notifier: self.notifier.clone(),
+            presence_stale: self.settings.presence_stale(),
         }
     }
 }

@@ -8,13 +8,14 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use entity::{
     agents, conversations,
     enums::{AgentStatus, ConversationStatus},
 };
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, sea_query::Expr,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect,
+    sea_query::{Expr, ExprTrait},
 };
 use serde::{Deserialize, Serialize};
 
@@ -50,27 +51,18 @@ impl Job for AgentDisconnected {
         else {
             return Ok("no such agent".into());
         };
-        if agent.disconnected_at != Some(self.disconnected_at) {
-            return Ok("superseded by a later disconnect".into());
+        if let Some(why) = still_here(&agent, self.disconnected_at) {
+            return Ok(why.into());
         }
-        if agent
-            .connected_at
-            .is_some_and(|connected| connected > self.disconnected_at)
-        {
-            return Ok("reconnected within the grace period".into());
-        }
-        // Conditional on the same facts, so a reconnect racing this job wins.
+        // Conditional on the same facts, so a reconnect or heartbeat racing this job wins.
         let changed = agents::Entity::update_many()
             .col_expr(agents::Column::Status, Expr::value(AgentStatus::Offline))
             .col_expr(agents::Column::AcceptingChats, Expr::value(false))
             .col_expr(agents::Column::UpdatedAt, Expr::value(Utc::now()))
             .filter(agents::Column::Id.eq(agent.id))
             .filter(agents::Column::DisconnectedAt.eq(self.disconnected_at))
-            .filter(
-                Condition::any()
-                    .add(agents::Column::ConnectedAt.is_null())
-                    .add(agents::Column::ConnectedAt.lte(self.disconnected_at)),
-            )
+            .filter(not_after(agents::Column::ConnectedAt, self.disconnected_at))
+            .filter(not_after(agents::Column::LastSeenAt, self.disconnected_at))
             .filter(
                 Condition::any()
                     .add(agents::Column::Status.ne(AgentStatus::Offline))
@@ -87,7 +79,17 @@ impl Job for AgentDisconnected {
                 accepting_chats: false,
             });
         }
-        // Also when the status was already offline: a retry completes an interrupted hand-over.
+        // Hand the chats over only if the agent is (still) offline for this very drop; also when
+        // an earlier run set the status, so a retry completes an interrupted hand-over.
+        let Some(now) = agents::Entity::find_by_id(agent.id).one(&ctx.db).await? else {
+            return Ok("no such agent".into());
+        };
+        if let Some(why) = still_here(&now, self.disconnected_at) {
+            return Ok(why.into());
+        }
+        if now.status != AgentStatus::Offline {
+            return Ok("the agent set its status again".into());
+        }
         let released = release_all(ctx, agent.id, "agent_offline")
             .await
             .map_err(|err| JobError::Transient(err.to_string()))?;
@@ -95,6 +97,83 @@ impl Job for AgentDisconnected {
             "offline after the grace period; {released} chat(s) handed back"
         ))
     }
+}
+
+/// Why the drop at `disconnected_at` no longer stands, if it does not: a later drop, a reconnect,
+/// or a node (or the agent itself) vouching for it since.
+fn still_here(agent: &agents::Model, disconnected_at: DateTime<Utc>) -> Option<&'static str> {
+    if agent.disconnected_at != Some(disconnected_at) {
+        return Some("superseded by a later disconnect");
+    }
+    if agent.connected_at.is_some_and(|at| at > disconnected_at) {
+        return Some("reconnected within the grace period");
+    }
+    if agent.last_seen_at.is_some_and(|at| at > disconnected_at) {
+        return Some("still connected elsewhere");
+    }
+    None
+}
+
+/// `column` is unset or not later than `at`.
+fn not_after(column: agents::Column, at: DateTime<Utc>) -> Condition {
+    Condition::any().add(column.is_null()).add(column.lte(at))
+}
+
+/// Agents that look connected (their last connect is later than their last drop) but that no API
+/// node has vouched for within `stale`: their node died without telling. Each gets its drop
+/// recorded now and the presence job at once (the grace is already over). Returns how many.
+pub async fn reclaim_silent(
+    ctx: &JobContext,
+    stale: std::time::Duration,
+) -> Result<usize, JobError> {
+    let cutoff = Utc::now() - chrono::Duration::from_std(stale).unwrap_or(chrono::Duration::MAX);
+    let silent = || {
+        Condition::all()
+            .add(agents::Column::ConnectedAt.is_not_null())
+            .add(
+                Condition::any()
+                    .add(agents::Column::DisconnectedAt.is_null())
+                    .add(ExprTrait::lt(
+                        Expr::col(agents::Column::DisconnectedAt),
+                        Expr::col(agents::Column::ConnectedAt),
+                    )),
+            )
+            .add(not_after(agents::Column::LastSeenAt, cutoff))
+            .add(agents::Column::Status.ne(AgentStatus::Offline))
+    };
+    let ids: Vec<i64> = agents::Entity::find()
+        .select_only()
+        .column(agents::Column::Id)
+        .filter(silent())
+        .into_tuple()
+        .all(&ctx.db)
+        .await?;
+    let mut reclaimed = 0;
+    for agent_id in ids {
+        let now = Utc::now().trunc_subsecs(6);
+        let recorded = agents::Entity::update_many()
+            .col_expr(agents::Column::DisconnectedAt, Expr::value(now))
+            .filter(agents::Column::Id.eq(agent_id))
+            .filter(silent())
+            .exec(&ctx.db)
+            .await?
+            .rows_affected;
+        if recorded == 1 {
+            tracing::warn!(
+                agent_id,
+                "no node vouches for a connected agent; treating it as dropped"
+            );
+            ctx.jobs
+                .submit(AgentDisconnected {
+                    agent_id,
+                    disconnected_at: now,
+                })
+                .await
+                .map_err(|err| JobError::Transient(err.to_string()))?;
+            reclaimed += 1;
+        }
+    }
+    Ok(reclaimed)
 }
 
 /// Why a hand-over could not be completed.

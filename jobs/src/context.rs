@@ -1,6 +1,6 @@
 //! The one value every job receives: cheap to clone, shared by all workers of a process.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use sea_orm::DatabaseConnection;
 
@@ -16,4 +16,7 @@ pub struct JobContext {
     pub jobs: JobStore,
     /// Where outcomes go.
     pub notifier: Arc<dyn Notifier>,
+    /// An agent that looks connected but no API node has vouched for (heartbeat) for this long
+    /// lost its sockets without a word (a node crashed): the reconciler treats it as dropped.
+    pub presence_stale: Duration,
 }

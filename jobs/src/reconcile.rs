@@ -6,6 +6,8 @@
 //!   HTTP write and the job push, or the job storage lost it) is offered again.
 //!
 //! - An active conversation held by an offline or deleted agent goes back to the line.
+//! - An agent that looks connected but that no API node vouches for any more (its node crashed)
+//!   is treated as dropped: the presence job takes it offline.
 //!
 //! All are safe to run at any time, on any number of nodes: they only submit idempotent jobs or
 //! write the value the rows dictate. Every worker process runs a pass periodically.
@@ -35,6 +37,8 @@ pub struct Repairs {
     pub counters_fixed: usize,
     /// Active conversations taken back from offline or deleted agents.
     pub conversations_released: usize,
+    /// Agents that looked connected but whose node stopped vouching for them.
+    pub agents_dropped: usize,
 }
 
 /// Agents whose counter disagrees with their active conversations.
@@ -80,6 +84,8 @@ pub async fn reconcile(ctx: &JobContext) -> Result<Repairs, JobError> {
             repairs.counters_fixed += 1;
         }
     }
+    // Agents whose node died with their sockets: their drop was never recorded.
+    repairs.agents_dropped = crate::agent_presence::reclaim_silent(ctx, ctx.presence_stale).await?;
     // Chats held by an agent who can no longer answer them (offline or deleted, and the
     // hand-over was lost) go back to the line.
     let stranded: Vec<(i64, i64)> = conversations::Entity::find()

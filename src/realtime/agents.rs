@@ -4,6 +4,8 @@
 //! supervisors and admins, `account:{id}`. Every request re-reads the agent's row, so a deleted
 //! agent or a revoked token stops working at once (and the socket is disconnected).
 
+use std::time::Duration;
+
 use chrono::{SubsecRound, Utc};
 use entity::{agents, enums::AgentRole};
 use jobs::{
@@ -46,6 +48,8 @@ struct AgentSession {
     agent_id: i64,
     account_id: i64,
     token_version: i32,
+    /// The token's expiry (Unix seconds): the socket lives no longer than its token.
+    expires_at: i64,
     limiter: Limiter,
 }
 
@@ -58,6 +62,9 @@ impl Session for AgentSession {
 impl AgentSession {
     /// The agent as it is now.
     async fn caller(&self, state: &AppState) -> Result<CurrentAgent, ApiError> {
+        if self.expired() {
+            return Err(ApiError::Unauthorized("token expired"));
+        }
         CurrentAgent::reload(
             &state.db,
             self.agent_id,
@@ -65,6 +72,10 @@ impl AgentSession {
             self.token_version,
         )
         .await
+    }
+
+    fn expired(&self) -> bool {
+        Utc::now().timestamp() >= self.expires_at
     }
 }
 
@@ -79,15 +90,14 @@ pub(super) fn register<A: Adapter + DefinedAdapter>(
             async move { handshake(&state, &socket, auth).await }
         }
     };
-    let connected = move |socket: SocketRef<A>| {
-        let state = state.clone();
-        async move { attach(&state, &socket) }
-    };
+    // Everything happens in the handshake, before the client hears it is connected.
+    let connected = |_: SocketRef<A>| async {};
     io.ns(AGENTS, connected.with(authenticate))
 }
 
-/// Checks the token, joins the rooms and records the connection, all before the client hears
-/// it is connected (so its first request finds everything in place).
+/// Checks the token, joins the rooms, registers the handlers and records the connection, all
+/// before the client hears it is connected: its first request finds everything in place, and a
+/// socket that dies meanwhile already has its disconnect handler.
 async fn handshake<A: Adapter>(
     state: &AppState,
     socket: &SocketRef<A>,
@@ -95,6 +105,7 @@ async fn handshake<A: Adapter>(
 ) -> Result<(), Refused> {
     let token = auth_field(auth, "token")
         .ok_or_else(|| Refused("missing auth.token (the agent's access token)".into()))?;
+    let claims = state.tokens.verify(token.trim())?;
     let caller = CurrentAgent::from_token(state, &token).await?;
     let agent = &caller.agent;
     let mut rooms = vec![room::agent(agent.id)];
@@ -116,6 +127,16 @@ async fn handshake<A: Adapter>(
             .into_iter()
             .map(room::conversation),
     );
+    socket.join(rooms);
+    socket.extensions.insert(AgentSession {
+        agent_id: agent.id,
+        account_id: agent.account_id,
+        token_version: agent.token_version,
+        expires_at: claims.exp,
+        limiter: limiter(state.settings.socket_events_per_second),
+    });
+    attach(state, socket);
+    // Recorded last: from here on a drop of this socket is seen by its disconnect handler.
     let now = Utc::now().trunc_subsecs(6);
     agents::Entity::update_many()
         .col_expr(agents::Column::ConnectedAt, Expr::value(now))
@@ -124,14 +145,28 @@ async fn handshake<A: Adapter>(
         .exec(&state.db)
         .await
         .map_err(db_err)?;
-    socket.join(rooms);
-    socket.extensions.insert(AgentSession {
-        agent_id: agent.id,
-        account_id: agent.account_id,
-        token_version: agent.token_version,
-        limiter: limiter(state.settings.socket_events_per_second),
-    });
     Ok(())
+}
+
+/// The agents this node has sockets for, to vouch for them (see [`super::heartbeat`]); sockets
+/// whose token expired are disconnected instead.
+pub(super) fn vouch<A: Adapter>(io: &SocketIo<A>) -> Vec<i64> {
+    let Some(ns) = io.of(AGENTS) else {
+        return Vec::new();
+    };
+    let mut ids = Vec::new();
+    for socket in ns.sockets() {
+        match socket.extensions.get::<AgentSession>() {
+            Some(session) if session.expired() => {
+                let _ = socket.disconnect();
+            }
+            Some(session) => ids.push(session.agent_id),
+            None => {}
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 #[derive(Debug, Deserialize)]
@@ -353,42 +388,51 @@ fn attach<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
     let state = state.clone();
     socket.on_disconnect(move |socket: SocketRef<A>| async move {
         if let Some(session) = socket.extensions.get::<AgentSession>() {
-            dropped(&state, &socket.id.to_string(), session.agent_id).await;
+            dropped(&state, socket.id.to_string(), session.agent_id);
         }
     });
 }
 
-/// A socket of `agent_id` closed. When it was the agent's last one on any node, the drop is
-/// recorded and the presence job submitted to run after the grace period.
-async fn dropped(state: &AppState, socket_id: &str, agent_id: i64) {
-    let others = state
-        .push
-        .sockets_in(AGENTS, room::agent(agent_id))
-        .await
-        .map_or(0, |ids| ids.iter().filter(|id| *id != socket_id).count());
-    if others > 0 {
-        return;
-    }
-    let now = Utc::now().trunc_subsecs(6);
-    let recorded = agents::Entity::update_many()
-        .col_expr(agents::Column::DisconnectedAt, Expr::value(now))
-        .col_expr(agents::Column::LastSeenAt, Expr::value(now))
-        .filter(agents::Column::Id.eq(agent_id))
-        .exec(&state.db)
-        .await;
-    if let Err(err) = recorded {
-        tracing::warn!(agent_id, %err, "could not record a disconnect; the reconciler will notice");
-        return;
-    }
-    let job = AgentDisconnected {
-        agent_id,
-        disconnected_at: now,
-    };
-    if let Err(err) = state
-        .jobs
-        .submit_after(job, state.settings.presence_grace())
-        .await
-    {
-        tracing::warn!(agent_id, %err, "presence job not submitted; the reconciler will notice");
-    }
+/// How long a drop waits before looking for the agent's other sockets: socketioxide takes a
+/// closing socket out of its rooms only after its disconnect handler, so two tabs closing
+/// together would each still see the other.
+const DROP_SETTLE: Duration = Duration::from_millis(500);
+
+/// A socket of `agent_id` closed. When, once closings settled, the agent has no socket left on
+/// any node, the drop is recorded and the presence job submitted to run after the grace period.
+/// When that cannot be told (a node did not answer, or this one is shutting down), nothing is
+/// recorded: the agent's heartbeat stops, and the reconciler treats the silence as a drop.
+fn dropped(state: &AppState, socket_id: String, agent_id: i64) {
+    let state = state.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(DROP_SETTLE.min(state.settings.presence_grace() / 4)).await;
+        let Some(sockets) = state.push.sockets_in(AGENTS, room::agent(agent_id)).await else {
+            return;
+        };
+        if sockets.iter().any(|id| *id != socket_id) {
+            return;
+        }
+        let now = Utc::now().trunc_subsecs(6);
+        let recorded = agents::Entity::update_many()
+            .col_expr(agents::Column::DisconnectedAt, Expr::value(now))
+            .col_expr(agents::Column::LastSeenAt, Expr::value(now))
+            .filter(agents::Column::Id.eq(agent_id))
+            .exec(&state.db)
+            .await;
+        if let Err(err) = recorded {
+            tracing::warn!(agent_id, %err, "could not record a disconnect; the reconciler will notice the silence");
+            return;
+        }
+        let job = AgentDisconnected {
+            agent_id,
+            disconnected_at: now,
+        };
+        if let Err(err) = state
+            .jobs
+            .submit_after(job, state.settings.presence_grace())
+            .await
+        {
+            tracing::warn!(agent_id, %err, "presence job not submitted; the reconciler will notice the silence");
+        }
+    });
 }

@@ -214,6 +214,49 @@ impl Push {
     }
 }
 
+/// Vouches every `period` for the agents with a socket on this node (`agents.last_seen_at`), so
+/// that a presence job does not take offline an agent still connected elsewhere, and the
+/// reconciler can tell a node that died with its sockets (its agents fall silent). Sockets whose
+/// token expired are disconnected on the way. Runs until `shutdown`.
+pub async fn heartbeat(
+    push: Push,
+    db: sea_orm::DatabaseConnection,
+    period: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use chrono::SubsecRound;
+    use entity::agents as rows;
+    use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, sea_query::Expr};
+
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        // Taken before the sockets are listed: a socket that leaves after the listing has its
+        // drop recorded later than this.
+        let at = chrono::Utc::now().trunc_subsecs(6);
+        let ids = with_io!(&push, io => agents::vouch(io), _ => Vec::new());
+        for chunk in ids.chunks(500) {
+            let vouched = rows::Entity::update_many()
+                .col_expr(rows::Column::LastSeenAt, Expr::value(at))
+                .filter(rows::Column::Id.is_in(chunk.iter().copied()))
+                .filter(
+                    Condition::any()
+                        .add(rows::Column::LastSeenAt.is_null())
+                        .add(rows::Column::LastSeenAt.lt(at)),
+                )
+                .exec(&db)
+                .await;
+            if let Err(err) = vouched {
+                tracing::warn!(%err, "presence heartbeat failed");
+            }
+        }
+    }
+}
+
 /// How this process pushes, and the Socket.IO layer to mount when it serves sockets.
 pub struct Realtime {
     /// The push side, for the notifier and handlers.

@@ -477,7 +477,7 @@ both_backends! {
         assert_eq!(conversation.status, ConversationStatus::Pending, "nothing knows it waits");
 
         let repairs = reconcile(&worker.state.job_context()).await.expect("reconcile");
-        assert_eq!(repairs, Repairs { groups_offered: 1, conversations_enqueued: 0, counters_fixed: 0, conversations_released: 0 });
+        assert_eq!(repairs, Repairs { groups_offered: 1, conversations_enqueued: 0, counters_fixed: 0, conversations_released: 0, agents_dropped: 0 });
         let conversation = api.conversation_becomes(&admin, id, "active").await;
         assert_eq!(conversation["assignedAgentId"], agent);
         world(api.db()).await.assert_consistent();
@@ -554,7 +554,7 @@ both_backends! {
             .await
             .unwrap();
         let repairs = reconcile(&ctx).await.expect("reconcile");
-        assert_eq!(repairs, Repairs { groups_offered: 0, conversations_enqueued: 0, counters_fixed: 1, conversations_released: 0 });
+        assert_eq!(repairs, Repairs { groups_offered: 0, conversations_enqueued: 0, counters_fixed: 1, conversations_released: 0, agents_dropped: 0 });
         world(app.db()).await.assert_consistent();
 
         // A healthy system: nothing to repair.
@@ -619,7 +619,7 @@ both_backends! {
         .id;
 
         let repairs = reconcile(&app.state.job_context()).await.expect("reconcile");
-        assert_eq!(repairs, Repairs { groups_offered: 1, conversations_enqueued: 1, counters_fixed: 0, conversations_released: 0 });
+        assert_eq!(repairs, Repairs { groups_offered: 1, conversations_enqueued: 1, counters_fixed: 0, conversations_released: 0, agents_dropped: 0 });
         // The enqueue job gives it its place and announces it, once.
         let queued = eventually(Duration::from_secs(10), "the conversation to be queued", || async {
             let now = world(app.db()).await;

@@ -464,3 +464,105 @@ async fn browsers_on_other_origins_may_poll_and_call() {
     );
     assert!(open.text().await.unwrap().contains("\"sid\""));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tabs_count_once_whether_they_close_together_or_one_stays() {
+    let storage = Storage::new(Backend::Embedded).await;
+    let app = spawn_with(storage, Command::All, |s| s.presence_grace_seconds = 2).await;
+    let admin = app.admin_token().await;
+    let group = app.default_group(&admin).await;
+    let (agent_id, token) = app.agent_in_group(&admin, group, 2).await;
+    let status = || async {
+        app.get(&format!("/v1/agents/{agent_id}"), &admin)
+            .await
+            .body["status"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    // One of two tabs closes: the other keeps the agent online past the grace.
+    let first = agent_socket(&app, &token).await;
+    let second = agent_socket(&app, &token).await;
+    first.ok("status:set", json!({ "status": "online" })).await;
+    first.disconnect().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(status().await, "online");
+
+    // Both close at the same moment (a laptop lid): neither counts the other, the agent goes.
+    let third = agent_socket(&app, &token).await;
+    tokio::join!(second.disconnect(), third.disconnect());
+    eventually(
+        Duration::from_secs(15),
+        "the agent to go offline",
+        || async { (status().await == "offline").then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_node_died_silently_is_dropped_by_the_reconciler() {
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+    let app = spawn_app(Backend::Embedded).await;
+    let admin = app.admin_token().await;
+    let group = app.default_group(&admin).await;
+    let (agent_id, _) = app.online_agent(&admin, group, 1).await;
+    let (conversation, _) = app.visitor(json!({})).await;
+    app.conversation_becomes(&admin, conversation, "active")
+        .await;
+    // What a node that crashed with the agent's socket leaves: connected, never dropped, and
+    // nobody vouching for it since.
+    let long_ago = chrono::Utc::now() - chrono::Duration::minutes(10);
+    entity::agents::ActiveModel {
+        id: Set(agent_id),
+        connected_at: Set(Some(long_ago)),
+        last_seen_at: Set(Some(long_ago)),
+        ..Default::default()
+    }
+    .update(app.db())
+    .await
+    .unwrap();
+    let repairs = jobs::reconcile::reconcile(&app.state.job_context())
+        .await
+        .unwrap();
+    assert_eq!(repairs.agents_dropped, 1);
+    // A second pass finds nothing more to do.
+    let again = jobs::reconcile::reconcile(&app.state.job_context())
+        .await
+        .unwrap();
+    assert_eq!(again.agents_dropped, 0);
+    app.conversation_becomes(&admin, conversation, "pending")
+        .await;
+    let me = app
+        .get(&format!("/v1/agents/{agent_id}"), &admin)
+        .await
+        .body;
+    assert_eq!(me["status"], "offline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_lives_no_longer_than_its_token() {
+    let app = spawn_app(Backend::Distributed).await;
+    let keys = switchboard::auth::TokenKeys::new(JWT_SECRET.as_bytes(), Duration::from_secs(2));
+    let admin = app.admin_token().await;
+    let me = app.get("/v1/auth/me", &admin).await.body;
+    let row = entity::agents::Entity::find_by_id(me["id"].as_i64().unwrap())
+        .one(app.db())
+        .await
+        .unwrap()
+        .expect("the admin's row");
+    let (token, _) = keys
+        .issue(row.id, row.account_id, row.token_version)
+        .expect("a token");
+    let mut socket = agent_socket(&app, &token).await;
+    socket.ok("status:set", json!({ "status": "away" })).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Expired: refused, and the socket is closed (by the request or by the heartbeat).
+    let ack = socket
+        .request("status:set", json!({ "status": "online" }))
+        .await;
+    if ack["ok"] == true {
+        panic!("an expired token was accepted: {ack}");
+    }
+    socket.next("disconnect").await;
+}
