@@ -12,7 +12,10 @@ use std::{
 };
 
 use chrono::Utc;
-use entity::{conversations, enums::Priority};
+use entity::{
+    conversations,
+    enums::{ConversationStatus, Priority},
+};
 use jobs::{
     conversation::waiting_line,
     notify::{Notifier, Outcome},
@@ -46,7 +49,11 @@ impl RoomNotifier {
     /// Starts the delivery task (it ends when the last notifier handle is dropped).
     pub fn start(push: Push, db: DatabaseConnection) -> Arc<Self> {
         let (outcomes, inbox) = mpsc::channel(BACKLOG);
-        tokio::spawn(Delivery::new(push, db).run(inbox));
+        // Lines are read and pushed on a task of their own, so a long line never delays a
+        // message push.
+        let (changed, lines) = mpsc::unbounded_channel();
+        tokio::spawn(Lines::new(push.clone(), db).run(lines));
+        tokio::spawn(Delivery { push, changed }.run(inbox));
         Arc::new(Self { outcomes })
     }
 }
@@ -59,7 +66,15 @@ impl Notifier for RoomNotifier {
     }
 }
 
+/// Pushes outcomes in order; tells [`Lines`] which waiting lines moved.
 struct Delivery {
+    push: Push,
+    /// (account, group) of each line that moved.
+    changed: mpsc::UnboundedSender<(i64, i64)>,
+}
+
+/// Pushes the waiting lines that moved, at most every [`LINE_PERIOD`] each.
+struct Lines {
     push: Push,
     db: DatabaseConnection,
     /// Groups whose line changed since the last push: (account, group).
@@ -79,27 +94,14 @@ struct Waiting {
 }
 
 impl Delivery {
-    fn new(push: Push, db: DatabaseConnection) -> Self {
-        Self {
-            push,
-            db,
-            changed: HashSet::new(),
-            told: HashMap::new(),
+    async fn run(mut self, mut inbox: mpsc::Receiver<Outcome>) {
+        while let Some(outcome) = inbox.recv().await {
+            self.deliver(outcome).await;
         }
     }
 
-    async fn run(mut self, mut inbox: mpsc::Receiver<Outcome>) {
-        let mut tick = tokio::time::interval(LINE_PERIOD);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                outcome = inbox.recv() => match outcome {
-                    Some(outcome) => self.deliver(outcome).await,
-                    None => break,
-                },
-                _ = tick.tick(), if !self.changed.is_empty() => self.push_lines().await,
-            }
-        }
+    fn line_moved(&self, account_id: i64, group_id: i64) {
+        let _ = self.changed.send((account_id, group_id));
     }
 
     async fn deliver(&mut self, outcome: Outcome) {
@@ -112,7 +114,7 @@ impl Delivery {
                 visitor_id,
                 position,
             } => {
-                self.changed.insert((*account_id, *group_id));
+                self.line_moved(*account_id, *group_id);
                 let body = json!({
                     "conversationId": conversation_id,
                     "groupId": group_id,
@@ -132,7 +134,7 @@ impl Delivery {
                 agent_avatar_url,
                 reason,
             } => {
-                self.changed.insert((*account_id, *group_id));
+                self.line_moved(*account_id, *group_id);
                 push.move_sockets(
                     AGENTS,
                     room::agent(*agent_id),
@@ -211,8 +213,10 @@ impl Delivery {
                 ];
                 rooms.extend(agent_id.map(room::agent));
                 push.emit(AGENTS, rooms, "conversation:closed", &body).await;
+                // Visitors hear that it ended and by whom, not the agents' notes or ids.
+                let ended = json!({ "conversationId": conversation_id, "closedBy": closed_by });
                 let rooms = vec![room::conversation(*conversation_id)];
-                push.emit(VISITORS, rooms, "conversation:closed", &body)
+                push.emit(VISITORS, rooms, "conversation:closed", &ended)
                     .await;
                 if let Some(agent_id) = agent_id {
                     push.move_sockets(
@@ -240,7 +244,7 @@ impl Delivery {
                 account_id,
                 group_id,
             } => {
-                self.changed.insert((*account_id, *group_id));
+                self.line_moved(*account_id, *group_id);
             }
             Outcome::AgentStatusChanged {
                 account_id,
@@ -255,6 +259,31 @@ impl Delivery {
                 });
                 let rooms = vec![room::agent(*agent_id), room::account(*account_id)];
                 push.emit(AGENTS, rooms, "agent:status", &body).await;
+            }
+        }
+    }
+}
+
+impl Lines {
+    fn new(push: Push, db: DatabaseConnection) -> Self {
+        Self {
+            push,
+            db,
+            changed: HashSet::new(),
+            told: HashMap::new(),
+        }
+    }
+
+    async fn run(mut self, mut moved: mpsc::UnboundedReceiver<(i64, i64)>) {
+        let mut tick = tokio::time::interval(LINE_PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                line = moved.recv() => match line {
+                    Some(line) => { self.changed.insert(line); }
+                    None => break,
+                },
+                _ = tick.tick(), if !self.changed.is_empty() => self.push_lines().await,
             }
         }
     }
@@ -292,9 +321,18 @@ impl Delivery {
                 waited_seconds: c.queued_at.map_or(0, |at| (now - at).num_seconds().max(0)),
             })
             .collect();
+        let waiting_count = if (line.len() as u64) < LINE_WATCHED {
+            line.len() as u64
+        } else {
+            conversations::Entity::find()
+                .filter(conversations::Column::GroupId.eq(group_id))
+                .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
+                .count(&self.db)
+                .await?
+        };
         let body = json!({
             "groupId": group_id,
-            "waitingCount": line.len(),
+            "waitingCount": waiting_count,
             "waiting": waiting,
         });
         let rooms = vec![room::group(group_id), room::account(account_id)];

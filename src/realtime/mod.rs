@@ -269,16 +269,42 @@ enum Layer {
     Cluster(SocketIoLayer<RedisAdapter<Emitter>>),
 }
 
-/// The adapter's Redis URL: its subscriptions need RESP3 (`protocol=resp3`, lower case).
-fn resp3(url: &str) -> String {
-    if url.contains("protocol=") {
-        url.to_owned()
-    } else if url.contains('?') {
-        format!("{url}&protocol=resp3")
-    } else if url.trim_end_matches('/').matches('/').count() > 2 {
-        format!("{url}?protocol=resp3")
-    } else {
-        format!("{}/?protocol=resp3", url.trim_end_matches('/'))
+/// The adapter's Redis URL: its subscriptions need RESP3 (`protocol=resp3`, lower case, which
+/// replaces any other protocol the URL names; the rest of the URL is kept).
+fn resp3(url: &str) -> anyhow::Result<String> {
+    let mut parsed = url::Url::parse(url)?;
+    let kept: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(key, _)| key != "protocol")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    parsed
+        .query_pairs_mut()
+        .clear()
+        .extend_pairs(kept)
+        .append_pair("protocol", "resp3");
+    Ok(parsed.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resp3;
+
+    #[test]
+    fn the_adapter_url_asks_for_resp3_and_keeps_the_rest() {
+        assert_eq!(
+            resp3("redis://127.0.0.1:6379").unwrap(),
+            "redis://127.0.0.1:6379?protocol=resp3"
+        );
+        assert_eq!(
+            resp3("redis://h/2?protocol=resp2&x=1").unwrap(),
+            "redis://h/2?x=1&protocol=resp3"
+        );
+        assert_eq!(
+            resp3("rediss://u:p@h:6380/#insecure").unwrap(),
+            "rediss://u:p@h:6380/?protocol=resp3#insecure"
+        );
+        assert!(resp3("not a url").is_err());
     }
 }
 
@@ -300,7 +326,7 @@ impl Realtime {
                 }
             }
             Some(url) => {
-                let client = redis::Client::open(resp3(url))?;
+                let client = redis::Client::open(resp3(url)?)?;
                 let config = RedisAdapterConfig::new()
                     .with_prefix(format!("{prefix}:sio"))
                     .with_request_timeout(Duration::from_secs(2));

@@ -32,12 +32,14 @@ pub trait Session: Clone + Send + Sync + 'static {
     fn limiter(&self) -> &Limiter;
 }
 
-/// The request's payload as `B`. No payload reads as `{}`, so requests whose fields are all
-/// optional may be sent bare; anything else must match exactly (unknown fields are refused).
+/// The request's payload as `B`. No payload (or `null`) reads as `{}`, so requests whose fields
+/// are all optional may be sent bare; anything else must match exactly (unknown fields are
+/// refused), and a payload that cannot be decoded runs nothing.
 pub fn parse<B: DeserializeOwned>(data: Result<Value, ParserError>) -> Result<B, ApiError> {
     let value = match data {
-        Ok(Value::Null) | Err(_) => json!({}),
+        Ok(Value::Null) => json!({}),
         Ok(value) => value,
+        Err(err) => return Err(ApiError::BadRequest(format!("undecodable payload: {err}"))),
     };
     serde_json::from_value(value)
         .map_err(|err| ApiError::Unprocessable(format!("invalid payload: {err}")))

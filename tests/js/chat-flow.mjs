@@ -288,7 +288,8 @@ async function main() {
   const closedForAgent = await agent.next("conversation:closed", ofConversation);
   expectEqual(closedForAgent.closedBy, "agent", "the agent's conversation:closed.closedBy");
   const closedForVisitor = await visitor.next("conversation:closed", ofConversation);
-  expectEqual(closedForVisitor.reason, "answered", "the visitor's conversation:closed.reason");
+  expectEqual(closedForVisitor.closedBy, "agent", "the visitor's conversation:closed.closedBy");
+  expectEqual(closedForVisitor.reason, undefined, "the visitor's conversation:closed.reason (agents' notes stay with agents)");
 
   step = "closing the sockets";
   return {
