@@ -741,26 +741,73 @@ pub fn client_id_of(stored: &str) -> Option<&str> {
     stored.split_once(':').map(|(_, id)| id)
 }
 
-/// Stores a message from the visitor or an agent on the conversation's active thread and records
-/// the activity (an agent's first message is the first response). With a `client_id`, sending the
-/// same message twice stores it once: the second call returns the first event and `false`.
+/// A message as stored, with the conversation as the write left it.
+#[derive(Debug, Clone)]
+pub struct Posted {
+    /// The stored event (the first one, when the client resent its message id).
+    pub event: events::Model,
+    /// False when the client's message id was already stored: nothing new was written.
+    pub created: bool,
+    /// The conversation right after the write (its holder now, not when the caller looked).
+    pub conversation: conversations::Model,
+}
+
+/// Stores a message from the visitor or an agent on conversation `conversation_id`'s active
+/// thread and records the activity (an agent's first message in an active chat is its first
+/// response). Two statements: the activity update, conditional on the conversation being open,
+/// returns the conversation as it is, and the insert goes to the thread it names, so a message
+/// never lands in a chat that closed meanwhile. With a `client_id`, sending the same message
+/// twice stores it once: the second call returns the first event and `created: false`.
+/// The caller has checked that the author may write to the conversation.
 pub async fn post_message(
     db: &impl ConnectionTrait,
-    conversation: &conversations::Model,
+    conversation_id: i64,
     author: AuthorType,
     agent_id: Option<i64>,
     content: String,
     client_id: Option<&str>,
-) -> Result<Result<(events::Model, bool), MessageError>, DbErr> {
-    let Some(thread_id) = conversation.active_thread_id.filter(|_| {
-        matches!(
-            conversation.status,
-            ConversationStatus::Pending | ConversationStatus::Active
+) -> Result<Result<Posted, MessageError>, DbErr> {
+    let now = Utc::now();
+    let mut touch = conversations::Entity::update_many();
+    touch = match author {
+        AuthorType::Agent => touch
+            .col_expr(
+                conversations::Column::LastAgentActivityAt,
+                Expr::value(Some(now)),
+            )
+            .col_expr(
+                conversations::Column::FirstResponseAt,
+                Expr::case(
+                    Expr::col(conversations::Column::FirstResponseAt)
+                        .is_null()
+                        .and(
+                            Expr::col(conversations::Column::Status).eq(ConversationStatus::Active),
+                        ),
+                    Expr::value(Some(now)),
+                )
+                .finally(Expr::col(conversations::Column::FirstResponseAt))
+                .into(),
+            ),
+        _ => touch.col_expr(
+            conversations::Column::LastVisitorActivityAt,
+            Expr::value(Some(now)),
+        ),
+    };
+    let Some(conversation) = touch
+        .filter(conversations::Column::Id.eq(conversation_id))
+        .filter(
+            conversations::Column::Status
+                .is_in([ConversationStatus::Pending, ConversationStatus::Active]),
         )
-    }) else {
+        .filter(conversations::Column::ActiveThreadId.is_not_null())
+        .exec_with_returning(db)
+        .await?
+        .into_iter()
+        .next()
+    else {
         return Ok(Err(MessageError::Closed));
     };
-    let now = Utc::now();
+    let thread_id = conversation.active_thread_id.unwrap_or_default();
     let key = client_id.map(|id| client_key(author, agent_id, id));
     let row = events::ActiveModel {
         account_id: Set(conversation.account_id),
@@ -775,44 +822,28 @@ pub async fn post_message(
         created_at: Set(now),
         ..Default::default()
     };
-    let (event, created) = match key {
-        None => (row.insert(db).await?, true),
-        Some(key) => {
-            let written = events::Entity::insert(row)
-                .on_conflict(once_per_key())
-                .exec_without_returning(db)
-                .await?;
-            let event = events::Entity::find()
+    let inserted = events::Entity::insert(row)
+        .on_conflict(once_per_key())
+        .exec_with_returning(db)
+        .await;
+    let (event, created) = match (inserted, key) {
+        (Ok(event), _) => (event, true),
+        // Nothing inserted (sea-orm reports the skipped row as an error): if the key is there
+        // already, the client resent its message.
+        (Err(err), Some(key)) => {
+            let first = events::Entity::find()
                 .filter(events::Column::ConversationId.eq(conversation.id))
                 .filter(events::Column::ClientMessageId.eq(key))
                 .one(db)
                 .await?
-                .ok_or_else(|| DbErr::RecordNotFound("the message just stored".into()))?;
-            (event, written == 1)
+                .ok_or(err)?;
+            (first, false)
         }
+        (Err(err), None) => return Err(err),
     };
-    if created {
-        let activity = match author {
-            AuthorType::Agent => conversations::Column::LastAgentActivityAt,
-            _ => conversations::Column::LastVisitorActivityAt,
-        };
-        conversations::Entity::update_many()
-            .col_expr(activity, Expr::value(Some(now)))
-            .filter(conversations::Column::Id.eq(conversation.id))
-            .exec(db)
-            .await?;
-        if author == AuthorType::Agent {
-            conversations::Entity::update_many()
-                .col_expr(
-                    conversations::Column::FirstResponseAt,
-                    Expr::value(Some(now)),
-                )
-                .filter(conversations::Column::Id.eq(conversation.id))
-                .filter(conversations::Column::FirstResponseAt.is_null())
-                .filter(conversations::Column::Status.eq(ConversationStatus::Active))
-                .exec(db)
-                .await?;
-        }
-    }
-    Ok(Ok((event, created)))
+    Ok(Ok(Posted {
+        event,
+        created,
+        conversation,
+    }))
 }

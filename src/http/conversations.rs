@@ -678,14 +678,14 @@ pub(crate) async fn send_as_agent(
     require_holder(caller, conversation)?;
     let stored = post_message(
         &state.db,
-        conversation,
+        conversation.id,
         AuthorType::Agent,
         Some(caller.id()),
         body.content.into(),
         body.client_message_id.as_ref().map(ClientMessageId::as_str),
     )
     .await?;
-    published(state, conversation, stored)
+    published(state, stored)
 }
 
 #[derive(Debug, Serialize)]

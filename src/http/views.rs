@@ -113,29 +113,28 @@ impl From<events::Model> for EventView {
 /// 409.
 pub fn published(
     state: &crate::state::AppState,
-    conversation: &conversations::Model,
-    stored: Result<(events::Model, bool), jobs::conversation::MessageError>,
+    stored: Result<jobs::conversation::Posted, jobs::conversation::MessageError>,
 ) -> Result<(EventView, bool), ApiError> {
-    let (event, created) = stored.map_err(|err| match err {
+    let posted = stored.map_err(|err| match err {
         jobs::conversation::MessageError::Closed => {
             ApiError::Conflict("the conversation is closed".into())
         }
     })?;
-    let view = EventView::from(event);
-    if created {
+    let view = EventView::from(posted.event);
+    if posted.created {
         match serde_json::to_value(&view) {
             Ok(event) => state
                 .notifier
                 .notify(jobs::notify::Outcome::MessageCreated {
-                    account_id: conversation.account_id,
-                    conversation_id: conversation.id,
-                    assigned_agent_id: conversation.assigned_agent_id,
+                    account_id: posted.conversation.account_id,
+                    conversation_id: posted.conversation.id,
+                    assigned_agent_id: posted.conversation.assigned_agent_id,
                     event,
                 }),
             Err(err) => tracing::warn!(%err, "message not pushed"),
         }
     }
-    Ok((view, created))
+    Ok((view, posted.created))
 }
 
 /// The HTTP answer to a sent message: 201 with the stored event, 200 with the first one when the

@@ -362,26 +362,33 @@ async fn send_message(
     visitor: CurrentVisitor,
     Json(body): Json<NewMessage>,
 ) -> Result<(StatusCode, Json<EventView>), ApiError> {
-    created(send_as_visitor(&state, &visitor.visitor, body).await?)
+    created(send_as_visitor(&state, &visitor.visitor, body, None).await?)
 }
 
 /// Stores the visitor's message and pushes it to both sides (REST and `message:send`).
+/// `known` is the visitor's own conversation when the caller already knows it (a socket learns
+/// it at its handshake), which saves looking it up.
 pub(crate) async fn send_as_visitor(
     state: &AppState,
     visitor: &visitors::Model,
     body: NewMessage,
+    known: Option<i64>,
 ) -> Result<(EventView, bool), ApiError> {
-    let conversation = current_conversation(&state.db, visitor, body.conversation_id).await?;
+    let conversation_id = match (body.conversation_id, known) {
+        (None, Some(id)) => id,
+        (Some(asked), Some(id)) if asked == id => id,
+        (asked, _) => current_conversation(&state.db, visitor, asked).await?.id,
+    };
     let stored = post_message(
         &state.db,
-        &conversation,
+        conversation_id,
         AuthorType::Visitor,
         None,
         body.content.into(),
         body.client_message_id.as_ref().map(ClientMessageId::as_str),
     )
     .await?;
-    published(state, &conversation, stored)
+    published(state, stored)
 }
 
 async fn end(

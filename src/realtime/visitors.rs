@@ -31,6 +31,8 @@ use crate::{
 #[derive(Clone)]
 struct VisitorSession {
     visitor: visitors::Model,
+    /// The visitor's conversation when it connected (a visitor has one; reopening keeps it).
+    conversation_id: i64,
     limiter: Limiter,
 }
 
@@ -74,6 +76,7 @@ async fn handshake<A: Adapter>(
     ]);
     socket.extensions.insert(VisitorSession {
         visitor,
+        conversation_id: conversation.id,
         limiter: limiter(state.settings.socket_events_per_second),
     });
     Ok(())
@@ -119,7 +122,12 @@ fn attach<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
         "message:send",
         move |_, session: VisitorSession, body: NewMessage| {
             let state = st.clone();
-            async move { Ok(send_as_visitor(&state, &session.visitor, body).await?.0) }
+            async move {
+                let known = Some(session.conversation_id);
+                Ok(send_as_visitor(&state, &session.visitor, body, known)
+                    .await?
+                    .0)
+            }
         },
     );
     let st = state.clone();
