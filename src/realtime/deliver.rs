@@ -1,7 +1,7 @@
 //! The [`Notifier`] of a process: job outcomes become room pushes.
 //!
-//! `notify` never blocks a job: outcomes go through a bounded channel to one delivery task,
-//! which pushes them in order. Waiting lines are pushed at most every [`LINE_PERIOD`] per group
+//! `notify` never blocks a job: outcomes go through bounded channels to delivery tasks, sharded
+//! so that the outcomes of one conversation (or agent) are pushed in order. Waiting lines are pushed at most every [`LINE_PERIOD`] per group
 //! (a burst of assignments moves a line many times a second; clients need its latest state),
 //! and a visitor hears `queue:position` only when its place changed.
 
@@ -42,25 +42,64 @@ const RATE_WINDOW_SECONDS: i64 = 900;
 /// Pushes outcomes to Socket.IO rooms.
 #[derive(Debug)]
 pub struct RoomNotifier {
-    outcomes: mpsc::Sender<Outcome>,
+    /// One delivery task per shard: outcomes about one conversation (or agent) keep their order,
+    /// different ones are pushed in parallel (with the Redis adapter each push waits for a
+    /// publish round trip, so one task alone caps the rate at one round trip per push).
+    shards: Vec<mpsc::Sender<Outcome>>,
 }
 
+/// Parallel delivery tasks.
+const SHARDS: usize = 16;
+
 impl RoomNotifier {
-    /// Starts the delivery task (it ends when the last notifier handle is dropped).
+    /// Starts the delivery tasks (they end when the last notifier handle is dropped).
     pub fn start(push: Push, db: DatabaseConnection) -> Arc<Self> {
-        let (outcomes, inbox) = mpsc::channel(BACKLOG);
         // Lines are read and pushed on a task of their own, so a long line never delays a
         // message push.
         let (changed, lines) = mpsc::unbounded_channel();
         tokio::spawn(Lines::new(push.clone(), db).run(lines));
-        tokio::spawn(Delivery { push, changed }.run(inbox));
-        Arc::new(Self { outcomes })
+        let shards = (0..SHARDS)
+            .map(|_| {
+                let (outcomes, inbox) = mpsc::channel(BACKLOG / SHARDS);
+                let delivery = Delivery {
+                    push: push.clone(),
+                    changed: changed.clone(),
+                };
+                tokio::spawn(delivery.run(inbox));
+                outcomes
+            })
+            .collect();
+        Arc::new(Self { shards })
+    }
+}
+
+/// What an outcome's order matters relative to: its conversation, or its agent.
+fn order_key(outcome: &Outcome) -> i64 {
+    match outcome {
+        Outcome::ConversationQueued {
+            conversation_id, ..
+        }
+        | Outcome::ConversationAssigned {
+            conversation_id, ..
+        }
+        | Outcome::ConversationUnassigned {
+            conversation_id, ..
+        }
+        | Outcome::ConversationClosed {
+            conversation_id, ..
+        }
+        | Outcome::MessageCreated {
+            conversation_id, ..
+        } => *conversation_id,
+        Outcome::QueueChanged { group_id, .. } => *group_id,
+        Outcome::AgentStatusChanged { agent_id, .. } => *agent_id,
     }
 }
 
 impl Notifier for RoomNotifier {
     fn notify(&self, outcome: Outcome) {
-        if let Err(err) = self.outcomes.try_send(outcome) {
+        let shard = order_key(&outcome).unsigned_abs() as usize % self.shards.len();
+        if let Err(err) = self.shards[shard].try_send(outcome) {
             tracing::warn!(%err, "push dropped: the delivery backlog is full");
         }
     }

@@ -329,7 +329,10 @@ impl Realtime {
                 let client = redis::Client::open(resp3(url)?)?;
                 let config = RedisAdapterConfig::new()
                     .with_prefix(format!("{prefix}:sio"))
-                    .with_request_timeout(Duration::from_secs(2));
+                    .with_request_timeout(Duration::from_secs(2))
+                    // Every node hears every broadcast; the default 1,024 queued ones overflow
+                    // (and are dropped) at a few thousand messages a second.
+                    .with_stream_buffer(65_536);
                 let ctr = RedisAdapterCtr::new_with_redis_config(&client, config).await?;
                 let (layer, io) = builder().with_adapter::<RedisAdapter<_>>(ctr).build_layer();
                 Self {
