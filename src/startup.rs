@@ -82,6 +82,7 @@ impl Application {
         }
         .context("setting up Socket.IO")?;
         let notifier = RoomNotifier::start(realtime.push.clone(), db.clone());
+        let activity = jobs::activity::Activity::start(db.clone());
         Ok(Self {
             state: AppState {
                 db,
@@ -89,6 +90,7 @@ impl Application {
                 tokens: tokens.into(),
                 settings: settings.into(),
                 notifier,
+                activity,
                 push: realtime.push.clone(),
             },
             realtime,

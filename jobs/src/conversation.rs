@@ -741,24 +741,22 @@ pub fn client_id_of(stored: &str) -> Option<&str> {
     stored.split_once(':').map(|(_, id)| id)
 }
 
-/// A message as stored, with the conversation as the write left it.
+/// A message as stored.
 #[derive(Debug, Clone)]
 pub struct Posted {
     /// The stored event (the first one, when the client resent its message id).
     pub event: events::Model,
     /// False when the client's message id was already stored: nothing new was written.
     pub created: bool,
-    /// The conversation right after the write (its holder now, not when the caller looked).
-    pub conversation: conversations::Model,
 }
 
 /// Stores a message from the visitor or an agent on conversation `conversation_id`'s active
-/// thread and records the activity (an agent's first message in an active chat is its first
-/// response). Two statements: the activity update, conditional on the conversation being open,
-/// returns the conversation as it is, and the insert goes to the thread it names, so a message
-/// never lands in a chat that closed meanwhile. With a `client_id`, sending the same message
-/// twice stores it once: the second call returns the first event and `created: false`.
-/// The caller has checked that the author may write to the conversation.
+/// thread, in one statement: the insert reads the thread from the conversation row, on the
+/// condition that the conversation is open, so a message never lands in a chat that closed
+/// meanwhile. The conversation's activity timestamps are the caller's to record (see
+/// [`crate::activity`]). With a `client_id`, sending the same message twice stores it once: the
+/// second call returns the first event and `created: false`. The caller has checked that the
+/// author may write to the conversation.
 pub async fn post_message(
     db: &impl ConnectionTrait,
     conversation_id: i64,
@@ -767,83 +765,65 @@ pub async fn post_message(
     content: String,
     client_id: Option<&str>,
 ) -> Result<Result<Posted, MessageError>, DbErr> {
-    let now = Utc::now();
-    let mut touch = conversations::Entity::update_many();
-    touch = match author {
-        AuthorType::Agent => touch
-            .col_expr(
-                conversations::Column::LastAgentActivityAt,
-                Expr::value(Some(now)),
-            )
-            .col_expr(
-                conversations::Column::FirstResponseAt,
-                Expr::case(
-                    Expr::col(conversations::Column::FirstResponseAt)
-                        .is_null()
-                        .and(
-                            Expr::col(conversations::Column::Status).eq(ConversationStatus::Active),
-                        ),
-                    Expr::value(Some(now)),
-                )
-                .finally(Expr::col(conversations::Column::FirstResponseAt))
-                .into(),
-            ),
-        _ => touch.col_expr(
-            conversations::Column::LastVisitorActivityAt,
-            Expr::value(Some(now)),
-        ),
-    };
-    let Some(conversation) = touch
-        .filter(conversations::Column::Id.eq(conversation_id))
-        .filter(
+    use sea_orm::{FromQueryResult, sea_query::Query};
+    let key = client_id.map(|id| client_key(author, agent_id, id));
+    let open = Query::select()
+        .column(conversations::Column::AccountId)
+        .column(conversations::Column::Id)
+        .column(conversations::Column::ActiveThreadId)
+        .expr(Expr::value(EventKind::Message))
+        .expr(Expr::value(author))
+        .expr(Expr::value(agent_id))
+        .expr(Expr::value(content))
+        .expr(Expr::value(key.clone()))
+        .expr(Expr::value(Utc::now()))
+        .from(conversations::Entity)
+        .and_where(conversations::Column::Id.eq(conversation_id))
+        .and_where(
             conversations::Column::Status
                 .is_in([ConversationStatus::Pending, ConversationStatus::Active]),
         )
-        .filter(conversations::Column::ActiveThreadId.is_not_null())
-        .exec_with_returning(db)
-        .await?
-        .into_iter()
-        .next()
-    else {
+        .and_where(conversations::Column::ActiveThreadId.is_not_null())
+        .to_owned();
+    let insert = Query::insert()
+        .into_table(events::Entity)
+        .columns([
+            events::Column::AccountId,
+            events::Column::ConversationId,
+            events::Column::ThreadId,
+            events::Column::Kind,
+            events::Column::AuthorType,
+            events::Column::AgentId,
+            events::Column::Content,
+            events::Column::ClientMessageId,
+            events::Column::CreatedAt,
+        ])
+        .select_from(open)
+        .map_err(|err| DbErr::Custom(err.to_string()))?
+        .on_conflict(once_per_key())
+        .returning_all()
+        .to_owned();
+    let statement = db.get_database_backend().build(&insert);
+    if let Some(event) = events::Model::find_by_statement(statement).one(db).await? {
+        return Ok(Ok(Posted {
+            event,
+            created: true,
+        }));
+    }
+    // Nothing inserted: the client resent a message already stored, or the chat is closed.
+    let Some(key) = key else {
         return Ok(Err(MessageError::Closed));
     };
-    let thread_id = conversation.active_thread_id.unwrap_or_default();
-    let key = client_id.map(|id| client_key(author, agent_id, id));
-    let row = events::ActiveModel {
-        account_id: Set(conversation.account_id),
-        conversation_id: Set(conversation.id),
-        thread_id: Set(thread_id),
-        kind: Set(EventKind::Message),
-        author_type: Set(author),
-        agent_id: Set(agent_id),
-        content: Set(content),
-        metadata: Set(None),
-        client_message_id: Set(key.clone()),
-        created_at: Set(now),
-        ..Default::default()
-    };
-    let inserted = events::Entity::insert(row)
-        .on_conflict(once_per_key())
-        .exec_with_returning(db)
-        .await;
-    let (event, created) = match (inserted, key) {
-        (Ok(event), _) => (event, true),
-        // Nothing inserted (sea-orm reports the skipped row as an error): if the key is there
-        // already, the client resent its message.
-        (Err(err), Some(key)) => {
-            let first = events::Entity::find()
-                .filter(events::Column::ConversationId.eq(conversation.id))
-                .filter(events::Column::ClientMessageId.eq(key))
-                .one(db)
-                .await?
-                .ok_or(err)?;
-            (first, false)
-        }
-        (Err(err), None) => return Err(err),
-    };
-    Ok(Ok(Posted {
-        event,
-        created,
-        conversation,
-    }))
+    let first = events::Entity::find()
+        .filter(events::Column::ConversationId.eq(conversation_id))
+        .filter(events::Column::ClientMessageId.eq(key))
+        .one(db)
+        .await?;
+    Ok(match first {
+        Some(event) => Ok(Posted {
+            event,
+            created: false,
+        }),
+        None => Err(MessageError::Closed),
+    })
 }

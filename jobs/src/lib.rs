@@ -10,6 +10,7 @@
 //! - The error decides retry versus abort: [`JobError::Transient`] is retried within the job's
 //!   [`RetryBudget`], [`JobError::Permanent`] ends the task at once.
 
+pub mod activity;
 pub mod agent_presence;
 pub mod assign_agent;
 pub mod audit;

@@ -685,7 +685,7 @@ pub(crate) async fn send_as_agent(
         body.client_message_id.as_ref().map(ClientMessageId::as_str),
     )
     .await?;
-    published(state, stored)
+    published(state, stored, conversation.assigned_agent_id)
 }
 
 #[derive(Debug, Serialize)]

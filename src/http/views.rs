@@ -108,27 +108,34 @@ impl From<events::Model> for EventView {
     }
 }
 
-/// A stored message's answer for the caller, pushed to both sides of the conversation when it is
-/// new (a resent client id returns the first event and pushes nothing). A closed conversation is
-/// 409.
+/// A stored message's answer for the caller. A new message (not a resent client id) has its
+/// activity recorded and is pushed to both sides of the conversation: its rooms, and the
+/// `holder`'s sockets when the caller knows who holds it. A closed conversation is 409.
 pub fn published(
     state: &crate::state::AppState,
     stored: Result<jobs::conversation::Posted, jobs::conversation::MessageError>,
+    holder: Option<i64>,
 ) -> Result<(EventView, bool), ApiError> {
     let posted = stored.map_err(|err| match err {
         jobs::conversation::MessageError::Closed => {
             ApiError::Conflict("the conversation is closed".into())
         }
     })?;
+    let (account_id, conversation_id, author) = (
+        posted.event.account_id,
+        posted.event.conversation_id,
+        posted.event.author_type,
+    );
     let view = EventView::from(posted.event);
     if posted.created {
+        state.activity.record(conversation_id, author);
         match serde_json::to_value(&view) {
             Ok(event) => state
                 .notifier
                 .notify(jobs::notify::Outcome::MessageCreated {
-                    account_id: posted.conversation.account_id,
-                    conversation_id: posted.conversation.id,
-                    assigned_agent_id: posted.conversation.assigned_agent_id,
+                    account_id,
+                    conversation_id,
+                    assigned_agent_id: holder,
                     event,
                 }),
             Err(err) => tracing::warn!(%err, "message not pushed"),

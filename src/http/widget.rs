@@ -374,10 +374,13 @@ pub(crate) async fn send_as_visitor(
     body: NewMessage,
     known: Option<i64>,
 ) -> Result<(EventView, bool), ApiError> {
-    let conversation_id = match (body.conversation_id, known) {
-        (None, Some(id)) => id,
-        (Some(asked), Some(id)) if asked == id => id,
-        (asked, _) => current_conversation(&state.db, visitor, asked).await?.id,
+    let (conversation_id, holder) = match (body.conversation_id, known) {
+        (None, Some(id)) => (id, None),
+        (Some(asked), Some(id)) if asked == id => (id, None),
+        (asked, _) => {
+            let conversation = current_conversation(&state.db, visitor, asked).await?;
+            (conversation.id, conversation.assigned_agent_id)
+        }
     };
     let stored = post_message(
         &state.db,
@@ -388,7 +391,7 @@ pub(crate) async fn send_as_visitor(
         body.client_message_id.as_ref().map(ClientMessageId::as_str),
     )
     .await?;
-    published(state, stored)
+    published(state, stored, holder)
 }
 
 async fn end(

@@ -72,8 +72,13 @@ both_backends! {
         let all = texts(&seen.body["events"]);
         assert_eq!(all.iter().filter(|t| *t == "Hello Vera!").count(), 1);
         assert_eq!(all.last().unwrap(), "Thanks!");
-        let conversation = app.get(&format!("/v1/conversations/{id}"), &admin).await;
-        assert!(conversation.body["firstResponseAt"].is_string());
+        // Activity timestamps are written in batches, a moment later.
+        let conversation = eventually(std::time::Duration::from_secs(5), "the first response to be recorded", || async {
+            let view = app.get(&format!("/v1/conversations/{id}"), &admin).await.body;
+            (view["firstResponseAt"].is_string() && view["lastVisitorActivityAt"] != view["createdAt"]).then_some(view)
+        })
+        .await;
+        assert!(conversation["lastAgentActivityAt"].is_string());
 
         // The agent resolves it: capacity comes back, the visitor can no longer write.
         let closed = app.request(Method::POST, &format!("/v1/conversations/{id}/close"), Some(&agent), None).await;
