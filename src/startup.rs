@@ -83,6 +83,7 @@ impl Application {
         .context("setting up Socket.IO")?;
         let notifier = RoomNotifier::start(realtime.push.clone(), db.clone());
         let activity = jobs::activity::Activity::start(db.clone());
+        let messages = jobs::messages::Messages::start(db.clone());
         Ok(Self {
             state: AppState {
                 db,
@@ -91,6 +92,7 @@ impl Application {
                 settings: settings.into(),
                 notifier,
                 activity,
+                messages,
                 push: realtime.push.clone(),
             },
             realtime,

@@ -20,6 +20,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Where outcomes of what the HTTP layer did itself go (the same seam jobs use).
     pub notifier: Arc<dyn Notifier>,
+    /// Where messages are written (grouped into shared commits on SQLite).
+    pub messages: jobs::messages::Messages,
     /// Conversation activity timestamps, written in batches.
     pub activity: jobs::activity::Activity,
     /// Direct pushes of the realtime layer (typing, seen, disconnecting revoked agents).

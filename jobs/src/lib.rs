@@ -21,6 +21,7 @@ pub mod conversation;
 pub mod db;
 pub mod enqueue_conversation;
 mod job;
+pub mod messages;
 pub mod notify;
 mod poll;
 pub mod reassign_conversation;

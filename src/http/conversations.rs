@@ -21,8 +21,7 @@ use jobs::{
     assign_agent::announce,
     close_conversation::CloseConversation,
     conversation::{
-        ClaimError, claim, groups_of_agent, lock_agents, post_message, reopen, requeue,
-        waiting_line,
+        ClaimError, claim, groups_of_agent, lock_agents, reopen, requeue, waiting_line,
     },
     enqueue_conversation::EnqueueConversation,
     notify::Outcome,
@@ -676,15 +675,16 @@ pub(crate) async fn send_as_agent(
     body: NewEvent,
 ) -> Result<(EventView, bool), ApiError> {
     require_holder(caller, conversation)?;
-    let stored = post_message(
-        &state.db,
-        conversation.id,
-        AuthorType::Agent,
-        Some(caller.id()),
-        body.content.into(),
-        body.client_message_id.as_ref().map(ClientMessageId::as_str),
-    )
-    .await?;
+    let stored = state
+        .messages
+        .post(
+            conversation.id,
+            AuthorType::Agent,
+            Some(caller.id()),
+            body.content.into(),
+            body.client_message_id.as_ref().map(ClientMessageId::as_str),
+        )
+        .await?;
     published(state, stored, conversation.assigned_agent_id)
 }
 

@@ -20,7 +20,7 @@ use entity::{
 use jobs::{
     assign_agent::request_assign,
     close_conversation::CloseConversation,
-    conversation::{post_message, queue_position, write_event},
+    conversation::{queue_position, write_event},
     enqueue_conversation::EnqueueConversation,
 };
 use sea_orm::{
@@ -382,15 +382,16 @@ pub(crate) async fn send_as_visitor(
             (conversation.id, conversation.assigned_agent_id)
         }
     };
-    let stored = post_message(
-        &state.db,
-        conversation_id,
-        AuthorType::Visitor,
-        None,
-        body.content.into(),
-        body.client_message_id.as_ref().map(ClientMessageId::as_str),
-    )
-    .await?;
+    let stored = state
+        .messages
+        .post(
+            conversation_id,
+            AuthorType::Visitor,
+            None,
+            body.content.into(),
+            body.client_message_id.as_ref().map(ClientMessageId::as_str),
+        )
+        .await?;
     published(state, stored, holder)
 }
 

@@ -266,3 +266,84 @@ async fn an_oversized_frame_drops_that_connection_only() {
         .await;
     assert_eq!(stored_events(&app).await, before + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_written_together_keep_their_own_outcomes() {
+    // On SQLite, messages arriving together share one transaction: each still gets its own
+    // answer, a closed chat refuses only its own, and a resent id is stored once.
+    let app = spawn_app(Backend::Embedded).await;
+    let admin = app.admin_token().await;
+    let (open, open_session) = app.visitor(json!({})).await;
+    let (closed, closed_session) = app.visitor(json!({})).await;
+    let end = app
+        .request(
+            reqwest::Method::POST,
+            "/v1/widget/conversation/end",
+            Some(&closed_session),
+            None,
+        )
+        .await;
+    assert_eq!(end.status, reqwest::StatusCode::ACCEPTED);
+    app.conversation_becomes(&admin, closed, "closed").await;
+    let before = stored_events(&app).await;
+    let send = |session: String, body: Value| {
+        let app = &app;
+        async move {
+            app.request(
+                reqwest::Method::POST,
+                "/v1/widget/messages",
+                Some(&session),
+                Some(body),
+            )
+            .await
+        }
+    };
+    let mut sends = Vec::new();
+    for n in 0..30 {
+        sends.push(send(
+            open_session.clone(),
+            json!({ "content": format!("m{n}") }),
+        ));
+        sends.push(send(
+            open_session.clone(),
+            json!({ "content": "again", "clientMessageId": "same" }),
+        ));
+        sends.push(send(
+            closed_session.clone(),
+            json!({ "content": format!("late {n}") }),
+        ));
+    }
+    let replies = futures::future::join_all(sends).await;
+    let mut ids = std::collections::HashSet::new();
+    let mut resent = std::collections::HashSet::new();
+    for reply in &replies {
+        match reply.body["content"].as_str() {
+            Some("again") => {
+                resent.insert(reply.body["id"].as_i64().unwrap());
+            }
+            Some(_) => {
+                assert_eq!(
+                    reply.status,
+                    reqwest::StatusCode::CREATED,
+                    "{:?}",
+                    reply.body
+                );
+                assert!(ids.insert(reply.body["id"].as_i64().unwrap()));
+            }
+            None => assert_eq!(
+                reply.status,
+                reqwest::StatusCode::CONFLICT,
+                "{:?}",
+                reply.body
+            ),
+        }
+    }
+    assert_eq!(ids.len(), 30);
+    assert_eq!(resent.len(), 1, "a resent id is one message");
+    assert_eq!(stored_events(&app).await, before + 31);
+    let view = app
+        .get(&format!("/v1/conversations/{open}"), &admin)
+        .await
+        .body;
+    assert_eq!(view["status"], "pending");
+}
