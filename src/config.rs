@@ -129,6 +129,14 @@ pub struct Settings {
     )]
     pub socket_events_per_second: u32,
 
+    /// Socket.IO handshakes a client address may open per minute (bursts of as many).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_SOCKET_HANDSHAKES_PER_MINUTE",
+        default_value_t = 120
+    )]
+    pub socket_handshakes_per_minute: u32,
+
     /// SMTP server for e-mail (`smtp://user:pass@host:587`); unset: e-mail off.
     #[arg(long, env = "SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<String>,

@@ -142,6 +142,12 @@ impl Application {
                         .mount(http::router(state.clone()), &state)
                         .await
                         .context("registering the Socket.IO namespaces")?
+                        .layer(axum::middleware::from_fn_with_state(
+                            http::rate_limit::Handshakes::per_minute(
+                                state.settings.socket_handshakes_per_minute,
+                            ),
+                            http::rate_limit::limit_handshakes,
+                        ))
                         .layer(http::cors())
                         .into_make_service_with_connect_info::<SocketAddr>();
                     let push = state.push.clone();

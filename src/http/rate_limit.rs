@@ -47,3 +47,51 @@ pub fn per_client(per_minute: u32) -> ClientLimit {
         _ => ApiError::BadRequest("cannot tell the client address".into()).into_response(),
     })
 }
+
+/// Socket.IO handshakes a client address may open per minute (bursts of as many): each one costs
+/// the server a database read or more, and long-polling requests of an open session (they carry
+/// `sid=`) are not counted.
+#[derive(Clone)]
+pub struct Handshakes(Arc<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>);
+
+impl Handshakes {
+    /// `per_minute` handshakes per client address.
+    pub fn per_minute(per_minute: u32) -> Self {
+        let rate =
+            std::num::NonZeroU32::new(per_minute.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        let limiter = Arc::new(governor::RateLimiter::keyed(governor::Quota::per_minute(
+            rate,
+        )));
+        let quiet = limiter.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                quiet.retain_recent();
+            }
+        });
+        Self(limiter)
+    }
+}
+
+/// Middleware: a JSON 429 with `Retry-After` for a client over its handshake budget.
+pub async fn limit_handshakes(
+    axum::extract::State(handshakes): axum::extract::State<Handshakes>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let uri = request.uri();
+    let handshake = uri.path().starts_with("/socket.io")
+        && !uri
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .any(|pair| pair.starts_with("sid="));
+    if handshake && let Err(not_until) = handshakes.0.check_key(&peer.ip()) {
+        use governor::clock::{Clock, DefaultClock};
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        return ApiError::TooManyRequests(wait.as_secs().max(1)).into_response();
+    }
+    next.run(request).await
+}

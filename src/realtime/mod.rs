@@ -286,28 +286,6 @@ fn resp3(url: &str) -> anyhow::Result<String> {
     Ok(parsed.into())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::resp3;
-
-    #[test]
-    fn the_adapter_url_asks_for_resp3_and_keeps_the_rest() {
-        assert_eq!(
-            resp3("redis://127.0.0.1:6379").unwrap(),
-            "redis://127.0.0.1:6379?protocol=resp3"
-        );
-        assert_eq!(
-            resp3("redis://h/2?protocol=resp2&x=1").unwrap(),
-            "redis://h/2?x=1&protocol=resp3"
-        );
-        assert_eq!(
-            resp3("rediss://u:p@h:6380/#insecure").unwrap(),
-            "rediss://u:p@h:6380/?protocol=resp3#insecure"
-        );
-        assert!(resp3("not a url").is_err());
-    }
-}
-
 impl Realtime {
     /// Sockets served here: local rooms without Redis, Redis-adapted rooms with it.
     pub async fn serve(redis_url: Option<&str>, prefix: &str) -> anyhow::Result<Self> {
@@ -389,4 +367,26 @@ fn register<A: Adapter + DefinedAdapter>(
         agents::register(io, state.clone()),
         visitors::register(io, state.clone()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resp3;
+
+    #[test]
+    fn the_adapter_url_asks_for_resp3_and_keeps_the_rest() {
+        assert_eq!(
+            resp3("redis://127.0.0.1:6379").unwrap(),
+            "redis://127.0.0.1:6379?protocol=resp3"
+        );
+        assert_eq!(
+            resp3("redis://h/2?protocol=resp2&x=1").unwrap(),
+            "redis://h/2?x=1&protocol=resp3"
+        );
+        assert_eq!(
+            resp3("rediss://u:p@h:6380/#insecure").unwrap(),
+            "rediss://u:p@h:6380/?protocol=resp3#insecure"
+        );
+        assert!(resp3("not a url").is_err());
+    }
 }

@@ -167,6 +167,7 @@ impl Storage {
             widget_rate_per_minute: 10_000,
             presence_grace_seconds: 30,
             socket_events_per_second: 200,
+            socket_handshakes_per_minute: 100_000,
             smtp_url: None,
             webhook_allow_private: true,
         }

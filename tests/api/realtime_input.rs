@@ -347,3 +347,49 @@ async fn messages_written_together_keep_their_own_outcomes() {
         .body;
     assert_eq!(view["status"], "pending");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_are_limited_per_client_address_but_open_sessions_are_not() {
+    let storage = Storage::new(Backend::Embedded).await;
+    let app = spawn_with(storage, Command::All, |s| {
+        s.socket_handshakes_per_minute = 3
+    })
+    .await;
+    let handshake = || async {
+        app.client
+            .get(format!(
+                "{}/socket.io/?EIO=4&transport=polling",
+                app.address
+            ))
+            .send()
+            .await
+            .unwrap()
+    };
+    let mut sid = String::new();
+    for _ in 0..3 {
+        let open = handshake().await;
+        assert_eq!(open.status(), reqwest::StatusCode::OK);
+        let text = open.text().await.unwrap();
+        let start = text.find('{').expect("an open packet");
+        let packet: Value = serde_json::from_str(&text[start..]).unwrap();
+        sid = packet["sid"].as_str().unwrap().to_owned();
+    }
+    let refused = handshake().await;
+    assert_eq!(refused.status(), reqwest::StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // Requests of an open session go through (here: a poll of the last session).
+    let poll = app
+        .client
+        .get(format!(
+            "{}/socket.io/?EIO=4&transport=polling&sid={sid}",
+            app.address
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(poll.status(), reqwest::StatusCode::OK);
+    // The HTTP API is not affected.
+    assert_eq!(app.get("/health", "").await.status, reqwest::StatusCode::OK);
+}
