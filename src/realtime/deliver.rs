@@ -340,14 +340,7 @@ impl Lines {
     async fn push_line(&mut self, account_id: i64, group_id: i64) -> Result<(), DbErr> {
         let line = waiting_line(&self.db, group_id, LINE_WATCHED).await?;
         let now = Utc::now();
-        let served = conversations::Entity::find()
-            .filter(conversations::Column::GroupId.eq(group_id))
-            .filter(
-                conversations::Column::AssignedAt
-                    .gt(now - chrono::Duration::seconds(RATE_WINDOW_SECONDS)),
-            )
-            .count(&self.db)
-            .await?;
+        let served = served_recently(&self.db, group_id).await?;
         let waiting: Vec<Waiting> = line
             .iter()
             .take(LINE_SHOWN)
@@ -400,6 +393,36 @@ impl Lines {
         }
         Ok(())
     }
+}
+
+/// Chats of the group assigned within the rate window.
+async fn served_recently(db: &DatabaseConnection, group_id: i64) -> Result<u64, DbErr> {
+    conversations::Entity::find()
+        .filter(conversations::Column::GroupId.eq(group_id))
+        .filter(
+            conversations::Column::AssignedAt
+                .gt(Utc::now() - chrono::Duration::seconds(RATE_WINDOW_SECONDS)),
+        )
+        .count(db)
+        .await
+}
+
+/// The `queue:position` body of a waiting conversation (`None` once it no longer waits): what a
+/// visitor hears when it connects, before its place next changes.
+pub async fn place_of(
+    db: &DatabaseConnection,
+    conversation: &conversations::Model,
+) -> Result<Option<serde_json::Value>, DbErr> {
+    if conversation.status != ConversationStatus::Pending {
+        return Ok(None);
+    }
+    let position = jobs::conversation::queue_position(db, conversation).await?;
+    let served = served_recently(db, conversation.group_id).await?;
+    Ok(Some(json!({
+        "conversationId": conversation.id,
+        "position": position,
+        "estimatedWaitSeconds": estimate(position, served),
+    })))
 }
 
 /// Seconds until place `position` is served at the group's recent rate (`served` chats in the

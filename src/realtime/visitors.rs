@@ -4,6 +4,7 @@
 //! conversation, or the visitor's own (another one is 404, as over REST).
 
 use entity::visitors;
+use sea_orm::EntityTrait;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use socketioxide::{
@@ -55,7 +56,10 @@ pub(super) fn register<A: Adapter + DefinedAdapter>(
     };
     let connected = move |socket: SocketRef<A>| {
         let state = state.clone();
-        async move { attach(&state, &socket) }
+        async move {
+            attach(&state, &socket);
+            tell_place(&state, &socket).await;
+        }
     };
     io.ns(VISITORS, connected.with(authenticate))
 }
@@ -113,6 +117,28 @@ fn agent_rooms(conversation: &entity::conversations::Model) -> Vec<String> {
     let mut rooms = vec![room::conversation(conversation.id)];
     rooms.extend(conversation.assigned_agent_id.map(room::agent));
     rooms
+}
+
+/// A waiting visitor hears its place as soon as it connects (pushes come only when it changes).
+async fn tell_place<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
+    let Some(session) = socket.extensions.get::<VisitorSession>() else {
+        return;
+    };
+    let conversation = entity::conversations::Entity::find_by_id(session.conversation_id)
+        .one(&state.db)
+        .await;
+    let place = match conversation {
+        Ok(Some(conversation)) => super::deliver::place_of(&state.db, &conversation).await,
+        Ok(None) => Ok(None),
+        Err(err) => Err(err),
+    };
+    match place {
+        Ok(Some(place)) => {
+            let _ = socket.emit("queue:position", &place);
+        }
+        Ok(None) => {}
+        Err(err) => tracing::warn!(%err, "could not tell a visitor its place"),
+    }
 }
 
 fn attach<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
