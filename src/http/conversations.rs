@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     extract::{Json, OptionalJson, Path, Query},
     resource::{Page, page_limit, split_page},
-    views::{ConversationView, EventView, created, published},
+    views::{ConversationView, EventView, Waiting, created, published, waiting_count},
 };
 use crate::{
     auth::{CurrentAgent, rank},
@@ -690,16 +690,6 @@ pub(crate) async fn send_as_agent(
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Waiting {
-    conversation_id: i64,
-    visitor_id: i64,
-    position: u64,
-    priority: Priority,
-    waited_seconds: i64,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
 struct Line {
     group_id: i64,
     name: String,
@@ -726,30 +716,15 @@ async fn queue(
         query =
             query.filter(groups::Column::Id.is_in(groups_of_agent(&state.db, caller.id()).await?));
     }
-    let now = Utc::now();
     let mut lines = Vec::new();
     for group in query
         .order_by_asc(groups::Column::Id)
         .all(&state.db)
         .await?
     {
-        let waiting_count = conversations::Entity::find()
-            .filter(conversations::Column::GroupId.eq(group.id))
-            .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
-            .count(&state.db)
-            .await?;
-        let waiting = waiting_line(&state.db, group.id, LINE_SHOWN)
-            .await?
-            .into_iter()
-            .enumerate()
-            .map(|(index, c)| Waiting {
-                conversation_id: c.id,
-                visitor_id: c.visitor_id,
-                position: index as u64 + 1,
-                priority: c.priority,
-                waited_seconds: c.queued_at.map_or(0, |at| (now - at).num_seconds().max(0)),
-            })
-            .collect();
+        let waiting_count = waiting_count(&state.db, group.id).await?;
+        let line = waiting_line(&state.db, group.id, LINE_SHOWN).await?;
+        let waiting = Waiting::head(&line, LINE_SHOWN as usize);
         lines.push(Line {
             group_id: group.id,
             name: group.name,

@@ -157,3 +157,45 @@ pub fn created(
     };
     Ok((status, super::extract::Json(view)))
 }
+
+/// One conversation of a group's waiting line, as agents see it (`GET /v1/queue`, `queue:update`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Waiting {
+    pub conversation_id: i64,
+    pub visitor_id: i64,
+    pub position: u64,
+    pub priority: Priority,
+    pub waited_seconds: i64,
+}
+
+impl Waiting {
+    /// The first `shown` conversations of `line` (in serving order) with their places and waits.
+    pub fn head(line: &[conversations::Model], shown: usize) -> Vec<Self> {
+        let now = Utc::now();
+        line.iter()
+            .take(shown)
+            .enumerate()
+            .map(|(index, c)| Self {
+                conversation_id: c.id,
+                visitor_id: c.visitor_id,
+                position: index as u64 + 1,
+                priority: c.priority,
+                waited_seconds: c.queued_at.map_or(0, |at| (now - at).num_seconds().max(0)),
+            })
+            .collect()
+    }
+}
+
+/// How many conversations of group `group_id` wait.
+pub async fn waiting_count(
+    db: &impl ConnectionTrait,
+    group_id: i64,
+) -> Result<u64, sea_orm::DbErr> {
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+    conversations::Entity::find()
+        .filter(conversations::Column::GroupId.eq(group_id))
+        .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
+        .count(db)
+        .await
+}

@@ -106,7 +106,8 @@ async fn handshake<A: Adapter>(
     let token = auth_field(auth, "token")
         .ok_or_else(|| Refused("missing auth.token (the agent's access token)".into()))?;
     let claims = state.tokens.verify(token.trim())?;
-    let caller = CurrentAgent::from_token(state, &token).await?;
+    let agent_id = crate::auth::TokenKeys::agent_id(&claims)?;
+    let caller = CurrentAgent::reload(&state.db, agent_id, claims.acc, claims.ver).await?;
     let agent = &caller.agent;
     let mut rooms = vec![room::agent(agent.id)];
     if rank(agent.role) >= rank(AgentRole::Supervisor) {

@@ -12,20 +12,17 @@ use std::{
 };
 
 use chrono::Utc;
-use entity::{
-    conversations,
-    enums::{ConversationStatus, Priority},
-};
+use entity::{conversations, enums::ConversationStatus};
 use jobs::{
     conversation::waiting_line,
     notify::{Notifier, Outcome},
 };
 use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, QueryFilter};
-use serde::Serialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::{AGENTS, Push, VISITORS, room};
+use crate::http::views::{Waiting, waiting_count};
 
 /// How often a changed waiting line is pushed.
 pub const LINE_PERIOD: Duration = Duration::from_millis(250);
@@ -120,16 +117,6 @@ struct Lines {
     changed: HashSet<(i64, i64)>,
     /// The place each watched visitor was last told, per group.
     told: HashMap<i64, HashMap<i64, u64>>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Waiting {
-    conversation_id: i64,
-    visitor_id: i64,
-    position: u64,
-    priority: Priority,
-    waited_seconds: i64,
 }
 
 impl Delivery {
@@ -339,28 +326,12 @@ impl Lines {
     /// visitor whose place changed.
     async fn push_line(&mut self, account_id: i64, group_id: i64) -> Result<(), DbErr> {
         let line = waiting_line(&self.db, group_id, LINE_WATCHED).await?;
-        let now = Utc::now();
         let served = served_recently(&self.db, group_id).await?;
-        let waiting: Vec<Waiting> = line
-            .iter()
-            .take(LINE_SHOWN)
-            .enumerate()
-            .map(|(index, c)| Waiting {
-                conversation_id: c.id,
-                visitor_id: c.visitor_id,
-                position: index as u64 + 1,
-                priority: c.priority,
-                waited_seconds: c.queued_at.map_or(0, |at| (now - at).num_seconds().max(0)),
-            })
-            .collect();
+        let waiting = Waiting::head(&line, LINE_SHOWN);
         let waiting_count = if (line.len() as u64) < LINE_WATCHED {
             line.len() as u64
         } else {
-            conversations::Entity::find()
-                .filter(conversations::Column::GroupId.eq(group_id))
-                .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
-                .count(&self.db)
-                .await?
+            waiting_count(&self.db, group_id).await?
         };
         let body = json!({
             "groupId": group_id,
