@@ -64,6 +64,30 @@ pub enum Outcome {
     },
     /// A group's waiting line changed (positions moved).
     QueueChanged { account_id: i64, group_id: i64 },
+    /// A conversation broke one of its group's service levels. Raised once per breach (the
+    /// scheduler records it on the conversation before telling anyone).
+    SlaBreached {
+        account_id: i64,
+        conversation_id: i64,
+        group_id: i64,
+        visitor_id: i64,
+        /// The agent holding it when it broke, if any.
+        agent_id: Option<i64>,
+        sla: SlaKind,
+        /// The group's limit that was passed (seconds, or reassignments for `max_reassignments`).
+        limit: i64,
+        /// How far it went (seconds waited, or reassignments made).
+        actual: i64,
+    },
+    /// A waiting visitor has waited longer than the group's `maxQueueWaitSeconds`: it is told and
+    /// offered to leave an e-mail address instead of waiting.
+    QueueWaitExceeded {
+        account_id: i64,
+        conversation_id: i64,
+        group_id: i64,
+        visitor_id: i64,
+        waited_seconds: i64,
+    },
     /// An agent's presence changed.
     AgentStatusChanged {
         account_id: i64,
@@ -71,6 +95,16 @@ pub enum Outcome {
         status: AgentStatus,
         accepting_chats: bool,
     },
+}
+
+/// Which service level a conversation broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlaKind {
+    /// No agent answered within `firstResponseSlaSeconds` of the conversation being created.
+    FirstResponse,
+    /// Reassigned `maxReassignments` times for silence: it now waits at the head of the line.
+    MaxReassignments,
 }
 
 /// Where outcomes go. Implementations must return quickly and never fail the job.

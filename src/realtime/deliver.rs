@@ -87,6 +87,12 @@ fn order_key(outcome: &Outcome) -> i64 {
         }
         | Outcome::MessageCreated {
             conversation_id, ..
+        }
+        | Outcome::SlaBreached {
+            conversation_id, ..
+        }
+        | Outcome::QueueWaitExceeded {
+            conversation_id, ..
         } => *conversation_id,
         Outcome::QueueChanged { group_id, .. } => *group_id,
         Outcome::AgentStatusChanged { agent_id, .. } => *agent_id,
@@ -271,6 +277,41 @@ impl Delivery {
                 group_id,
             } => {
                 self.line_moved(*account_id, *group_id);
+            }
+            Outcome::SlaBreached {
+                account_id,
+                conversation_id,
+                group_id,
+                agent_id,
+                sla,
+                limit,
+                actual,
+                ..
+            } => {
+                let body = json!({
+                    "conversationId": conversation_id,
+                    "groupId": group_id,
+                    "agentId": agent_id,
+                    "sla": sla,
+                    "limit": limit,
+                    "actual": actual,
+                });
+                let rooms = vec![room::account(*account_id)];
+                push.emit(AGENTS, rooms, "sla:breached", &body).await;
+            }
+            Outcome::QueueWaitExceeded {
+                visitor_id,
+                conversation_id,
+                waited_seconds,
+                ..
+            } => {
+                let body = json!({
+                    "conversationId": conversation_id,
+                    "waitedSeconds": waited_seconds,
+                    "canLeaveEmail": true,
+                });
+                let rooms = vec![room::visitor(*visitor_id)];
+                push.emit(VISITORS, rooms, "queue:overdue", &body).await;
             }
             Outcome::AgentStatusChanged {
                 account_id,

@@ -49,7 +49,15 @@ fn postgres_admin_url() -> String {
 const START_SERVICES: &str =
     "start the test services with `./scripts/test` (it installs and starts PostgreSQL and Redis)";
 
-/// Drops the databases and keys earlier test runs left, once per test process.
+/// Whether the test process that named a database or key prefix after its pid is gone.
+fn owner_gone(pid: &str) -> bool {
+    pid.parse::<u32>().is_ok_and(|pid| {
+        pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    })
+}
+
+/// Drops the databases and keys that earlier test runs left, once per test process. What a test
+/// process still running owns is kept, so test runs in several checkouts can share the services.
 async fn clean_leftovers(admin: &DatabaseConnection) {
     static CLEANED: OnceCell<()> = OnceCell::const_new();
     CLEANED
@@ -66,7 +74,8 @@ async fn clean_leftovers(admin: &DatabaseConnection) {
                 let Ok(name) = row.try_get::<String>("", "datname") else {
                     continue;
                 };
-                if !name.starts_with(&me) {
+                let pid = name.trim_start_matches("sb_test_").split('_').next();
+                if !name.starts_with(&me) && pid.is_some_and(owner_gone) {
                     let _ = admin
                         .execute_unprepared(&format!(
                             "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
@@ -91,6 +100,10 @@ async fn clean_leftovers(admin: &DatabaseConnection) {
                     else {
                         break;
                     };
+                    let keys: Vec<String> = keys
+                        .into_iter()
+                        .filter(|key| key.split(':').nth(1).is_some_and(owner_gone))
+                        .collect();
                     if !keys.is_empty() {
                         let _: Result<(), _> =
                             redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await;
@@ -141,7 +154,7 @@ impl Storage {
             data_dir,
             database_url,
             redis_url,
-            redis_prefix: format!("sbtest:{suffix}"),
+            redis_prefix: format!("sbtest:{}:{suffix}", std::process::id()),
             _dir: Arc::new(dir),
         }
     }
