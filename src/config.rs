@@ -107,6 +107,25 @@ pub struct Settings {
     )]
     pub reconcile_interval_seconds: u64,
 
+    /// Seconds between two sweeps for expired timers (agent response, visitor idle, SLA, queue
+    /// wait) on each worker process. A timer acts at most this much after it expires.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_SWEEP_INTERVAL_SECONDS",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub sweep_interval_seconds: u64,
+
+    /// Seconds between two `stats:update` pushes to connected supervisors.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_STATS_INTERVAL_SECONDS",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub stats_interval_seconds: u64,
+
     /// Login attempts allowed per client address per minute.
     #[arg(long, env = "SWITCHBOARD_LOGIN_RATE_PER_MINUTE", default_value_t = 10)]
     pub login_rate_per_minute: u32,
@@ -167,6 +186,10 @@ impl Settings {
     }
 
     /// Presence grace period.
+    pub fn stats_interval(&self) -> Duration {
+        Duration::from_secs(self.stats_interval_seconds.max(1))
+    }
+
     pub fn presence_grace(&self) -> Duration {
         Duration::from_secs(self.presence_grace_seconds)
     }

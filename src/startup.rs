@@ -126,6 +126,7 @@ impl Application {
             reconcile_period: std::time::Duration::from_secs(
                 state.settings.reconcile_interval_seconds,
             ),
+            sweep_period: std::time::Duration::from_secs(state.settings.sweep_interval_seconds),
             node: node_name(),
         };
         let http = {
@@ -136,6 +137,12 @@ impl Application {
                         state.push.clone(),
                         state.db.clone(),
                         state.settings.presence_heartbeat(),
+                        shutdown.clone(),
+                    ));
+                    tokio::spawn(crate::realtime::push_stats(
+                        state.push.clone(),
+                        state.db.clone(),
+                        state.settings.stats_interval(),
                         shutdown.clone(),
                     ));
                     let app = realtime

@@ -30,6 +30,15 @@ pub struct Model {
     pub closed_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// When the holding agent last signalled typing (pauses the agent response clock).
+    pub agent_typing_at: Option<DateTimeUtc>,
+    /// When the first-response SLA was broken (raised once).
+    pub first_response_breached_at: Option<DateTimeUtc>,
+    /// When the visitor was told it waited past the group's limit (told once).
+    pub queue_wait_exceeded_at: Option<DateTimeUtc>,
+    /// Set when it reached the group's `max_reassignments`: automatic routing skips it until a
+    /// person takes it (pick-up or a supervisor's assign).
+    pub routing_held_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

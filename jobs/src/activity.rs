@@ -23,7 +23,15 @@ const CHUNK: usize = 500;
 /// Records activity; cloning shares the flushing task, which ends with the last handle.
 #[derive(Debug, Clone)]
 pub struct Activity {
-    moved: mpsc::UnboundedSender<(i64, AuthorType)>,
+    moved: mpsc::UnboundedSender<(i64, Moved)>,
+}
+
+/// What happened in a conversation.
+#[derive(Debug, Clone, Copy)]
+enum Moved {
+    Wrote(AuthorType),
+    /// The holding agent signalled typing (pauses its response clock, see `timers`).
+    AgentTyping,
 }
 
 impl Activity {
@@ -36,37 +44,49 @@ impl Activity {
 
     /// `author` wrote in `conversation_id` just now.
     pub fn record(&self, conversation_id: i64, author: AuthorType) {
-        let _ = self.moved.send((conversation_id, author));
+        let _ = self.moved.send((conversation_id, Moved::Wrote(author)));
+    }
+
+    /// The holding agent of `conversation_id` is typing (or just stopped).
+    pub fn agent_typing(&self, conversation_id: i64) {
+        let _ = self.moved.send((conversation_id, Moved::AgentTyping));
     }
 }
 
-async fn flush_loop(db: DatabaseConnection, mut inbox: mpsc::UnboundedReceiver<(i64, AuthorType)>) {
+async fn flush_loop(db: DatabaseConnection, mut inbox: mpsc::UnboundedReceiver<(i64, Moved)>) {
     let mut visitors = BTreeSet::new();
     let mut agents = BTreeSet::new();
+    let mut typing = BTreeSet::new();
     let mut tick = tokio::time::interval(FLUSH_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             moved = inbox.recv() => match moved {
-                Some((id, AuthorType::Agent)) => { agents.insert(id); }
-                Some((id, _)) => { visitors.insert(id); }
+                Some((id, Moved::Wrote(AuthorType::Agent))) => { agents.insert(id); }
+                Some((id, Moved::Wrote(_))) => { visitors.insert(id); }
+                Some((id, Moved::AgentTyping)) => { typing.insert(id); }
                 None => break,
             },
-            _ = tick.tick(), if !visitors.is_empty() || !agents.is_empty() => {
-                let (v, a) = (std::mem::take(&mut visitors), std::mem::take(&mut agents));
-                if let Err(err) = flush(&db, &v, &a).await {
+            _ = tick.tick(), if !visitors.is_empty() || !agents.is_empty() || !typing.is_empty() => {
+                let (v, a, t) = (
+                    std::mem::take(&mut visitors),
+                    std::mem::take(&mut agents),
+                    std::mem::take(&mut typing),
+                );
+                if let Err(err) = flush(&db, &v, &a, &t).await {
                     tracing::warn!(%err, "conversation activity not recorded");
                 }
             }
         }
     }
-    let _ = flush(&db, &visitors, &agents).await;
+    let _ = flush(&db, &visitors, &agents, &typing).await;
 }
 
 async fn flush(
     db: &DatabaseConnection,
     visitors: &BTreeSet<i64>,
     agents: &BTreeSet<i64>,
+    typing: &BTreeSet<i64>,
 ) -> Result<(), DbErr> {
     let now = Utc::now();
     let ids = |set: &BTreeSet<i64>| set.iter().copied().collect::<Vec<_>>();
@@ -76,6 +96,13 @@ async fn flush(
                 conversations::Column::LastVisitorActivityAt,
                 Expr::value(Some(now)),
             )
+            .filter(conversations::Column::Id.is_in(chunk.iter().copied()))
+            .exec(db)
+            .await?;
+    }
+    for chunk in ids(typing).chunks(CHUNK) {
+        conversations::Entity::update_many()
+            .col_expr(conversations::Column::AgentTypingAt, Expr::value(Some(now)))
             .filter(conversations::Column::Id.is_in(chunk.iter().copied()))
             .exec(db)
             .await?;

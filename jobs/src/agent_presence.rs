@@ -201,6 +201,7 @@ pub async fn release_all(
                 from_agent_id: agent_id,
                 reason: reason.to_owned(),
                 to_group_id: None,
+                detail: None,
             })
             .await?;
     }

@@ -205,6 +205,10 @@ async fn assign_batch(ctx: &JobContext, group: &groups::Model) -> Result<Step, J
         if agents.iter().all(|agent| agent.free_slots() <= 0) {
             break;
         }
+        if conversation.routing_held_at.is_some() {
+            // Held for a person after too many reassignments (see `timers`).
+            continue;
+        }
         let barred = excluded.get(&conversation.id);
         let pool: Vec<_> = agents
             .iter()

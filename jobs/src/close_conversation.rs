@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     Job, JobContext, JobError, RetryBudget,
     assign_agent::request_assign,
-    conversation::{close, groups_of_agent},
+    conversation::{Closed, close, groups_of_agent},
     db::begin_write,
     notify::Outcome,
 };
@@ -47,24 +47,35 @@ impl Job for CloseConversation {
         let Some(closed) = closed else {
             return Ok("already closed".into());
         };
-        let conversation = &closed.conversation;
-        ctx.notifier.notify(Outcome::ConversationClosed {
-            account_id: conversation.account_id,
-            conversation_id: conversation.id,
-            visitor_id: conversation.visitor_id,
-            agent_id: closed.released_agent,
-            closed_by: self.closed_by,
-            reason: self.reason.clone(),
-        });
-        ctx.notifier.notify(Outcome::QueueChanged {
-            account_id: conversation.account_id,
-            group_id: conversation.group_id,
-        });
-        if let Some(agent) = closed.released_agent {
-            serve_groups_of(ctx, conversation.account_id, agent).await?;
-        }
-        Ok(format!("{:?}", conversation.status).to_lowercase())
+        after_close(ctx, &closed, self.closed_by, &self.reason).await?;
+        Ok(format!("{:?}", closed.conversation.status).to_lowercase())
     }
+}
+
+/// What follows a committed close: clients hear it, and the freed agent's lines are served.
+pub async fn after_close(
+    ctx: &JobContext,
+    closed: &Closed,
+    closed_by: ClosedBy,
+    reason: &str,
+) -> Result<(), JobError> {
+    let conversation = &closed.conversation;
+    ctx.notifier.notify(Outcome::ConversationClosed {
+        account_id: conversation.account_id,
+        conversation_id: conversation.id,
+        visitor_id: conversation.visitor_id,
+        agent_id: closed.released_agent,
+        closed_by,
+        reason: reason.to_owned(),
+    });
+    ctx.notifier.notify(Outcome::QueueChanged {
+        account_id: conversation.account_id,
+        group_id: conversation.group_id,
+    });
+    if let Some(agent) = closed.released_agent {
+        serve_groups_of(ctx, conversation.account_id, agent).await?;
+    }
+    Ok(())
 }
 
 /// Capacity appeared for `agent_id`: serve the lines of every group it belongs to.

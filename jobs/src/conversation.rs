@@ -232,6 +232,15 @@ pub async fn claim(
             conversations::Column::ActiveThreadId,
             Expr::value(Some(thread.id)),
         )
+        // A person took it: the hold (if any) has done its job; the new holder's clock is fresh.
+        .col_expr(
+            conversations::Column::RoutingHeldAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(
+            conversations::Column::AgentTypingAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
         .col_expr(conversations::Column::UpdatedAt, Expr::value(now))
         .filter(conversations::Column::Id.eq(conversation_id))
         .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
@@ -366,6 +375,7 @@ pub async fn requeue(
     agent_id: i64,
     reason: &str,
     to_group: Option<i64>,
+    detail: Option<&str>,
 ) -> Result<Option<Requeued>, DbErr> {
     let now = Utc::now();
     let mut update = conversations::Entity::update_many()
@@ -405,7 +415,10 @@ pub async fn requeue(
         .await?
         .ok_or_else(|| DbErr::RecordNotFound(format!("conversation {conversation_id}")))?;
     let conversation = open_thread(txn, &conversation, None, now).await?;
-    let content = format!("Reassigned: {}", describe_release(reason));
+    let content = format!(
+        "Reassigned: {}",
+        detail.unwrap_or_else(|| describe_release(reason))
+    );
     system_event(
         txn,
         &conversation,

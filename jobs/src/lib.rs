@@ -27,7 +27,9 @@ mod poll;
 pub mod reassign_conversation;
 pub mod reconcile;
 pub mod routing;
+mod scheduler;
 mod store;
+pub mod timers;
 mod workers;
 
 pub use context::JobContext;

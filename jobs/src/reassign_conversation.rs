@@ -12,7 +12,7 @@ use crate::{
     Job, JobContext, JobError, RetryBudget,
     assign_agent::request_assign,
     close_conversation::serve_groups_of,
-    conversation::{queue_position, requeue},
+    conversation::{Requeued, queue_position, requeue},
     db::begin_write,
     notify::Outcome,
 };
@@ -29,6 +29,9 @@ pub struct ReassignConversation {
     pub reason: String,
     /// Move it to this group (a transfer to a department); `None` keeps its group.
     pub to_group_id: Option<i64>,
+    /// What the "reassigned" system event says instead of the reason's usual words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 impl Job for ReassignConversation {
@@ -49,30 +52,42 @@ impl Job for ReassignConversation {
             self.from_agent_id,
             &self.reason,
             self.to_group_id,
+            self.detail.as_deref(),
         )
         .await?;
         txn.commit().await?;
         let Some(requeued) = requeued else {
             return Ok("no longer active with that agent".into());
         };
-        let conversation = &requeued.conversation;
-        ctx.notifier.notify(Outcome::ConversationUnassigned {
-            account_id: conversation.account_id,
-            conversation_id: conversation.id,
-            group_id: conversation.group_id,
-            agent_id: requeued.agent_id,
-            reason: self.reason.clone(),
-        });
-        let position = queue_position(&ctx.db, conversation).await?;
-        ctx.notifier.notify(Outcome::ConversationQueued {
-            account_id: conversation.account_id,
-            conversation_id: conversation.id,
-            group_id: conversation.group_id,
-            visitor_id: conversation.visitor_id,
-            position,
-        });
-        request_assign(ctx, conversation.account_id, conversation.group_id).await?;
-        serve_groups_of(ctx, conversation.account_id, requeued.agent_id).await?;
+        let position = after_requeue(ctx, &requeued, &self.reason).await?;
         Ok(format!("requeued at position {position}"))
     }
+}
+
+/// What follows a committed requeue: clients hear it, the line is served again, and so are the
+/// released agent's other groups. Returns the conversation's place in line.
+pub async fn after_requeue(
+    ctx: &JobContext,
+    requeued: &Requeued,
+    reason: &str,
+) -> Result<u64, JobError> {
+    let conversation = &requeued.conversation;
+    ctx.notifier.notify(Outcome::ConversationUnassigned {
+        account_id: conversation.account_id,
+        conversation_id: conversation.id,
+        group_id: conversation.group_id,
+        agent_id: requeued.agent_id,
+        reason: reason.to_owned(),
+    });
+    let position = queue_position(&ctx.db, conversation).await?;
+    ctx.notifier.notify(Outcome::ConversationQueued {
+        account_id: conversation.account_id,
+        conversation_id: conversation.id,
+        group_id: conversation.group_id,
+        visitor_id: conversation.visitor_id,
+        position,
+    });
+    request_assign(ctx, conversation.account_id, conversation.group_id).await?;
+    serve_groups_of(ctx, conversation.account_id, requeued.agent_id).await?;
+    Ok(position)
 }

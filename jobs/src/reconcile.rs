@@ -10,7 +10,9 @@
 //!   is treated as dropped: the presence job takes it offline.
 //!
 //! All are safe to run at any time, on any number of nodes: they only submit idempotent jobs or
-//! write the value the rows dictate. Every worker process runs a pass periodically.
+//! write the value the rows dictate. Every worker process runs a pass periodically (see
+//! `scheduler`). Each repair says what it did: a system event in the conversation it concerns, or
+//! an audit record (actor: the system) for an agent's counter.
 
 use entity::{
     agents, conversations,
@@ -21,8 +23,11 @@ use sea_orm::{
     RelationTrait, Statement,
 };
 
+use serde_json::json;
+
 use crate::{
-    JobContext, JobError, assign_agent::AssignAgent, enqueue_conversation::EnqueueConversation,
+    JobContext, JobError, assign_agent::AssignAgent, audit::RecordAudit,
+    conversation::system_event, enqueue_conversation::EnqueueConversation,
     reassign_conversation::ReassignConversation,
 };
 
@@ -42,7 +47,7 @@ pub struct Repairs {
 }
 
 /// Agents whose counter disagrees with their active conversations.
-const COUNTER_DRIFT: &str = "SELECT id FROM agents WHERE active_chats <> \
+const COUNTER_DRIFT: &str = "SELECT id, account_id, active_chats FROM agents WHERE active_chats <> \
     (SELECT COUNT(*) FROM conversations c WHERE c.assigned_agent_id = agents.id AND c.status = 'active')";
 
 /// Sets one agent's counter to the number of its active conversations, if it differs.
@@ -65,6 +70,8 @@ pub async fn reconcile(ctx: &JobContext) -> Result<Repairs, JobError> {
         .await?;
     for row in drifted {
         let agent_id: i64 = row.try_get_by_index(0)?;
+        let account_id: i64 = row.try_get_by_index(1)?;
+        let counted: i32 = row.try_get_by_index(2)?;
         let fixed = ctx
             .db
             .execute_raw(Statement::from_sql_and_values(
@@ -82,6 +89,18 @@ pub async fn reconcile(ctx: &JobContext) -> Result<Repairs, JobError> {
         if fixed.rows_affected() == 1 {
             tracing::warn!(agent_id, "repaired an agent's chat counter");
             repairs.counters_fixed += 1;
+            submit(
+                ctx,
+                RecordAudit::new(
+                    account_id,
+                    None,
+                    "agent.counter_repaired",
+                    "agent",
+                    Some(agent_id),
+                    json!({ "counted": counted, "reason": "the counter disagreed with the agent's active conversations" }),
+                ),
+            )
+            .await?;
         }
     }
     // Agents whose node died with their sockets: their drop was never recorded.
@@ -113,6 +132,7 @@ pub async fn reconcile(ctx: &JobContext) -> Result<Repairs, JobError> {
                 from_agent_id: agent_id,
                 reason: "agent_offline".into(),
                 to_group_id: None,
+                detail: Some("repaired: its agent was offline or deleted and still held it".into()),
             },
         )
         .await?;
@@ -127,6 +147,19 @@ pub async fn reconcile(ctx: &JobContext) -> Result<Repairs, JobError> {
         .all(&ctx.db)
         .await?;
     for conversation_id in unqueued {
+        if let Some(conversation) = conversations::Entity::find_by_id(conversation_id)
+            .one(&ctx.db)
+            .await?
+        {
+            system_event(
+                &ctx.db,
+                &conversation,
+                "Repaired: it was never put in line (its enqueue was lost); queued it now".into(),
+                json!({ "action": "repaired", "repair": "enqueued" }),
+                Some("repaired:enqueued".into()),
+            )
+            .await?;
+        }
         submit(ctx, EnqueueConversation::new(conversation_id)).await?;
         repairs.conversations_enqueued += 1;
     }

@@ -19,7 +19,7 @@ use crate::{
     Job, JobContext, JobError, JobStore, agent_presence::AgentDisconnected,
     assign_agent::AssignAgent, audit::RecordAudit, backlog, close_conversation::CloseConversation,
     enqueue_conversation::EnqueueConversation, poll::Every,
-    reassign_conversation::ReassignConversation,
+    reassign_conversation::ReassignConversation, timers::ExpireTimer,
 };
 
 /// How this process runs its workers.
@@ -32,6 +32,8 @@ pub struct WorkerOptions {
     pub poll_interval: Duration,
     /// How often this process repairs what crashes can leave (see `reconcile`).
     pub reconcile_period: Duration,
+    /// How often this process looks for expired timers (see `timers`).
+    pub sweep_period: Duration,
     /// Unique name of this process among all worker processes (host, pid and a random part): apalis
     /// refuses a second worker with the same name while the first one's heartbeat is fresh.
     pub node: String,
@@ -43,8 +45,6 @@ pub struct Workers {
     /// Storage-level names of every queue.
     queues: Vec<String>,
     store: JobStore,
-    ctx: JobContext,
-    reconcile_period: Duration,
 }
 
 impl Workers {
@@ -78,29 +78,10 @@ impl Workers {
                 }
             }
         };
-        let ctx = self.ctx;
-        let period = self.reconcile_period;
-        let repairs = async move {
-            // First pass one period after start: a restart storm does not become a repair storm.
-            let first = tokio::time::Instant::now() + period;
-            let mut tick = tokio::time::interval_at(first, period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                match crate::reconcile::reconcile(&ctx).await {
-                    Ok(done) if done != crate::reconcile::Repairs::default() => {
-                        tracing::info!(?done, "reconciled");
-                    }
-                    Ok(_) => {}
-                    Err(err) => tracing::warn!(%err, "reconcile pass failed"),
-                }
-            }
-        };
         // The housekeeping loops never end: the workers' run decides when this returns.
         tokio::select! {
             result = run => result,
             () = storage => Ok(()),
-            () = repairs => Ok(()),
         }
     }
 }
@@ -126,13 +107,12 @@ pub fn workers(ctx: JobContext, options: &WorkerOptions) -> Workers {
         store.queue_name::<ReassignConversation>(),
         store.queue_name::<RecordAudit>(),
         store.queue_name::<AgentDisconnected>(),
+        store.queue_name::<ExpireTimer>(),
     ];
     Workers {
         monitor: monitor(ctx.clone(), options),
         queues,
         store,
-        ctx,
-        reconcile_period: options.reconcile_period.max(Duration::from_secs(1)),
     }
 }
 
@@ -150,7 +130,15 @@ fn monitor(ctx: JobContext, options: &WorkerOptions) -> Monitor {
     let monitor = register::<CloseConversation>(monitor, &ctx, options);
     let monitor = register::<ReassignConversation>(monitor, &ctx, options);
     let monitor = register::<RecordAudit>(monitor, &ctx, options);
-    register::<AgentDisconnected>(monitor, &ctx, options)
+    let monitor = register::<AgentDisconnected>(monitor, &ctx, options);
+    let monitor = register::<ExpireTimer>(monitor, &ctx, options);
+    crate::scheduler::register(
+        monitor,
+        &ctx,
+        &options.node,
+        options.sweep_period,
+        options.reconcile_period,
+    )
 }
 
 fn register<J: Job>(monitor: Monitor, ctx: &JobContext, options: &WorkerOptions) -> Monitor {

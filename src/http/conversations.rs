@@ -199,7 +199,7 @@ async fn claim_now(
     // Agents first, in id order, as the assigner does: no lock cycle with it.
     lock_agents(&txn, release_from.into_iter().chain([agent_id]).collect()).await?;
     if let Some(holder) = release_from {
-        requeue(&txn, conversation.id, holder, "transferred", None)
+        requeue(&txn, conversation.id, holder, "transferred", None, None)
             .await?
             .ok_or_else(|| ApiError::Conflict("the conversation changed hands meanwhile".into()))?;
     }
@@ -398,6 +398,7 @@ pub(crate) async fn transfer_as(
                     from_agent_id: holder,
                     reason: "transferred".into(),
                     to_group_id: Some(group_id),
+                    detail: None,
                 })
                 .await
                 .map_err(|_| ApiError::Unavailable("job storage"))?;

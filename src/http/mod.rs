@@ -11,6 +11,7 @@ mod groups;
 mod health;
 pub mod rate_limit;
 mod resource;
+pub(crate) mod stats;
 mod tags;
 pub(crate) mod views;
 pub(crate) mod widget;
@@ -45,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .merge(groups::router())
         .merge(tags::router())
         .merge(audit::router())
+        .merge(stats::router())
         .merge(widget::router(&state))
         .merge(conversations::router())
         .fallback(not_found);

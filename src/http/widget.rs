@@ -9,7 +9,7 @@ use axum::{
     Router,
     extract::{ConnectInfo, State},
     http::{HeaderMap, StatusCode, header},
-    routing::{get, post},
+    routing::{get, post, put},
 };
 use chrono::Utc;
 use entity::{
@@ -25,7 +25,7 @@ use jobs::{
 };
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    QueryOrder, QuerySelect, sea_query::Expr,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -56,6 +56,10 @@ pub fn router(state: &AppState) -> Router<AppState> {
             post(send_message).layer(rate_limit::per_client(per_minute.saturating_mul(10))),
         )
         .route("/widget/conversation/end", post(end))
+        .route(
+            "/widget/contact",
+            put(leave_contact).layer(rate_limit::per_client(per_minute)),
+        )
 }
 
 /// Most keys and bytes a visitor's `metadata` object may carry.
@@ -393,6 +397,55 @@ pub(crate) async fn send_as_visitor(
         )
         .await?;
     published(state, stored, holder)
+}
+
+/// How a visitor can be reached later: offered when the wait is long (`queue:overdue`), used for
+/// the transcript e-mail.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Contact {
+    email: Email,
+    name: Option<Name>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ContactView {
+    visitor_id: i64,
+    email: String,
+    name: Option<String>,
+}
+
+/// `PUT /v1/widget/contact`: the visitor leaves its e-mail address (and name).
+async fn leave_contact(
+    State(state): State<AppState>,
+    visitor: CurrentVisitor,
+    Json(body): Json<Contact>,
+) -> Result<Json<ContactView>, ApiError> {
+    let visitor = visitor.visitor;
+    let mut update = visitors::Entity::update_many()
+        .col_expr(
+            visitors::Column::Email,
+            Expr::value(Some(String::from(body.email))),
+        )
+        .filter(visitors::Column::Id.eq(visitor.id))
+        .filter(visitors::Column::AccountId.eq(visitor.account_id));
+    if let Some(name) = body.name {
+        update = update.col_expr(
+            visitors::Column::Name,
+            Expr::value(Some(String::from(name))),
+        );
+    }
+    update.exec(&state.db).await?;
+    let stored = visitors::Entity::find_by_id(visitor.id)
+        .one(&state.db)
+        .await?
+        .ok_or(ApiError::NotFound("visitor"))?;
+    Ok(Json(ContactView {
+        visitor_id: stored.id,
+        email: stored.email.unwrap_or_default(),
+        name: stored.name,
+    }))
 }
 
 async fn end(

@@ -208,6 +208,36 @@ impl Push {
         with_io!(self, io => io.close().await, _ => ())
     }
 
+    /// The rooms named `{kind}:{id}` that sockets of `ns` on this node are in: the ids.
+    pub fn local_rooms_of(&self, ns: &'static str, kind: &str) -> std::collections::BTreeSet<i64> {
+        let prefix = format!("{kind}:");
+        with_io!(self, io => io.of(ns).map(|ops| {
+            ops.sockets()
+                .iter()
+                .flat_map(|socket| socket.rooms())
+                .filter_map(|room| room.strip_prefix(prefix.as_str()).and_then(|id| id.parse().ok()))
+                .collect()
+        }).unwrap_or_default(), _ => Default::default())
+    }
+
+    /// Emits `event` to the sockets of `ns` in `room` on this node only (each node serves its
+    /// own sockets, so a cluster pushes once per socket).
+    pub async fn emit_local(
+        &self,
+        ns: &'static str,
+        room: String,
+        event: &str,
+        data: &impl Serialize,
+    ) {
+        let result = with_io!(self, io => match io.of(ns) {
+            Some(ops) => ops.local().to(room).emit(event, data).await.map_err(|e| e.to_string()),
+            None => Ok(()),
+        }, _ => Ok(()));
+        if let Err(err) = result {
+            tracing::warn!(event, %err, "push failed");
+        }
+    }
+
     /// Sockets connected to this node, per namespace (for operators).
     pub fn local_sockets(&self, ns: &'static str) -> usize {
         with_io!(self, io => io.of(ns).map_or(0, |ops| ops.sockets().len()), _ => 0)
@@ -252,6 +282,33 @@ pub async fn heartbeat(
                 .await;
             if let Err(err) = vouched {
                 tracing::warn!(%err, "presence heartbeat failed");
+            }
+        }
+    }
+}
+
+/// Pushes `stats:update` (the numbers of `GET /v1/stats`) every `period` to the account rooms
+/// that supervisors on this node are in. Runs until `shutdown`.
+pub async fn push_stats(
+    push: Push,
+    db: sea_orm::DatabaseConnection,
+    period: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        for account_id in push.local_rooms_of(AGENTS, "account") {
+            match crate::http::stats::account_stats(&db, account_id).await {
+                Ok(stats) => {
+                    push.emit_local(AGENTS, room::account(account_id), "stats:update", &stats)
+                        .await;
+                }
+                Err(err) => tracing::warn!(account_id, %err, "stats not computed"),
             }
         }
     }

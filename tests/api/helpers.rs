@@ -176,6 +176,8 @@ impl Storage {
             worker_concurrency: 4,
             poll_interval_ms: None,
             reconcile_interval_seconds: 30,
+            sweep_interval_seconds: 1,
+            stats_interval_seconds: 1,
             login_rate_per_minute: 1000,
             widget_rate_per_minute: 10_000,
             presence_grace_seconds: 30,

@@ -403,7 +403,7 @@ both_backends! {
         );
 
         // Reassign: counted once, one slot back, one "reassigned" event, back in line.
-        let once = run_twice(&ctx, ReassignConversation { conversation_id: second, from_agent_id: agent, reason: "transferred".into(), to_group_id: None }).await;
+        let once = run_twice(&ctx, ReassignConversation { conversation_id: second, from_agent_id: agent, reason: "transferred".into(), to_group_id: None, detail: None }).await;
         let moved = once.conversation(second);
         assert_eq!(moved.status, ConversationStatus::Pending);
         assert_eq!(moved.reassignment_count, 1);
@@ -545,6 +545,15 @@ both_backends! {
         assert_eq!(conversation["assignedAgentId"], agent);
         assert_eq!(app.get("/v1/auth/me", &token).await.body["activeChats"], 2);
         world(app.db()).await.assert_consistent();
+        // The repair is on the record, by the system.
+        let audit = eventually(Duration::from_secs(10), "the repair in the audit log", || async {
+            let reply = app.get("/v1/audit", &admin).await;
+            reply.body["items"].as_array().unwrap().iter().find(|r| r["action"] == "agent.counter_repaired").cloned()
+        })
+        .await;
+        assert_eq!(audit["subjectId"], agent, "{audit}");
+        assert_eq!(audit["actorAgentId"], serde_json::Value::Null, "{audit}");
+        assert_eq!(audit["details"]["counted"], 2, "{audit}");
 
         // A counter below the truth would let the agent take more than it may: repaired too.
         agents::Entity::update_many()
@@ -623,7 +632,9 @@ both_backends! {
         // The enqueue job gives it its place and announces it, once.
         let queued = eventually(Duration::from_secs(10), "the conversation to be queued", || async {
             let now = world(app.db()).await;
-            (now.conversation(id).queued_at.is_some() && now.events_of(id, "Queued at position 1 in General") == 1)
+            (now.conversation(id).queued_at.is_some()
+                && now.events_of(id, "Queued at position 1 in General") == 1
+                && now.events_of(id, "Repaired: it was never put in line (its enqueue was lost); queued it now") == 1)
                 .then_some(now)
         })
         .await;

@@ -19,3 +19,4 @@ mod modes;
 mod realtime;
 mod realtime_input;
 mod resources;
+mod scheduler;

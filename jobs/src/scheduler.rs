@@ -1,0 +1,117 @@
+//! The scheduler: apalis-cron workers that run on every worker process.
+//!
+//! - `sweep` (every `sweep_period`): finds expired timers and submits their jobs (see `timers`).
+//! - `reconcile` (every `reconcile_period`): repairs what a crash can leave (see `reconcile`).
+//!
+//! Neither needs a leader: both only submit idempotent jobs or write what the rows dictate, so two
+//! nodes ticking at once, or a tick repeated, act once. A tick that fails is logged and the next
+//! one tries again (ticks are not stored, so nothing piles up while a node is down).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use apalis::prelude::*;
+use apalis_cron::{CronScheduler, Schedule, Tick};
+
+use crate::{JobContext, reconcile, timers};
+
+/// A fixed period in whole seconds (a cron tick is a Unix second), in this node's own phase
+/// rather than aligned to the clock, so nodes do not all sweep at the same instant.
+#[derive(Debug, Clone)]
+pub struct Every {
+    period: u64,
+    next: Option<u64>,
+}
+
+impl Every {
+    pub fn new(period: Duration) -> Self {
+        Self {
+            period: period.as_secs().max(1),
+            next: None,
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+impl Schedule<chrono::Utc> for Every {
+    fn next_tick(&mut self, _: &chrono::Utc) -> Option<Tick<chrono::Utc>> {
+        let now = unix_now();
+        // After a slow tick, skip what was missed instead of firing a burst.
+        let next = self
+            .next
+            .map_or(now + self.period, |last| (last + self.period).max(now + 1));
+        self.next = Some(next);
+        Some(Tick::new(next))
+    }
+}
+
+/// One sweep per tick.
+async fn sweep_tick(_: Tick<chrono::Utc>, ctx: Data<JobContext>) -> Result<String, BoxDynError> {
+    let swept = timers::sweep(&ctx).await?;
+    if swept.total() > 0 {
+        tracing::info!(expired = ?swept.expired, "timers expired");
+    }
+    Ok(format!("{} expired", swept.total()))
+}
+
+/// One reconcile pass per tick.
+async fn reconcile_tick(
+    _: Tick<chrono::Utc>,
+    ctx: Data<JobContext>,
+) -> Result<String, BoxDynError> {
+    let repairs = reconcile::reconcile(&ctx).await?;
+    if repairs != reconcile::Repairs::default() {
+        tracing::info!(?repairs, "reconciled");
+    }
+    Ok(format!("{repairs:?}"))
+}
+
+/// Registers the scheduler's workers. The reconciler's first pass comes one period after start,
+/// so a restart storm does not become a repair storm.
+pub fn register(
+    monitor: Monitor,
+    ctx: &JobContext,
+    node: &str,
+    sweep_period: Duration,
+    reconcile_period: Duration,
+) -> Monitor {
+    let (name, sweep_ctx) = (format!("sweep@{node}"), ctx.clone());
+    let monitor = monitor.register(move |_| {
+        WorkerBuilder::new(name.clone())
+            .backend(CronScheduler::new(Every::new(sweep_period)))
+            .data(sweep_ctx.clone())
+            .build(sweep_tick)
+    });
+    let (name, reconcile_ctx) = (format!("reconcile@{node}"), ctx.clone());
+    monitor.register(move |_| {
+        WorkerBuilder::new(name.clone())
+            .backend(CronScheduler::new(Every::new(reconcile_period)))
+            .data(reconcile_ctx.clone())
+            .build(reconcile_tick)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_keep_the_period_and_skip_what_was_missed() {
+        let mut every = Every::new(Duration::from_secs(5));
+        let first = every.next_tick(&chrono::Utc).map(|t| t.get_timestamp());
+        let second = every.next_tick(&chrono::Utc).map(|t| t.get_timestamp());
+        assert_eq!(second.zip(first).map(|(b, a)| b - a), Some(5));
+        // A tick far in the past (a stalled node) is not caught up tick by tick.
+        every.next = Some(1);
+        let now = unix_now();
+        let next = every.next_tick(&chrono::Utc).map(|t| t.get_timestamp());
+        assert!(
+            next.is_some_and(|n| n >= now + 1 && n <= now + 2),
+            "{next:?}"
+        );
+    }
+}

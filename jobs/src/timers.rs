@@ -1,0 +1,411 @@
+//! The scheduler's timers: what a conversation is waiting for, and what happens when it waits too
+//! long. Each group sets its limits (`agent_response_timeout_seconds`, `max_reassignments`,
+//! `visitor_idle_timeout_seconds`, `first_response_sla_seconds`, `max_queue_wait_seconds`).
+//!
+//! - **Agent response**: the visitor wrote and the holding agent has not answered within the
+//!   timeout (counted from the visitor's message, the assignment or the agent's last typing
+//!   signal, whichever is latest, so typing pauses the clock) → the chat goes back to the head of
+//!   the line with that agent excluded. After `max_reassignments` it is held there for a person
+//!   (automatic routing skips it) and supervisors hear `sla:breached`.
+//! - **Visitor idle**: an active chat without visitor activity for the idle timeout is closed by
+//!   the system (`visitor_idle`).
+//! - **First response**: no agent message within the SLA of the conversation's start →
+//!   `sla:breached` to supervisors, once.
+//! - **Queue wait**: a visitor waiting longer than `max_queue_wait_seconds` is told, once, and
+//!   offered to leave an e-mail address.
+//!
+//! The sweep ([`sweep`]) finds expiries and submits one [`ExpireTimer`] job each; the job re-reads
+//! the conversation in a write transaction and acts only if the timer is still expired, so the same
+//! expiry seen by two nodes, or on the next tick, acts once. Every action writes a system event
+//! that says why.
+
+use std::{collections::HashMap, time::Duration};
+
+use chrono::{DateTime, Utc};
+use entity::{
+    conversations,
+    enums::{ClosedBy, ConversationStatus},
+    groups,
+};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    sea_query::{Expr, ExprTrait},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::{
+    Job, JobContext, JobError, RetryBudget,
+    close_conversation::after_close,
+    conversation::{close, requeue, system_event},
+    db::begin_write,
+    notify::{Outcome, SlaKind},
+    reassign_conversation::after_requeue,
+};
+
+/// What a conversation waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Timer {
+    /// The holding agent's reply to the visitor.
+    AgentResponse,
+    /// The visitor's next move in an active chat.
+    VisitorIdle,
+    /// Any agent's first reply (the first-response SLA).
+    FirstResponse,
+    /// An agent, while the visitor waits in line.
+    QueueWait,
+}
+
+impl Timer {
+    const ALL: [Timer; 4] = [
+        Timer::AgentResponse,
+        Timer::VisitorIdle,
+        Timer::FirstResponse,
+        Timer::QueueWait,
+    ];
+
+    /// The group's limit for this timer, if it has one.
+    fn limit(self, group: &groups::Model) -> Option<chrono::Duration> {
+        let seconds = match self {
+            Timer::AgentResponse => Some(group.agent_response_timeout_seconds),
+            Timer::VisitorIdle => Some(group.visitor_idle_timeout_seconds),
+            Timer::FirstResponse => Some(group.first_response_sla_seconds),
+            Timer::QueueWait => group.max_queue_wait_seconds,
+        }?;
+        Some(chrono::Duration::seconds(i64::from(Ord::max(seconds, 1))))
+    }
+
+    /// When the clock of this timer started for `c`, if it runs at all in its current state.
+    pub fn started(self, c: &conversations::Model) -> Option<DateTime<Utc>> {
+        match self {
+            Timer::AgentResponse => {
+                if c.status != ConversationStatus::Active || c.assigned_agent_id.is_none() {
+                    return None;
+                }
+                let wrote = c.last_visitor_activity_at?;
+                // Answered since the visitor last wrote: nothing is owed.
+                if c.last_agent_activity_at
+                    .is_some_and(|answered| answered >= wrote)
+                {
+                    return None;
+                }
+                [Some(wrote), c.assigned_at, c.agent_typing_at]
+                    .into_iter()
+                    .flatten()
+                    .max()
+            }
+            Timer::VisitorIdle => {
+                if c.status != ConversationStatus::Active {
+                    return None;
+                }
+                [c.last_visitor_activity_at, c.assigned_at]
+                    .into_iter()
+                    .flatten()
+                    .max()
+            }
+            Timer::FirstResponse => {
+                let open = matches!(
+                    c.status,
+                    ConversationStatus::Pending | ConversationStatus::Active
+                );
+                (open && c.first_response_at.is_none() && c.first_response_breached_at.is_none())
+                    .then_some(c.created_at)
+            }
+            Timer::QueueWait => {
+                if c.status != ConversationStatus::Pending || c.queue_wait_exceeded_at.is_some() {
+                    return None;
+                }
+                c.queued_at
+            }
+        }
+    }
+
+    /// Whether this timer has run out for `c` in `group` at `now`.
+    pub fn expired(
+        self,
+        c: &conversations::Model,
+        group: &groups::Model,
+        now: DateTime<Utc>,
+    ) -> bool {
+        match (self.started(c), self.limit(group)) {
+            (Some(started), Some(limit)) => now - started >= limit,
+            _ => false,
+        }
+    }
+}
+
+/// Acts on one expired timer of one conversation, if it is still expired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExpireTimer {
+    pub conversation_id: i64,
+    pub timer: Timer,
+}
+
+impl Job for ExpireTimer {
+    const QUEUE: &'static str = "expire-timer";
+    const BUDGET: RetryBudget = RetryBudget {
+        in_process: 3,
+        deliveries: 10,
+        backoff_min: Duration::from_millis(100),
+        timeout: Duration::from_secs(30),
+    };
+
+    #[tracing::instrument(name = "job.expire_timer", skip_all, fields(conversation_id = self.conversation_id, timer = ?self.timer), err)]
+    async fn run(self, ctx: &JobContext) -> Result<String, JobError> {
+        let txn = begin_write(&ctx.db).await?;
+        let mut read = conversations::Entity::find_by_id(self.conversation_id);
+        if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+            read = read.lock_exclusive();
+        }
+        let Some(conversation) = read.one(&txn).await? else {
+            return Ok("no such conversation".into());
+        };
+        let Some(group) = groups::Entity::find_by_id(conversation.group_id)
+            .one(&txn)
+            .await?
+        else {
+            return Ok("no such group".into());
+        };
+        let now = Utc::now();
+        if !self.timer.expired(&conversation, &group, now) {
+            return Ok("not expired (any more)".into());
+        }
+        let c = &conversation;
+        match self.timer {
+            Timer::AgentResponse => {
+                let Some(agent_id) = c.assigned_agent_id else {
+                    return Ok("not assigned".into());
+                };
+                let seconds = group.agent_response_timeout_seconds;
+                let detail = format!("no agent reply in {seconds} s");
+                let Some(requeued) =
+                    requeue(&txn, c.id, agent_id, "no_response", None, Some(&detail)).await?
+                else {
+                    return Ok("no longer active with that agent".into());
+                };
+                // `requeue` counted this reassignment.
+                let count = requeued.conversation.reassignment_count;
+                let held = count > group.max_reassignments;
+                if held {
+                    conversations::Entity::update_many()
+                        .col_expr(conversations::Column::RoutingHeldAt, Expr::value(Some(now)))
+                        .filter(conversations::Column::Id.eq(c.id))
+                        .exec(&txn)
+                        .await?;
+                    system_event(
+                        &txn,
+                        &requeued.conversation,
+                        format!(
+                            "Held at the head of the line for a person: reassigned {} times without a reply (the group allows {})",
+                            count - 1,
+                            group.max_reassignments
+                        ),
+                        json!({ "action": "held", "reason": "max_reassignments", "reassignments": count - 1 }),
+                        Some(format!("held:{count}")),
+                    )
+                    .await?;
+                }
+                txn.commit().await?;
+                let position = after_requeue(ctx, &requeued, "no_response").await?;
+                if held {
+                    ctx.notifier.notify(Outcome::SlaBreached {
+                        account_id: c.account_id,
+                        conversation_id: c.id,
+                        group_id: c.group_id,
+                        visitor_id: c.visitor_id,
+                        agent_id: Some(agent_id),
+                        sla: SlaKind::MaxReassignments,
+                        limit: i64::from(group.max_reassignments),
+                        actual: i64::from(count - 1),
+                    });
+                    return Ok(format!(
+                        "held at position {position} after {} reassignments",
+                        count - 1
+                    ));
+                }
+                Ok(format!("reassigned ({detail}); position {position}"))
+            }
+            Timer::VisitorIdle => {
+                let reason = "visitor_idle";
+                let Some(closed) = close(&txn, c.id, ClosedBy::System, reason).await? else {
+                    return Ok("already closed".into());
+                };
+                txn.commit().await?;
+                after_close(ctx, &closed, ClosedBy::System, reason).await?;
+                Ok(format!(
+                    "closed: no visitor activity in {} s",
+                    group.visitor_idle_timeout_seconds
+                ))
+            }
+            Timer::FirstResponse => {
+                let seconds = group.first_response_sla_seconds;
+                if !mark(
+                    &txn,
+                    c.id,
+                    conversations::Column::FirstResponseBreachedAt,
+                    now,
+                )
+                .await?
+                {
+                    return Ok("already raised".into());
+                }
+                let waited = (now - c.created_at).num_seconds();
+                system_event(
+                    &txn,
+                    c,
+                    format!("First-response SLA breached: no agent reply within {seconds} s"),
+                    json!({ "action": "sla_breached", "sla": SlaKind::FirstResponse, "limit": seconds, "actual": waited }),
+                    Some("sla:first_response".into()),
+                )
+                .await?;
+                txn.commit().await?;
+                ctx.notifier.notify(Outcome::SlaBreached {
+                    account_id: c.account_id,
+                    conversation_id: c.id,
+                    group_id: c.group_id,
+                    visitor_id: c.visitor_id,
+                    agent_id: c.assigned_agent_id,
+                    sla: SlaKind::FirstResponse,
+                    limit: i64::from(seconds),
+                    actual: waited,
+                });
+                Ok(format!("first-response SLA breached after {waited} s"))
+            }
+            Timer::QueueWait => {
+                if !mark(&txn, c.id, conversations::Column::QueueWaitExceededAt, now).await? {
+                    return Ok("already told".into());
+                }
+                let waited = c.queued_at.map_or(0, |queued| (now - queued).num_seconds());
+                system_event(
+                    &txn,
+                    c,
+                    format!("Waited {waited} s in line: the visitor was offered to leave an e-mail address"),
+                    json!({ "action": "queue_wait_exceeded", "waitedSeconds": waited }),
+                    Some("queue_wait_exceeded".into()),
+                )
+                .await?;
+                txn.commit().await?;
+                ctx.notifier.notify(Outcome::QueueWaitExceeded {
+                    account_id: c.account_id,
+                    conversation_id: c.id,
+                    group_id: c.group_id,
+                    visitor_id: c.visitor_id,
+                    waited_seconds: waited,
+                });
+                Ok(format!("visitor told after {waited} s in line"))
+            }
+        }
+    }
+}
+
+/// Sets a once-only timestamp; `false` when it was already set (another run won).
+async fn mark(
+    txn: &impl ConnectionTrait,
+    conversation_id: i64,
+    column: conversations::Column,
+    now: DateTime<Utc>,
+) -> Result<bool, sea_orm::DbErr> {
+    let marked = conversations::Entity::update_many()
+        .col_expr(column, Expr::value(Some(now)))
+        .filter(conversations::Column::Id.eq(conversation_id))
+        .filter(column.is_null())
+        .exec(txn)
+        .await?;
+    Ok(marked.rows_affected == 1)
+}
+
+/// Most expiries of one kind one sweep submits; the rest wait for the next tick.
+const SWEEP_BATCH: u64 = 500;
+
+/// What one sweep found, per timer.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Swept {
+    pub expired: HashMap<Timer, usize>,
+}
+
+impl Swept {
+    /// Expiries submitted in all.
+    pub fn total(&self) -> usize {
+        self.expired.values().sum()
+    }
+}
+
+/// Finds expired timers and submits an [`ExpireTimer`] for each. Safe on any number of nodes at
+/// once: the jobs re-check before acting.
+pub async fn sweep(ctx: &JobContext) -> Result<Swept, JobError> {
+    let now = Utc::now();
+    let groups: HashMap<i64, groups::Model> = groups::Entity::find()
+        .all(&ctx.db)
+        .await?
+        .into_iter()
+        .map(|group| (group.id, group))
+        .collect();
+    let mut swept = Swept::default();
+    for timer in Timer::ALL {
+        // The shortest limit of any group bounds the rows worth reading; each row is then
+        // checked against its own group.
+        let Some(shortest) = groups.values().filter_map(|g| timer.limit(g)).min() else {
+            continue;
+        };
+        let started_before = now - shortest;
+        let rows = conversations::Entity::find()
+            .filter(candidates(timer, started_before))
+            .order_by_asc(conversations::Column::Id)
+            .limit(SWEEP_BATCH)
+            .all(&ctx.db)
+            .await?;
+        for conversation in rows {
+            let Some(group) = groups.get(&conversation.group_id) else {
+                continue;
+            };
+            if !timer.expired(&conversation, group, now) {
+                continue;
+            }
+            ctx.jobs
+                .submit(ExpireTimer {
+                    conversation_id: conversation.id,
+                    timer,
+                })
+                .await
+                .map_err(|err| JobError::Transient(err.to_string()))?;
+            *swept.expired.entry(timer).or_default() += 1;
+        }
+    }
+    Ok(swept)
+}
+
+/// A coarse filter for the rows whose `timer` may have run out (started before `started_before`);
+/// [`Timer::expired`] decides exactly.
+fn candidates(timer: Timer, started_before: DateTime<Utc>) -> Condition {
+    use conversations::Column as C;
+    match timer {
+        Timer::AgentResponse => Condition::all()
+            .add(C::Status.eq(ConversationStatus::Active))
+            .add(C::LastVisitorActivityAt.lt(started_before))
+            .add(
+                Condition::any()
+                    .add(C::LastAgentActivityAt.is_null())
+                    .add(Expr::col(C::LastAgentActivityAt).lt(Expr::col(C::LastVisitorActivityAt))),
+            )
+            .add(C::AssignedAt.lt(started_before)),
+        Timer::VisitorIdle => Condition::all()
+            .add(C::Status.eq(ConversationStatus::Active))
+            .add(C::AssignedAt.lt(started_before))
+            .add(
+                Condition::any()
+                    .add(C::LastVisitorActivityAt.is_null())
+                    .add(C::LastVisitorActivityAt.lt(started_before)),
+            ),
+        Timer::FirstResponse => Condition::all()
+            .add(C::Status.is_in([ConversationStatus::Pending, ConversationStatus::Active]))
+            .add(C::FirstResponseAt.is_null())
+            .add(C::FirstResponseBreachedAt.is_null())
+            .add(C::CreatedAt.lt(started_before)),
+        Timer::QueueWait => Condition::all()
+            .add(C::Status.eq(ConversationStatus::Pending))
+            .add(C::QueueWaitExceededAt.is_null())
+            .add(C::QueuedAt.lt(started_before)),
+    }
+}
