@@ -20,3 +20,4 @@ mod realtime;
 mod realtime_input;
 mod resources;
 mod scheduler;
+mod stats;
