@@ -56,6 +56,8 @@ pub struct Application {
 impl Application {
     /// Opens everything `command` needs. `Command::Migrate` is handled by [`prepare_database`].
     pub async fn build(settings: Settings, command: Command) -> anyhow::Result<Self> {
+        // Installed before anything runs, so no count is lost before the first scrape.
+        crate::metrics::handle();
         let db = prepare_database(&settings, command).await?;
         let jobs = match &settings.redis_url {
             Some(url) => JobStore::open_redis(url, &settings.redis_prefix).await,

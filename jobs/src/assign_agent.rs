@@ -257,6 +257,13 @@ async fn assign_batch(ctx: &JobContext, group: &groups::Model) -> Result<Step, J
 /// Tells the agent, the visitor and the group what an assignment changed.
 pub fn announce(ctx: &JobContext, done: &Assigned) {
     let conversation = &done.conversation;
+    if let (Some(queued), Some(assigned)) = (conversation.queued_at, conversation.assigned_at) {
+        let waited = (assigned - queued)
+            .num_microseconds()
+            .unwrap_or(i64::MAX)
+            .max(0);
+        metrics::histogram!("switchboard_assignment_latency_seconds").record(waited as f64 / 1e6);
+    }
     ctx.notifier.notify(Outcome::ConversationAssigned {
         account_id: conversation.account_id,
         conversation_id: conversation.id,

@@ -254,11 +254,39 @@ fn is_transient(err: &BoxDynError) -> bool {
 
 /// The task function of every queue: runs the job and turns a permanent failure into an
 /// [`AbortError`], which apalis records as `Killed` and never hands out again.
-async fn execute<J: Job>(job: J, ctx: Data<JobContext>) -> Result<String, BoxDynError> {
-    match job.run(&ctx).await {
+///
+/// Counts every run for operators (`switchboard_jobs_*_total{queue}`): processed, failed, retried
+/// (a run after a failed attempt) and dead (a permanent failure, or the budget's last attempt).
+async fn execute<J: Job>(
+    job: J,
+    ctx: Data<JobContext>,
+    attempt: Attempt,
+) -> Result<String, BoxDynError> {
+    let queue = J::QUEUE;
+    // The attempt counter includes this run.
+    let attempt = attempt.current();
+    if attempt > 1 {
+        metrics::counter!("switchboard_jobs_retried_total", "queue" => queue).increment(1);
+    }
+    let last = attempt >= (J::BUDGET.in_process + 1).max(J::BUDGET.deliveries);
+    let result = job.run(&ctx).await;
+    if result.is_ok() {
+        metrics::counter!("switchboard_jobs_processed_total", "queue" => queue).increment(1);
+    } else {
+        metrics::counter!("switchboard_jobs_failed_total", "queue" => queue).increment(1);
+    }
+    match result {
         Ok(summary) => Ok(summary),
-        Err(JobError::Permanent(reason)) => Err(Box::new(AbortError::new(reason))),
-        Err(err @ JobError::Transient(_)) => Err(Box::new(err)),
+        Err(JobError::Permanent(reason)) => {
+            metrics::counter!("switchboard_jobs_dead_total", "queue" => queue).increment(1);
+            Err(Box::new(AbortError::new(reason)))
+        }
+        Err(err @ JobError::Transient(_)) => {
+            if last {
+                metrics::counter!("switchboard_jobs_dead_total", "queue" => queue).increment(1);
+            }
+            Err(Box::new(err))
+        }
     }
 }
 

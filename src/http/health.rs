@@ -1,4 +1,6 @@
-//! `GET /health` and `GET /health/ready`: each dependency's status and latency; 503 when one fails.
+//! `GET /health` (liveness: the process answers) and `GET /health/ready` (readiness: each
+//! dependency's status and latency — database, job storage, Redis and SMTP when configured; 503
+//! when one fails).
 
 use std::time::Instant;
 
@@ -11,8 +13,8 @@ use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/health", get(health))
-        .route("/health/ready", get(health))
+        .route("/health", get(alive))
+        .route("/health/ready", get(ready))
 }
 
 #[derive(Debug, Serialize)]
@@ -45,14 +47,21 @@ async fn check<E: std::fmt::Display>(
     ok
 }
 
-async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+/// Liveness: answering at all is the check (a stuck dependency must not get the process killed).
+async fn alive() -> Json<Value> {
+    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let mut checks = Map::new();
-    let database = check(&mut checks, "database", state.db.ping()).await;
-    let jobs = check(&mut checks, "jobStorage", state.jobs.ping()).await;
+    let mut healthy = check(&mut checks, "database", state.db.ping()).await;
+    healthy &= check(&mut checks, "jobStorage", state.jobs.ping()).await;
     if let Some(entry) = checks.get_mut("jobStorage").and_then(Value::as_object_mut) {
         entry.insert("backend".into(), state.jobs.kind().into());
     }
-    let healthy = database && jobs;
+    if let Some(url) = state.settings.redis_url.as_deref() {
+        healthy &= check(&mut checks, "redis", ping_redis(url)).await;
+    }
     let status = if healthy {
         StatusCode::OK
     } else {
@@ -63,4 +72,11 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
         checks,
     };
     (status, Json(health))
+}
+
+/// A fresh connection and a `PING`: what the Socket.IO adapter and the job storage depend on.
+async fn ping_redis(url: &str) -> Result<(), redis::RedisError> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    redis::cmd("PING").query_async::<()>(&mut conn).await
 }

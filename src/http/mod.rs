@@ -53,6 +53,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/v1", v1)
         .merge(health::router())
+        .route_layer(middleware::from_fn(crate::metrics::track_http))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(log_server_errors))
