@@ -127,7 +127,7 @@ pub async fn account_stats(
         .enumerate()
         .map(|(at, group)| (group.group_id, at))
         .collect();
-    let at = |group_id: i64| index.get(&group_id).map(|&at| at);
+    let at = |group_id: i64| index.get(&group_id).copied();
 
     let waiting: Vec<(i64, Priority, i64, Option<DateTime<Utc>>)> = conversations::Entity::find()
         .select_only()
@@ -351,7 +351,7 @@ fn median(values: &mut [f64]) -> Option<f64> {
     }
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
-    Some(if values.len() % 2 == 0 {
+    Some(if values.len().is_multiple_of(2) {
         (values[mid - 1] + values[mid]) / 2.0
     } else {
         values[mid]
