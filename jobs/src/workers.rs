@@ -21,6 +21,7 @@ use crate::{
     enqueue_conversation::EnqueueConversation, poll::Every,
     reassign_conversation::ReassignConversation,
 };
+use crate::{email::SendEmail, webhook::DeliverWebhook};
 
 /// How this process runs its workers.
 #[derive(Debug, Clone)]
@@ -79,6 +80,7 @@ impl Workers {
             }
         };
         let ctx = self.ctx;
+        let deliveries = redeliver_lost(ctx.clone());
         let period = self.reconcile_period;
         let repairs = async move {
             // First pass one period after start: a restart storm does not become a repair storm.
@@ -101,9 +103,26 @@ impl Workers {
             result = run => result,
             () = storage => Ok(()),
             () = repairs => Ok(()),
+            () = deliveries => Ok(()),
         }
     }
 }
+
+/// Resubmits webhook and e-mail deliveries whose job was lost, every [`REDELIVER_PERIOD`].
+async fn redeliver_lost(ctx: JobContext) {
+    let mut tick = tokio::time::interval(REDELIVER_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match crate::deliveries::redeliver(&ctx).await {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "resubmitted deliveries whose job was lost"),
+            Err(err) => tracing::warn!(%err, "delivery sweep failed"),
+        }
+    }
+}
+
+const REDELIVER_PERIOD: Duration = Duration::from_secs(15);
 
 /// How often finished apalis-sqlite tasks are pruned, and how long they are kept. apalis-sqlite
 /// slows down steeply as its table grows (measured: a 200 chats/s load degraded from 0.2 s to
@@ -126,6 +145,8 @@ pub fn workers(ctx: JobContext, options: &WorkerOptions) -> Workers {
         store.queue_name::<ReassignConversation>(),
         store.queue_name::<RecordAudit>(),
         store.queue_name::<AgentDisconnected>(),
+        store.queue_name::<DeliverWebhook>(),
+        store.queue_name::<SendEmail>(),
     ];
     Workers {
         monitor: monitor(ctx.clone(), options),
@@ -150,6 +171,8 @@ fn monitor(ctx: JobContext, options: &WorkerOptions) -> Monitor {
     let monitor = register::<CloseConversation>(monitor, &ctx, options);
     let monitor = register::<ReassignConversation>(monitor, &ctx, options);
     let monitor = register::<RecordAudit>(monitor, &ctx, options);
+    let monitor = register::<DeliverWebhook>(monitor, &ctx, options);
+    let monitor = register::<SendEmail>(monitor, &ctx, options);
     register::<AgentDisconnected>(monitor, &ctx, options)
 }
 

@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261121_000001_create_schema;
 mod m20261121_000002_add_group_assign_requested;
 mod m20261121_000003_add_agent_presence;
+mod m20261121_000005_create_deliveries;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000001_create_schema::Migration),
             Box::new(m20261121_000002_add_group_assign_requested::Migration),
             Box::new(m20261121_000003_add_agent_presence::Migration),
+            Box::new(m20261121_000005_create_deliveries::Migration),
         ]
     }
 }

@@ -13,6 +13,7 @@ pub mod rate_limit;
 mod resource;
 mod tags;
 pub(crate) mod views;
+mod webhooks;
 pub(crate) mod widget;
 
 use std::time::Duration;
@@ -47,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::router())
         .merge(widget::router(&state))
         .merge(conversations::router())
+        .merge(webhooks::router())
         .fallback(not_found);
     Router::new()
         .nest("/v1", v1)
