@@ -92,29 +92,26 @@ pub enum ChannelError {
 impl Channels {
     /// Builds the channels; says once whether e-mail is on.
     pub fn new(settings: &ChannelSettings) -> Result<Self, ChannelError> {
-        let http =
-            crate::webhook::client(settings.webhook_allow_private, settings.webhook_timeout)
-                .map_err(|err| ChannelError::Http(err.to_string()))?;
-        let mailer = match &settings.smtp_url {
-            None => {
-                tracing::info!("e-mail is off: SMTP_URL is not set");
-                None
-            }
-            Some(url) => {
-                let from: lettre::Address = settings
-                    .email_from
-                    .parse()
-                    .map_err(|err: lettre::address::AddressError| {
-                        ChannelError::From(err.to_string())
-                    })?;
-                let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-                    .map_err(|err| ChannelError::SmtpUrl(err.to_string()))?
-                    .timeout(Some(Duration::from_secs(15)))
-                    .build();
-                tracing::info!(from = %from, "e-mail is on");
-                Some(Mailer { transport, from })
-            }
-        };
+        let http = crate::webhook::client(settings.webhook_allow_private, settings.webhook_timeout)
+            .map_err(|err| ChannelError::Http(err.to_string()))?;
+        let mailer =
+            match &settings.smtp_url {
+                None => {
+                    tracing::info!("e-mail is off: SMTP_URL is not set");
+                    None
+                }
+                Some(url) => {
+                    let from: lettre::Address = settings.email_from.parse().map_err(
+                        |err: lettre::address::AddressError| ChannelError::From(err.to_string()),
+                    )?;
+                    let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                        .map_err(|err| ChannelError::SmtpUrl(err.to_string()))?
+                        .timeout(Some(Duration::from_secs(15)))
+                        .build();
+                    tracing::info!(from = %from, "e-mail is on");
+                    Some(Mailer { transport, from })
+                }
+            };
         Ok(Self(Arc::new(Inner {
             webhook_allow_private: settings.webhook_allow_private,
             webhook_retries: settings.webhook_retries,

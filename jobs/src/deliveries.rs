@@ -20,9 +20,7 @@ use sea_orm::{
     sea_query::Expr,
 };
 
-use crate::{
-    JobContext, JobError, channels::Retries, email::SendEmail, webhook::DeliverWebhook,
-};
+use crate::{JobContext, JobError, channels::Retries, email::SendEmail, webhook::DeliverWebhook};
 
 /// Waiting to be sent, or between two attempts.
 pub const PENDING: &str = "pending";
@@ -48,7 +46,7 @@ const LOST_AFTER: Duration = Duration::from_secs(30);
 /// What an attempt may do with a row.
 pub(crate) enum Claim {
     /// Send it: the lease is ours, `attempts` already counts this attempt.
-    Go(deliveries::Model),
+    Go(Box<deliveries::Model>),
     /// Nothing to do, and why.
     Skip(String),
 }
@@ -58,12 +56,18 @@ fn at(offset: Duration) -> DateTime<Utc> {
 }
 
 /// Claims row `id` for one attempt on `channel`.
-pub(crate) async fn claim(db: &DatabaseConnection, id: i64, channel: &str) -> Result<Claim, JobError> {
+pub(crate) async fn claim(
+    db: &DatabaseConnection,
+    id: i64,
+    channel: &str,
+) -> Result<Claim, JobError> {
     let Some(row) = deliveries::Entity::find_by_id(id).one(db).await? else {
         return Ok(Claim::Skip("no such delivery".into()));
     };
     if row.channel != channel {
-        return Err(JobError::Permanent(format!("delivery {id} is not a {channel} delivery")));
+        return Err(JobError::Permanent(format!(
+            "delivery {id} is not a {channel} delivery"
+        )));
     }
     if row.status != PENDING {
         return Ok(Claim::Skip(format!("already {}", row.status)));
@@ -97,10 +101,10 @@ pub(crate) async fn claim(db: &DatabaseConnection, id: i64, channel: &str) -> Re
     if claimed == 0 {
         return Ok(Claim::Skip("another worker is sending it".into()));
     }
-    Ok(Claim::Go(deliveries::Model {
+    Ok(Claim::Go(Box::new(deliveries::Model {
         attempts: row.attempts + 1,
         ..row
-    }))
+    })))
 }
 
 /// The earliest pending webhook row before `row` in its line, if any (e-mails keep no order).
@@ -134,10 +138,19 @@ pub(crate) async fn delivered(
     deliveries::Entity::update_many()
         .col_expr(deliveries::Column::Status, Expr::value(DELIVERED))
         .col_expr(deliveries::Column::DeliveredAt, Expr::value(now))
-        .col_expr(deliveries::Column::ClaimedUntil, Expr::value(None::<DateTime<Utc>>))
-        .col_expr(deliveries::Column::NextAttemptAt, Expr::value(None::<DateTime<Utc>>))
+        .col_expr(
+            deliveries::Column::ClaimedUntil,
+            Expr::value(None::<DateTime<Utc>>),
+        )
+        .col_expr(
+            deliveries::Column::NextAttemptAt,
+            Expr::value(None::<DateTime<Utc>>),
+        )
         .col_expr(deliveries::Column::LastError, Expr::value(None::<String>))
-        .col_expr(deliveries::Column::LastStatusCode, Expr::value(status_code.map(i32::from)))
+        .col_expr(
+            deliveries::Column::LastStatusCode,
+            Expr::value(status_code.map(i32::from)),
+        )
         .col_expr(deliveries::Column::UpdatedAt, Expr::value(now))
         .filter(deliveries::Column::Id.eq(row.id))
         .filter(deliveries::Column::Status.eq(PENDING))
@@ -172,16 +185,25 @@ pub(crate) async fn failed(
     let dead = permanent || attempts >= max_attempts;
     let wait = retries.backoff_after(attempts);
     let update = deliveries::Entity::update_many()
-        .col_expr(deliveries::Column::ClaimedUntil, Expr::value(None::<DateTime<Utc>>))
+        .col_expr(
+            deliveries::Column::ClaimedUntil,
+            Expr::value(None::<DateTime<Utc>>),
+        )
         .col_expr(deliveries::Column::LastError, Expr::value(error))
-        .col_expr(deliveries::Column::LastStatusCode, Expr::value(status_code.map(i32::from)))
+        .col_expr(
+            deliveries::Column::LastStatusCode,
+            Expr::value(status_code.map(i32::from)),
+        )
         .col_expr(deliveries::Column::UpdatedAt, Expr::value(now))
         .filter(deliveries::Column::Id.eq(row.id))
         .filter(deliveries::Column::Status.eq(PENDING));
     let update = if dead {
         update
             .col_expr(deliveries::Column::Status, Expr::value(DEAD))
-            .col_expr(deliveries::Column::NextAttemptAt, Expr::value(None::<DateTime<Utc>>))
+            .col_expr(
+                deliveries::Column::NextAttemptAt,
+                Expr::value(None::<DateTime<Utc>>),
+            )
     } else {
         update.col_expr(deliveries::Column::NextAttemptAt, Expr::value(at(wait)))
     };
@@ -207,8 +229,14 @@ pub(crate) async fn abandon(
     let now = Utc::now();
     let changed = deliveries::Entity::update_many()
         .col_expr(deliveries::Column::Status, Expr::value(DEAD))
-        .col_expr(deliveries::Column::ClaimedUntil, Expr::value(None::<DateTime<Utc>>))
-        .col_expr(deliveries::Column::NextAttemptAt, Expr::value(None::<DateTime<Utc>>))
+        .col_expr(
+            deliveries::Column::ClaimedUntil,
+            Expr::value(None::<DateTime<Utc>>),
+        )
+        .col_expr(
+            deliveries::Column::NextAttemptAt,
+            Expr::value(None::<DateTime<Utc>>),
+        )
         .col_expr(deliveries::Column::LastError, Expr::value(why))
         .col_expr(deliveries::Column::UpdatedAt, Expr::value(now))
         .filter(deliveries::Column::Id.eq(row.id))
@@ -253,7 +281,11 @@ pub(crate) async fn submit(
 ) -> Result<(), JobError> {
     let result = match (channel, delay) {
         (EMAIL, None) => ctx.jobs.submit(SendEmail { delivery_id: id }).await,
-        (EMAIL, Some(delay)) => ctx.jobs.submit_after(SendEmail { delivery_id: id }, delay).await,
+        (EMAIL, Some(delay)) => {
+            ctx.jobs
+                .submit_after(SendEmail { delivery_id: id }, delay)
+                .await
+        }
         (_, None) => ctx.jobs.submit(DeliverWebhook { delivery_id: id }).await,
         (_, Some(delay)) => {
             ctx.jobs

@@ -10,7 +10,9 @@
 use std::{collections::HashMap, time::Duration};
 
 use entity::{
-    accounts, agents, conversations, deliveries, enums::{AuthorType, EventKind}, events, visitors,
+    accounts, agents, conversations, deliveries,
+    enums::{AuthorType, EventKind},
+    events, visitors,
 };
 use lettre::{AsyncTransport, Message, message::MultiPart};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
@@ -54,7 +56,7 @@ impl Job for SendEmail {
     #[tracing::instrument(name = "job.send_email", skip_all, fields(delivery_id = self.delivery_id), err)]
     async fn run(self, ctx: &JobContext) -> Result<String, JobError> {
         let row = match claim(&ctx.db, self.delivery_id, EMAIL).await? {
-            Claim::Go(row) => row,
+            Claim::Go(row) => *row,
             Claim::Skip(why) => return Ok(why),
         };
         let Some(mailer) = ctx.channels.mailer() else {
@@ -62,7 +64,12 @@ impl Job for SendEmail {
             return Ok("e-mail off: dead".into());
         };
         let Some(message) = compose(ctx, &row).await? else {
-            abandon(ctx, &row, "nothing to send any more (a row it names is gone)").await?;
+            abandon(
+                ctx,
+                &row,
+                "nothing to send any more (a row it names is gone)",
+            )
+            .await?;
             return Ok("nothing to send: dead".into());
         };
         match mailer.transport.send(message).await {
@@ -179,7 +186,9 @@ fn sla_breached(conversation: &conversations::Model, visitor: &str, payload: &Va
     let what = match sla {
         "first_response" => format!("no agent answered within {limit} s (waited {actual} s)"),
         "max_reassignments" => {
-            format!("reassigned {actual} times (the limit is {limit}); it now waits at the head of the line")
+            format!(
+                "reassigned {actual} times (the limit is {limit}); it now waits at the head of the line"
+            )
         }
         other => format!("{other}: limit {limit}, actual {actual}"),
     };
@@ -221,7 +230,10 @@ async fn transcript(
             .collect()
     };
     let mut text = format!("Your conversation with {account}\n\n");
-    let mut html = format!("<h2>Your conversation with {}</h2>\n<table>\n", escape(account));
+    let mut html = format!(
+        "<h2>Your conversation with {}</h2>\n<table>\n",
+        escape(account)
+    );
     for message in &messages {
         let who = match message.author_type {
             AuthorType::Visitor => visitor.to_owned(),

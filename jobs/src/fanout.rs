@@ -16,14 +16,8 @@ use std::{
 };
 
 use chrono::Utc;
-use entity::{
-    agents, deliveries,
-    enums::AgentRole,
-    visitors, webhooks,
-};
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
-};
+use entity::{agents, deliveries, enums::AgentRole, visitors, webhooks};
+use sea_orm::{ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -63,13 +57,19 @@ struct Cache(RwLock<HashMap<i64, Cached>>);
 impl Cache {
     /// `Some(true/false)` when a fresh entry says whether `bit` is subscribed; `None` when unknown.
     fn subscribed(&self, account_id: i64, bit: u8) -> Option<bool> {
-        let map = self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let map = self
+            .0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let entry = map.get(&account_id)?;
         (entry.loaded.elapsed() < CACHE_TTL).then(|| entry.hooks.iter().any(|h| h.kinds & bit != 0))
     }
 
     fn forget(&self, account_id: i64) {
-        let mut map = self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut map = self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         map.remove(&account_id);
     }
 
@@ -80,7 +80,10 @@ impl Cache {
         account_id: i64,
     ) -> Result<Arc<[Subscription]>, sea_orm::DbErr> {
         {
-            let map = self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let map = self
+                .0
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             if let Some(entry) = map.get(&account_id)
                 && entry.loaded.elapsed() < CACHE_TTL
             {
@@ -101,7 +104,10 @@ impl Cache {
                 kinds: subscription_mask(&row.events),
             })
             .collect();
-        let mut map = self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut map = self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         map.insert(
             account_id,
             Cached {
@@ -236,8 +242,15 @@ impl FanOut {
         let data = data_of(outcome);
         let attempts = self.ctx.channels.webhook_retries().attempts;
         for hook in hooks.iter().filter(|h| h.kinds & bit != 0) {
-            let row = new_row(account_id, WEBHOOK, kind, &order_key, data.clone(), attempts)
-                .with_webhook(hook.id);
+            let row = new_row(
+                account_id,
+                WEBHOOK,
+                kind,
+                &order_key,
+                data.clone(),
+                attempts,
+            )
+            .with_webhook(hook.id);
             self.record(row).await?;
         }
         Ok(())
@@ -268,8 +281,15 @@ impl FanOut {
                     "reason": reason,
                 });
                 let order = format!("conversation:{conversation_id}");
-                let row = new_row(*account_id, EMAIL, email::ASSIGNED, &order, payload, attempts)
-                    .to(agent.email);
+                let row = new_row(
+                    *account_id,
+                    EMAIL,
+                    email::ASSIGNED,
+                    &order,
+                    payload,
+                    attempts,
+                )
+                .to(agent.email);
                 self.record(row).await?;
             }
             Outcome::ConversationClosed {
@@ -288,8 +308,15 @@ impl FanOut {
                 };
                 let payload = json!({ "conversationId": conversation_id });
                 let order = format!("conversation:{conversation_id}");
-                let row = new_row(*account_id, EMAIL, email::TRANSCRIPT, &order, payload, attempts)
-                    .to(email);
+                let row = new_row(
+                    *account_id,
+                    EMAIL,
+                    email::TRANSCRIPT,
+                    &order,
+                    payload,
+                    attempts,
+                )
+                .to(email);
                 self.record(row).await?;
             }
             Outcome::SlaBreached {
@@ -399,4 +426,3 @@ fn new_row(
         },
     }
 }
-

@@ -71,21 +71,50 @@ pub fn kind_bit(kind: &str) -> Option<u8> {
 /// The account an outcome belongs to, and what its order is kept within.
 pub fn scope_of(outcome: &Outcome) -> Option<(i64, String)> {
     Some(match outcome {
-        Outcome::ConversationQueued { account_id, conversation_id, .. }
-        | Outcome::ConversationAssigned { account_id, conversation_id, .. }
-        | Outcome::ConversationUnassigned { account_id, conversation_id, .. }
-        | Outcome::ConversationClosed { account_id, conversation_id, .. }
-        | Outcome::MessageCreated { account_id, conversation_id, .. }
-        | Outcome::SlaBreached { account_id, conversation_id, .. }
-        | Outcome::QueueWaitExceeded { account_id, conversation_id, .. } => {
-            (*account_id, format!("conversation:{conversation_id}"))
+        Outcome::ConversationQueued {
+            account_id,
+            conversation_id,
+            ..
         }
-        Outcome::AgentStatusChanged { account_id, agent_id, .. } => {
-            (*account_id, format!("agent:{agent_id}"))
+        | Outcome::ConversationAssigned {
+            account_id,
+            conversation_id,
+            ..
         }
-        Outcome::QueueChanged { account_id, group_id } => {
-            (*account_id, format!("group:{group_id}"))
+        | Outcome::ConversationUnassigned {
+            account_id,
+            conversation_id,
+            ..
         }
+        | Outcome::ConversationClosed {
+            account_id,
+            conversation_id,
+            ..
+        }
+        | Outcome::MessageCreated {
+            account_id,
+            conversation_id,
+            ..
+        }
+        | Outcome::SlaBreached {
+            account_id,
+            conversation_id,
+            ..
+        }
+        | Outcome::QueueWaitExceeded {
+            account_id,
+            conversation_id,
+            ..
+        } => (*account_id, format!("conversation:{conversation_id}")),
+        Outcome::AgentStatusChanged {
+            account_id,
+            agent_id,
+            ..
+        } => (*account_id, format!("agent:{agent_id}")),
+        Outcome::QueueChanged {
+            account_id,
+            group_id,
+        } => (*account_id, format!("group:{group_id}")),
         #[allow(unreachable_patterns)]
         _ => return None,
     })
@@ -246,7 +275,7 @@ impl Job for DeliverWebhook {
     #[tracing::instrument(name = "job.deliver_webhook", skip_all, fields(delivery_id = self.delivery_id), err)]
     async fn run(self, ctx: &JobContext) -> Result<String, JobError> {
         let row = match claim(&ctx.db, self.delivery_id, WEBHOOK).await? {
-            Claim::Go(row) => row,
+            Claim::Go(row) => *row,
             Claim::Skip(why) => return Ok(why),
         };
         let hook = match row.webhook_id {
@@ -268,9 +297,11 @@ impl Job for DeliverWebhook {
                 delivered(ctx, &row, Some(status.as_u16())).await?;
                 return Ok(format!("delivered ({status}) on attempt {}", row.attempts));
             }
-            Ok(status) if status.is_redirection() => {
-                (format!("HTTP {status}: redirects are not followed"), Some(status.as_u16()), false)
-            }
+            Ok(status) if status.is_redirection() => (
+                format!("HTTP {status}: redirects are not followed"),
+                Some(status.as_u16()),
+                false,
+            ),
             Ok(status) => (format!("HTTP {status}"), Some(status.as_u16()), false),
             Err(CallError::Refused(why)) => (why, None, false),
             Err(CallError::Http(err)) => (describe(&err), None, false),
@@ -375,8 +406,19 @@ mod tests {
     #[test]
     fn private_addresses_are_not_public() {
         for ip in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0",
-            "100.64.0.1", "::1", "::", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "255.255.255.255",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "255.255.255.255",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }

@@ -91,7 +91,11 @@ impl MigrationTrait for Migration {
             .await?;
         let indexes: [(&str, Vec<Deliveries>, bool); 4] = [
             // The delivery id receivers see; a job that runs twice finds its row by it.
-            ("idx_deliveries_delivery_key", vec![Deliveries::DeliveryKey], true),
+            (
+                "idx_deliveries_delivery_key",
+                vec![Deliveries::DeliveryKey],
+                true,
+            ),
             // Ordering: the earliest unfinished delivery of one conversation and webhook.
             (
                 "idx_deliveries_webhook_id_order_key_id",

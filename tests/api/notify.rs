@@ -38,7 +38,11 @@ async fn app_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> TestAp
 
 async fn webhook(app: &TestApp, admin: &str, url: &str, events: Value) -> i64 {
     let reply = app
-        .post("/v1/webhooks", admin, json!({ "url": url, "secret": SECRET, "events": events }))
+        .post(
+            "/v1/webhooks",
+            admin,
+            json!({ "url": url, "secret": SECRET, "events": events }),
+        )
         .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     reply.body["id"].as_i64().unwrap()
@@ -46,18 +50,29 @@ async fn webhook(app: &TestApp, admin: &str, url: &str, events: Value) -> i64 {
 
 /// The webhook's deliveries once `done` of them are finished (delivered or dead).
 async fn finished(app: &TestApp, admin: &str, hook: i64, done: usize) -> Vec<Value> {
-    eventually(Duration::from_secs(30), &format!("{done} finished deliveries"), || async {
-        let reply = app.get(&format!("/v1/webhooks/{hook}/deliveries"), admin).await;
-        let items = reply.body["items"].as_array().cloned().unwrap_or_default();
-        let finished = items.iter().filter(|d| d["status"] != "pending").count();
-        (finished >= done).then_some(items)
-    })
+    eventually(
+        Duration::from_secs(30),
+        &format!("{done} finished deliveries"),
+        || async {
+            let reply = app
+                .get(&format!("/v1/webhooks/{hook}/deliveries"), admin)
+                .await;
+            let items = reply.body["items"].as_array().cloned().unwrap_or_default();
+            let finished = items.iter().filter(|d| d["status"] != "pending").count();
+            (finished >= done).then_some(items)
+        },
+    )
     .await
 }
 
 async fn say(app: &TestApp, visitor: &str, content: &str) {
     let reply = app
-        .request(Method::POST, "/v1/widget/messages", Some(visitor), Some(json!({ "content": content })))
+        .request(
+            Method::POST,
+            "/v1/widget/messages",
+            Some(visitor),
+            Some(json!({ "content": content })),
+        )
         .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
 }
@@ -271,7 +286,9 @@ both_backends! {
 use mail_parser::MimeHeaders;
 
 fn parse(raw: &[u8]) -> mail_parser::Message<'_> {
-    mail_parser::MessageParser::default().parse(raw).expect("a parsable mail")
+    mail_parser::MessageParser::default()
+        .parse(raw)
+        .expect("a parsable mail")
 }
 
 fn sender(mail: &mail_parser::Message<'_>) -> (String, String) {

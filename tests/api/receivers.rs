@@ -94,8 +94,12 @@ impl Receiver {
 
 fn verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
     let (Some(timestamp), Some(signature)) = (
-        headers.get("x-switchboard-timestamp").and_then(|v| v.to_str().ok()),
-        headers.get("x-switchboard-signature").and_then(|v| v.to_str().ok()),
+        headers
+            .get("x-switchboard-timestamp")
+            .and_then(|v| v.to_str().ok()),
+        headers
+            .get("x-switchboard-signature")
+            .and_then(|v| v.to_str().ok()),
     ) else {
         return false;
     };
@@ -209,7 +213,10 @@ impl SmtpSink {
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
                 return sink;
             }
             if let Ok(Some(status)) = sink.child.try_wait() {
@@ -220,7 +227,10 @@ impl SmtpSink {
                 }
                 panic!("aiosmtpd exited ({status}): {stderr}\n{FIX}");
             }
-            assert!(tokio::time::Instant::now() < deadline, "aiosmtpd did not listen: {FIX}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "aiosmtpd did not listen: {FIX}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
