@@ -425,3 +425,20 @@ ensure_js_packages() {
     [ -f "$client" ] || sb_die "npm: npm ci finished but $client is missing"
     sb_log npm "installed socket.io-client $(sb_js_version "$client")"
 }
+
+# ----------------------------------------------------------------------------
+# SMTP server for the e-mail tests: Debian's python3-aiosmtpd, which the tests
+# start themselves (python3 -m aiosmtpd) on a free port. They run Debian's
+# interpreter, /usr/bin/python3, so a pyenv or venv python first on PATH does
+# not hide the package; SWITCHBOARD_TEST_PYTHON overrides it.
+
+ensure_smtp_sink() {
+    local python=${SWITCHBOARD_TEST_PYTHON:-/usr/bin/python3}
+    if ! "$python" -c 'import aiosmtpd' >/dev/null 2>&1; then
+        sb_apt_install smtp python3-aiosmtpd
+    fi
+    "$python" -c 'import aiosmtpd' >/dev/null 2>&1 ||
+        sb_die "smtp: $python cannot import aiosmtpd after installing python3-aiosmtpd; install it by hand or set SWITCHBOARD_TEST_PYTHON"
+    export SWITCHBOARD_TEST_PYTHON="$python"
+    sb_log smtp "aiosmtpd $("$python" -c 'import aiosmtpd; print(aiosmtpd.__version__)') via $python"
+}

@@ -167,6 +167,10 @@ pub struct Settings {
         default_value_t = false
     )]
     pub webhook_allow_private: bool,
+
+    /// Webhook and e-mail delivery settings.
+    #[command(flatten)]
+    pub notify: NotifySettings,
 }
 
 impl Settings {
@@ -209,5 +213,74 @@ impl Settings {
     pub fn poll_interval(&self) -> Duration {
         let default = if self.redis_url.is_some() { 20 } else { 250 };
         Duration::from_millis(self.poll_interval_ms.unwrap_or(default))
+    }
+}
+
+/// How webhooks and e-mails are delivered (`SMTP_URL` and `SWITCHBOARD_WEBHOOK_ALLOW_PRIVATE`
+/// are above, with the fixed names).
+#[derive(Debug, Clone, clap::Args)]
+pub struct NotifySettings {
+    /// Sender address of e-mails; the account's name is the display name.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_EMAIL_FROM",
+        default_value = "switchboard@localhost"
+    )]
+    pub email_from: String,
+
+    /// Attempts of one e-mail before it is dead.
+    #[arg(long, env = "SWITCHBOARD_EMAIL_ATTEMPTS", default_value_t = 5)]
+    pub email_attempts: u32,
+
+    /// Wait after an e-mail's first failed attempt, in milliseconds (doubling, at most 1 h).
+    #[arg(long, env = "SWITCHBOARD_EMAIL_BACKOFF_MS", default_value_t = 30_000)]
+    pub email_backoff_ms: u64,
+
+    /// Attempts of one webhook call before it is dead.
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_ATTEMPTS", default_value_t = 8)]
+    pub webhook_attempts: u32,
+
+    /// Wait after a webhook call's first failed attempt, in milliseconds (doubling, at most 1 h).
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_BACKOFF_MS", default_value_t = 10_000)]
+    pub webhook_backoff_ms: u64,
+
+    /// Timeout of one webhook call, in milliseconds.
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_TIMEOUT_MS", default_value_t = 5_000)]
+    pub webhook_timeout_ms: u64,
+}
+
+impl Default for NotifySettings {
+    /// The defaults above (what an unset environment gives).
+    fn default() -> Self {
+        Self {
+            email_from: "switchboard@localhost".into(),
+            email_attempts: 5,
+            email_backoff_ms: 30_000,
+            webhook_attempts: 8,
+            webhook_backoff_ms: 10_000,
+            webhook_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Settings {
+    /// What the webhook and e-mail channels are built from.
+    pub fn channel_settings(&self) -> jobs::channels::ChannelSettings {
+        use jobs::channels::Retries;
+        let notify = &self.notify;
+        jobs::channels::ChannelSettings {
+            webhook_allow_private: self.webhook_allow_private,
+            webhook_retries: Retries {
+                attempts: notify.webhook_attempts.max(1),
+                backoff: Duration::from_millis(notify.webhook_backoff_ms),
+            },
+            webhook_timeout: Duration::from_millis(notify.webhook_timeout_ms.max(1)),
+            smtp_url: self.smtp_url.clone().filter(|url| !url.trim().is_empty()),
+            email_from: notify.email_from.clone(),
+            email_retries: Retries {
+                attempts: notify.email_attempts.max(1),
+                backoff: Duration::from_millis(notify.email_backoff_ms),
+            },
+        }
     }
 }

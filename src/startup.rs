@@ -83,7 +83,19 @@ impl Application {
             Realtime::emit_only(redis_url, &settings.redis_prefix).await
         }
         .context("setting up Socket.IO")?;
-        let notifier = RoomNotifier::start(realtime.push.clone(), db.clone());
+        let channels = jobs::channels::Channels::new(&settings.channel_settings())
+            .context("setting up webhooks and e-mail")?;
+        let rooms = RoomNotifier::start(realtime.push.clone(), db.clone());
+        let notifier = jobs::fanout::Notifications::start(
+            rooms.clone(),
+            jobs::JobContext {
+                db: db.clone(),
+                jobs: jobs.clone(),
+                notifier: rooms,
+                presence_stale: settings.presence_stale(),
+                channels: channels.clone(),
+            },
+        );
         let activity = jobs::activity::Activity::start(db.clone());
         let messages = jobs::messages::Messages::start(db.clone());
         Ok(Self {
@@ -96,6 +108,7 @@ impl Application {
                 activity,
                 messages,
                 push: realtime.push.clone(),
+                channels,
             },
             realtime,
             listener,

@@ -26,6 +26,8 @@ pub struct AppState {
     pub activity: jobs::activity::Activity,
     /// Direct pushes of the realtime layer (typing, seen, disconnecting revoked agents).
     pub push: Push,
+    /// Webhook and e-mail channels of this process.
+    pub channels: jobs::channels::Channels,
 }
 
 impl AppState {
@@ -36,6 +38,7 @@ impl AppState {
             jobs: self.jobs.clone(),
             notifier: self.notifier.clone(),
             presence_stale: self.settings.presence_stale(),
+            channels: self.channels.clone(),
         }
     }
 }

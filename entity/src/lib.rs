@@ -13,6 +13,7 @@ pub mod assignments;
 pub mod audit_log;
 pub mod conversation_tags;
 pub mod conversations;
+pub mod deliveries;
 pub mod enums;
 pub mod events;
 pub mod groups;

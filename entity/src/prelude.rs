@@ -7,6 +7,7 @@ pub use super::assignments::Entity as Assignments;
 pub use super::audit_log::Entity as AuditLog;
 pub use super::conversation_tags::Entity as ConversationTags;
 pub use super::conversations::Entity as Conversations;
+pub use super::deliveries::Entity as Deliveries;
 pub use super::events::Entity as Events;
 pub use super::groups::Entity as Groups;
 pub use super::tags::Entity as Tags;

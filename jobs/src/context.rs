@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use sea_orm::DatabaseConnection;
 
-use crate::{JobStore, notify::Notifier};
+use crate::{JobStore, channels::Channels, notify::Notifier};
 
 /// Handles a job needs: the database (source of truth), the job store (to submit follow-ups) and
 /// the notifier (to tell clients what happened).
@@ -19,4 +19,6 @@ pub struct JobContext {
     /// An agent that looks connected but no API node has vouched for (heartbeat) for this long
     /// lost its sockets without a word (a node crashed): the reconciler treats it as dropped.
     pub presence_stale: Duration,
+    /// Webhook and e-mail settings of this process (the delivery jobs and the fan-out).
+    pub channels: Channels,
 }

@@ -111,6 +111,10 @@ pub enum SlaKind {
 pub trait Notifier: Send + Sync + fmt::Debug + 'static {
     /// Hands one outcome over for delivery.
     fn notify(&self, outcome: Outcome);
+
+    /// The webhooks of `account_id` changed (created, updated, deleted): forget what was cached
+    /// about them.
+    fn subscriptions_changed(&self, _account_id: i64) {}
 }
 
 /// Logs outcomes at debug level: the notifier until a realtime layer is plugged in.

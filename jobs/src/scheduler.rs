@@ -2,6 +2,8 @@
 //!
 //! - `sweep` (every `sweep_period`): finds expired timers and submits their jobs (see `timers`).
 //! - `reconcile` (every `reconcile_period`): repairs what a crash can leave (see `reconcile`).
+//! - `redeliver` (every [`REDELIVER_PERIOD`]): resubmits webhook and e-mail deliveries whose job
+//!   was lost (see `deliveries`).
 //!
 //! Neither needs a leader: both only submit idempotent jobs or write what the rows dictate, so two
 //! nodes ticking at once, or a tick repeated, act once. A tick that fails is logged and the next
@@ -12,7 +14,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use apalis::prelude::*;
 use apalis_cron::{CronScheduler, Schedule, Tick};
 
-use crate::{JobContext, reconcile, timers};
+use crate::{JobContext, deliveries, reconcile, timers};
+
+/// How often lost webhook and e-mail deliveries are looked for.
+pub const REDELIVER_PERIOD: Duration = Duration::from_secs(15);
 
 /// A fixed period in whole seconds (a cron tick is a Unix second), in this node's own phase
 /// rather than aligned to the clock, so nodes do not all sweep at the same instant.
@@ -70,6 +75,18 @@ async fn reconcile_tick(
     Ok(format!("{repairs:?}"))
 }
 
+/// One pass over deliveries whose job was lost.
+async fn redeliver_tick(
+    _: Tick<chrono::Utc>,
+    ctx: Data<JobContext>,
+) -> Result<String, BoxDynError> {
+    let count = deliveries::redeliver(&ctx).await?;
+    if count > 0 {
+        tracing::info!(count, "resubmitted deliveries whose job was lost");
+    }
+    Ok(format!("{count} resubmitted"))
+}
+
 /// Registers the scheduler's workers. The reconciler's first pass comes one period after start,
 /// so a restart storm does not become a repair storm.
 pub fn register(
@@ -87,11 +104,18 @@ pub fn register(
             .build(sweep_tick)
     });
     let (name, reconcile_ctx) = (format!("reconcile@{node}"), ctx.clone());
-    monitor.register(move |_| {
+    let monitor = monitor.register(move |_| {
         WorkerBuilder::new(name.clone())
             .backend(CronScheduler::new(Every::new(reconcile_period)))
             .data(reconcile_ctx.clone())
             .build(reconcile_tick)
+    });
+    let (name, redeliver_ctx) = (format!("redeliver@{node}"), ctx.clone());
+    monitor.register(move |_| {
+        WorkerBuilder::new(name.clone())
+            .backend(CronScheduler::new(Every::new(REDELIVER_PERIOD)))
+            .data(redeliver_ctx.clone())
+            .build(redeliver_tick)
     })
 }
 
@@ -109,9 +133,6 @@ mod tests {
         every.next = Some(1);
         let now = unix_now();
         let next = every.next_tick(&chrono::Utc).map(|t| t.get_timestamp());
-        assert!(
-            next.is_some_and(|n| n > now && n <= now + 2),
-            "{next:?}"
-        );
+        assert!(next.is_some_and(|n| n > now && n <= now + 2), "{next:?}");
     }
 }

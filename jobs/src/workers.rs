@@ -21,6 +21,7 @@ use crate::{
     enqueue_conversation::EnqueueConversation, poll::Every,
     reassign_conversation::ReassignConversation, timers::ExpireTimer,
 };
+use crate::{email::SendEmail, webhook::DeliverWebhook};
 
 /// How this process runs its workers.
 #[derive(Debug, Clone)]
@@ -108,6 +109,8 @@ pub fn workers(ctx: JobContext, options: &WorkerOptions) -> Workers {
         store.queue_name::<RecordAudit>(),
         store.queue_name::<AgentDisconnected>(),
         store.queue_name::<ExpireTimer>(),
+        store.queue_name::<DeliverWebhook>(),
+        store.queue_name::<SendEmail>(),
     ];
     Workers {
         monitor: monitor(ctx.clone(), options),
@@ -132,6 +135,8 @@ fn monitor(ctx: JobContext, options: &WorkerOptions) -> Monitor {
     let monitor = register::<RecordAudit>(monitor, &ctx, options);
     let monitor = register::<AgentDisconnected>(monitor, &ctx, options);
     let monitor = register::<ExpireTimer>(monitor, &ctx, options);
+    let monitor = register::<DeliverWebhook>(monitor, &ctx, options);
+    let monitor = register::<SendEmail>(monitor, &ctx, options);
     crate::scheduler::register(
         monitor,
         &ctx,

@@ -8,6 +8,7 @@ mod m20261121_000001_create_schema;
 mod m20261121_000002_add_group_assign_requested;
 mod m20261121_000003_add_agent_presence;
 mod m20261121_000004_add_conversation_timers;
+mod m20261121_000005_create_deliveries;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000002_add_group_assign_requested::Migration),
             Box::new(m20261121_000003_add_agent_presence::Migration),
             Box::new(m20261121_000004_add_conversation_timers::Migration),
+            Box::new(m20261121_000005_create_deliveries::Migration),
         ]
     }
 }

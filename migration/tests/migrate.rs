@@ -30,7 +30,7 @@ use sea_orm_migration::sea_orm::{
 
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-const TABLES: [&str; 13] = [
+const TABLES: [&str; 14] = [
     "accounts",
     "agent_groups",
     "agents",
@@ -38,6 +38,7 @@ const TABLES: [&str; 13] = [
     "audit_log",
     "conversation_tags",
     "conversations",
+    "deliveries",
     "events",
     "groups",
     "tags",

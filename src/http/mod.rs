@@ -14,6 +14,7 @@ mod resource;
 pub(crate) mod stats;
 mod tags;
 pub(crate) mod views;
+mod webhooks;
 pub(crate) mod widget;
 
 use std::time::Duration;
@@ -49,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .merge(stats::router())
         .merge(widget::router(&state))
         .merge(conversations::router())
+        .merge(webhooks::router())
         .fallback(not_found);
     Router::new()
         .nest("/v1", v1)

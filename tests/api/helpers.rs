@@ -185,6 +185,7 @@ impl Storage {
             socket_handshakes_per_minute: 100_000,
             smtp_url: None,
             webhook_allow_private: true,
+            notify: Default::default(),
         }
     }
 }

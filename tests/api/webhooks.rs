@@ -1,0 +1,152 @@
+//! `/v1/webhooks`: admins manage an account's webhooks; bad input is refused and changes nothing.
+
+use reqwest::StatusCode;
+use serde_json::json;
+use switchboard::config::Command;
+
+use crate::{
+    both_backends,
+    helpers::{Backend, Storage, spawn_app, spawn_with},
+};
+
+const SECRET: &str = "a-long-enough-secret-1234";
+
+both_backends! {
+    async fn an_admin_creates_lists_updates_and_deletes_a_webhook(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let admin = app.admin_token().await;
+        let created = app
+            .post(
+                "/v1/webhooks",
+                &admin,
+                json!({ "url": "https://hooks.example.com/in", "secret": SECRET,
+                        "events": ["message.created", "conversation.queued"] }),
+            )
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+        let id = created.body["id"].as_i64().unwrap();
+        // Kinds come back in their canonical order; the secret only as its last four characters.
+        assert_eq!(created.body["events"], json!(["conversation.queued", "message.created"]));
+        assert_eq!(created.body["active"], true);
+        assert_eq!(created.body["secret"], "••••1234");
+        assert!(!created.body.to_string().contains(SECRET));
+
+        let listed = app.get("/v1/webhooks", &admin).await;
+        assert_eq!(listed.body["items"].as_array().unwrap().len(), 1);
+        assert!(!listed.body.to_string().contains(SECRET));
+
+        let updated = app
+            .patch(
+                &format!("/v1/webhooks/{id}"),
+                &admin,
+                json!({ "active": false, "events": ["sla.breached"], "secret": "another-secret-abcd" }),
+            )
+            .await;
+        assert_eq!(updated.status, StatusCode::OK, "{:?}", updated.body);
+        assert_eq!(updated.body["active"], false);
+        assert_eq!(updated.body["events"], json!(["sla.breached"]));
+        assert_eq!(updated.body["secret"], "••••abcd");
+
+        let deliveries = app.get(&format!("/v1/webhooks/{id}/deliveries"), &admin).await;
+        assert_eq!(deliveries.status, StatusCode::OK);
+        assert_eq!(deliveries.body["items"], json!([]));
+
+        assert_eq!(app.delete(&format!("/v1/webhooks/{id}"), &admin).await.status, StatusCode::NO_CONTENT);
+        assert!(app.get(&format!("/v1/webhooks/{id}"), &admin).await.body["deletedAt"].is_string());
+        assert_eq!(app.get("/v1/webhooks", &admin).await.body["items"], json!([]));
+        // The audit trail names changes, never the secret.
+        let audit = crate::helpers::eventually(std::time::Duration::from_secs(10), "audit rows", || async {
+            let reply = app.get("/v1/audit", &admin).await;
+            let rows = reply.body["items"].as_array().cloned().unwrap_or_default();
+            (rows.iter().filter(|r| r["subjectType"] == "webhook").count() >= 3).then_some(reply.body)
+        })
+        .await;
+        assert!(!audit.to_string().contains(SECRET));
+        assert!(!audit.to_string().contains("another-secret-abcd"));
+    }
+}
+
+both_backends! {
+    async fn bad_webhooks_are_refused_and_change_nothing(backend: Backend) {
+        // Private targets are refused unless the setting allows them (tests allow by default).
+        let app = spawn_with(Storage::new(backend).await, Command::All, |s| {
+            s.webhook_allow_private = false;
+        })
+        .await;
+        let admin = app.admin_token().await;
+        let good = json!({ "url": "https://93.184.216.34/hook", "secret": SECRET, "events": ["message.created"] });
+        let long_url = format!("https://example.com/{}", "a".repeat(2040));
+        let cases = [
+            ("url", json!("ftp://example.com/hook"), "http or https"),
+            ("url", json!("javascript:alert(1)"), "http or https"),
+            ("url", json!("not a url"), "valid URL"),
+            ("url", json!(long_url), "2048"),
+            ("url", json!("http://127.0.0.1:9000/hook"), "private"),
+            ("url", json!("http://10.0.0.7/hook"), "private"),
+            ("url", json!("http://192.168.1.10/hook"), "private"),
+            ("url", json!("http://169.254.169.254/latest/meta-data"), "private"),
+            ("url", json!("http://0.0.0.0/hook"), "private"),
+            ("url", json!("http://[::1]/hook"), "private"),
+            ("url", json!("http://[::ffff:127.0.0.1]/hook"), "private"),
+            ("url", json!("http://localhost:8080/hook"), "private"),
+            ("secret", json!("short"), "at least 16"),
+            ("secret", json!("sixteen chars but has spaces"), "spaces"),
+            ("secret", json!("x".repeat(300)), "at most 256"),
+            ("events", json!(["message.created", "message.deleted"]), "unknown event kind"),
+            ("events", json!([]), "at least one"),
+            ("events", json!("message.created"), ""),
+        ];
+        for (field, value, says) in cases {
+            let mut body = good.clone();
+            body[field] = value.clone();
+            let reply = app.post("/v1/webhooks", &admin, body).await;
+            assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{field}={value}: {:?}", reply.body);
+            assert_eq!(reply.code(), "validation_failed");
+            let message = reply.body["error"]["message"].as_str().unwrap();
+            assert!(message.contains(says), "{field}={value}: {message}");
+        }
+        let unknown_field = app.post("/v1/webhooks", &admin, json!({ "url": "https://93.184.216.34/", "secret": SECRET, "events": ["agent.status"], "extra": 1 })).await;
+        assert_eq!(unknown_field.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(app.get("/v1/webhooks", &admin).await.body["items"], json!([]));
+
+        // A valid one, then bad updates leave it as it was.
+        let created = app.post("/v1/webhooks", &admin, good.clone()).await;
+        assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+        let id = created.body["id"].as_i64().unwrap();
+        for body in [
+            json!({ "url": "http://127.0.0.1/x" }),
+            json!({ "secret": "short" }),
+            json!({ "events": ["nope"] }),
+            json!({ "active": false, "url": "gopher://x" }),
+        ] {
+            let reply = app.patch(&format!("/v1/webhooks/{id}"), &admin, body.clone()).await;
+            assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {:?}", reply.body);
+        }
+        let now = app.get(&format!("/v1/webhooks/{id}"), &admin).await;
+        assert_eq!(now.body["url"], created.body["url"]);
+        assert_eq!(now.body["active"], true);
+        assert_eq!(now.body["events"], created.body["events"]);
+        assert_eq!(now.body["updatedAt"], created.body["updatedAt"]);
+
+        // Other roles and other accounts see nothing and change nothing.
+        let (_, agent) = app.agent_with_role(&admin, "agent").await;
+        let (_, supervisor) = app.agent_with_role(&admin, "supervisor").await;
+        for token in [&agent, &supervisor] {
+            assert_eq!(app.get("/v1/webhooks", token).await.status, StatusCode::FORBIDDEN);
+            assert_eq!(app.post("/v1/webhooks", token, good.clone()).await.status, StatusCode::FORBIDDEN);
+            assert_eq!(app.delete(&format!("/v1/webhooks/{id}"), token).await.status, StatusCode::FORBIDDEN);
+        }
+        let other = app.second_account_admin().await;
+        assert_eq!(app.get(&format!("/v1/webhooks/{id}"), &other).await.status, StatusCode::NOT_FOUND);
+        assert_eq!(app.get(&format!("/v1/webhooks/{id}/deliveries"), &other).await.status, StatusCode::NOT_FOUND);
+        assert_eq!(app.patch(&format!("/v1/webhooks/{id}"), &other, json!({ "active": false })).await.status, StatusCode::NOT_FOUND);
+        assert_eq!(app.delete(&format!("/v1/webhooks/{id}"), &other).await.status, StatusCode::NOT_FOUND);
+        assert_eq!(app.get("/v1/webhooks", &other).await.body["items"], json!([]));
+        let still = app.get(&format!("/v1/webhooks/{id}"), &admin).await;
+        assert_eq!(still.body["active"], true);
+        assert!(still.body["deletedAt"].is_null());
+        // Bad query parameters.
+        assert_eq!(app.get(&format!("/v1/webhooks/{id}/deliveries?status=lost"), &admin).await.status, StatusCode::BAD_REQUEST);
+        assert_eq!(app.get("/v1/webhooks/abc", &admin).await.status, StatusCode::BAD_REQUEST);
+    }
+}
