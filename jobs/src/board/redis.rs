@@ -216,8 +216,8 @@ async fn tasks(
 }
 
 /// A stored task as the board shows it: the queue it belongs to, when it runs (its schedule, or
-/// its submission, which its ULID records) and when it finished; the rest of the metadata
-/// (`result` among it: the last attempt's outcome) stays in the metadata.
+/// its submission, which its ULID records), when it finished and its last error; the rest of the
+/// metadata stays in the metadata.
 fn board_task(name: &'static str, task: CompactTask) -> Task<Vec<u8>> {
     let mut meta = task.meta;
     let number = |value: Option<String>| value.and_then(|v| v.parse::<f64>().ok());
@@ -230,6 +230,7 @@ fn board_task(name: &'static str, task: CompactTask) -> Task<Vec<u8>> {
     let run_at = number(meta.remove("run_at")).map_or(submitted, |at| at as u64);
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let done_at = number(meta.get("done_at").cloned()).map(|at| at as u64);
+    let error = meta.get("result").and_then(|result| super::error_of(result));
     let mut builder = TaskBuilder::new(task.data)
         .task_id(task.task_id)
         .queue(Queue::from(name))
@@ -244,7 +245,10 @@ fn board_task(name: &'static str, task: CompactTask) -> Task<Vec<u8>> {
     if let Some(key) = task.idempotency_key {
         builder = builder.idempotency_key(key);
     }
-    builder.build()
+    match error {
+        Some(error) => super::with_error(builder.build(), error),
+        None => builder.build(),
+    }
 }
 
 /// Newest first (ULIDs sort by creation time), then the page `filter` asks for.
@@ -411,7 +415,7 @@ impl<J: Job> Backend for RedisBoard<J> {
 
 impl<J: Job> BackendConfig for RedisBoard<J> {
     type Args = J;
-    type Id = Ulid;
+    type Id = <RedisStorage<J> as BackendConfig>::Id;
     type Kind = Durable;
     type Config = Config;
     type Layer = TaskPersistLayer<JsonCodec<Value>, Value>;
