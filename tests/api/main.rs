@@ -8,6 +8,7 @@ mod sio;
 mod auth;
 mod backlog;
 mod bad_input;
+mod board;
 mod health;
 mod invariants;
 mod isolation;

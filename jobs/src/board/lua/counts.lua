@@ -8,10 +8,13 @@ local function status(id)
     return redis.call('hget', queue .. ':meta:' .. id, 'status')
 end
 
--- Waiting to run: the active list, and scheduled tasks that are not a retry.
-local pending = redis.call('llen', KEYS[1])
-local failed, killed = 0, 0
+-- Waiting to run (the active list and the scheduled set): failed ones wait for a retry.
+local pending, failed, killed = 0, 0, 0
+local waiting = redis.call('lrange', KEYS[1], 0, -1)
 for _, id in ipairs(redis.call('zrange', KEYS[2], 0, -1)) do
+    table.insert(waiting, id)
+end
+for _, id in ipairs(waiting) do
     if status(id) == 'Failed' then failed = failed + 1 else pending = pending + 1 end
 end
 

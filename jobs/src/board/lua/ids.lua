@@ -21,18 +21,18 @@ if want == 'Running' then
             table.insert(ids, id)
         end
     end
-elseif want == 'Pending' then
-    for _, id in ipairs(redis.call('lrange', KEYS[1], 0, -1)) do
-        table.insert(ids, id)
-    end
+elseif want == 'Pending' or want == 'Failed' then
+    -- Waiting to run (the active list and the scheduled set): failed ones wait for a retry.
+    local waiting = redis.call('lrange', KEYS[1], 0, -1)
     for _, id in ipairs(redis.call('zrange', KEYS[2], 0, -1)) do
-        if status(id) ~= 'Failed' then table.insert(ids, id) end
+        table.insert(waiting, id)
     end
-elseif want == 'Failed' then
-    -- Waiting for a retry, or failed on every attempt.
-    for _, id in ipairs(redis.call('zrange', KEYS[2], 0, -1)) do
-        if status(id) == 'Failed' then table.insert(ids, id) end
+    for _, id in ipairs(waiting) do
+        if (status(id) == 'Failed') == (want == 'Failed') then table.insert(ids, id) end
     end
+end
+if want == 'Failed' then
+    -- Failed on every attempt.
     for _, id in ipairs(redis.call('smembers', KEYS[5])) do
         if status(id) ~= 'Killed' then table.insert(ids, id) end
     end
