@@ -134,7 +134,11 @@ impl OpsAuth {
     }
 
     fn remembers(&self, slot: &[u8; 32], digest: &[u8; 32]) -> bool {
-        let remembered = self.0.remembered.lock().unwrap_or_else(PoisonError::into_inner);
+        let remembered = self
+            .0
+            .remembered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         remembered.get(slot).is_some_and(|entry| {
             entry.until > Instant::now() && bool::from(entry.credentials.ct_eq(digest))
         })
@@ -142,7 +146,11 @@ impl OpsAuth {
 
     fn remember(&self, slot: [u8; 32], credentials: [u8; 32]) {
         let now = Instant::now();
-        let mut remembered = self.0.remembered.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut remembered = self
+            .0
+            .remembered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if remembered.len() >= CACHE_SIZE {
             remembered.retain(|_, entry| entry.until > now);
             if remembered.len() >= CACHE_SIZE {
@@ -160,16 +168,25 @@ impl OpsAuth {
 
     /// How long `client` must wait, when it used up its failed checks.
     fn blocked(&self, client: IpAddr) -> Option<Duration> {
-        let failures = self.0.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        let failures = self
+            .0
+            .failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let entry = failures.get(&client)?;
         let ends = entry.since + FAILURE_WINDOW;
-        (entry.count >= FAILURES).then(|| ends.saturating_duration_since(Instant::now()))
+        (entry.count >= FAILURES)
+            .then(|| ends.saturating_duration_since(Instant::now()))
             .filter(|wait| !wait.is_zero())
     }
 
     fn failed(&self, client: IpAddr) {
         let now = Instant::now();
-        let mut failures = self.0.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut failures = self
+            .0
+            .failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if failures.len() >= TRACKED_CLIENTS {
             failures.retain(|_, entry| now < entry.since + FAILURE_WINDOW);
         }
@@ -258,9 +275,10 @@ impl IntoResponse for Refusal {
                 let mut response =
                     ApiError::Unauthorized("sign in with an admin's e-mail and password")
                         .into_response();
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(CHALLENGE),
+                );
                 response
             }
             Self::TooMany(wait) => ApiError::TooManyRequests(wait.as_secs().max(1)).into_response(),
@@ -329,7 +347,13 @@ mod tests {
         let (wrong_slot, wrong_digest) = auth.digests(&wrong);
         assert_eq!(slot, wrong_slot, "the slot is the e-mail's");
         assert!(!auth.remembers(&wrong_slot, &wrong_digest));
-        auth.0.remembered.lock().unwrap().get_mut(&slot).unwrap().until = Instant::now();
+        auth.0
+            .remembered
+            .lock()
+            .unwrap()
+            .get_mut(&slot)
+            .unwrap()
+            .until = Instant::now();
         assert!(!auth.remembers(&slot, &digest));
     }
 
@@ -348,8 +372,13 @@ mod tests {
         assert!(wait <= FAILURE_WINDOW);
         assert!(auth.blocked(other).is_none());
         // The window ends.
-        auth.0.failures.lock().unwrap().get_mut(&client).unwrap().since =
-            Instant::now() - FAILURE_WINDOW;
+        auth.0
+            .failures
+            .lock()
+            .unwrap()
+            .get_mut(&client)
+            .unwrap()
+            .since = Instant::now() - FAILURE_WINDOW;
         assert!(auth.blocked(client).is_none());
     }
 }

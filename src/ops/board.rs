@@ -85,7 +85,8 @@ async fn guard(request: Request, next: Next) -> Response {
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || (is_json && status.is_client_error())
+    if !(status.is_client_error() || status.is_server_error())
+        || (is_json && status.is_client_error())
     {
         return response;
     }

@@ -89,10 +89,14 @@ async fn a_failing_task(app: &TestApp, backend: Backend) -> Value {
         .post("/v1/tags", &admin, json!({ "name": "recorded" }))
         .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-    eventually(Duration::from_secs(15), "the first audit record", || async {
-        let reply = app.get("/v1/audit?action=tag.created", &admin).await;
-        (reply.body["items"].as_array().map(Vec::len) == Some(1)).then_some(())
-    })
+    eventually(
+        Duration::from_secs(15),
+        "the first audit record",
+        || async {
+            let reply = app.get("/v1/audit?action=tag.created", &admin).await;
+            (reply.body["items"].as_array().map(Vec::len) == Some(1)).then_some(())
+        },
+    )
     .await;
 
     app.db()
@@ -224,7 +228,11 @@ async fn browse(app: &TestApp, queues: &[String], id: &str, attempt: u64, label:
         "Chromium is missing at {chromium}: {INSTALL}"
     );
     let playwright = root.join("tests/js/node_modules/playwright-core/package.json");
-    assert!(playwright.is_file(), "{} is missing: {INSTALL}", playwright.display());
+    assert!(
+        playwright.is_file(),
+        "{} is missing: {INSTALL}",
+        playwright.display()
+    );
     let screenshots = root.join("target").join(format!("board-{label}"));
     let config = json!({
         "url": app.ops_address,
@@ -258,7 +266,9 @@ async fn browse(app: &TestApp, queues: &[String], id: &str, attempt: u64, label:
         .lines()
         .last()
         .and_then(|line| serde_json::from_str(line).ok())
-        .unwrap_or_else(|| panic!("no JSON summary from the script\n--- stdout\n{stdout}\n--- stderr\n{stderr}"))
+        .unwrap_or_else(|| {
+            panic!("no JSON summary from the script\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
+        })
 }
 
 both_backends! {
@@ -428,13 +438,20 @@ async fn api_and_worker_nodes_both_serve_the_board() {
         );
     }
     // Only the worker node runs workers, and both boards see them.
-    eventually(Duration::from_secs(10), "the worker node's workers", || async {
-        let workers = board(&api, "/api/v1/workers").await;
-        (workers.as_array()?.len() == jobs::queues::names().len()).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the worker node's workers",
+        || async {
+            let workers = board(&api, "/api/v1/workers").await;
+            (workers.as_array()?.len() == jobs::queues::names().len()).then_some(())
+        },
+    )
     .await;
     assert_eq!(
-        board(&worker, "/api/v1/workers").await.as_array().map(Vec::len),
+        board(&worker, "/api/v1/workers")
+            .await
+            .as_array()
+            .map(Vec::len),
         Some(jobs::queues::names().len())
     );
     worker.stop().await;

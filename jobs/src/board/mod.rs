@@ -89,10 +89,9 @@ pub fn each_queue(store: &JobStore, visitor: &mut impl BoardVisitor) {
                 Source::Sqlite(pool) => self
                     .visitor
                     .queue::<J, _>(J::QUEUE, SqliteBoard::<J>::new(pool)),
-                Source::Redis(conn, queues) => self.visitor.queue::<J, _>(
-                    J::QUEUE,
-                    RedisBoard::<J>::new(conn.clone(), queues.clone()),
-                ),
+                Source::Redis(conn, queues) => self
+                    .visitor
+                    .queue::<J, _>(J::QUEUE, RedisBoard::<J>::new(conn.clone(), queues.clone())),
             }
         }
     }
@@ -147,7 +146,10 @@ mod tests {
 
     #[test]
     fn a_stored_error_becomes_the_last_run() {
-        assert_eq!(error_of(r#"{"Err":"no such table"}"#).as_deref(), Some("no such table"));
+        assert_eq!(
+            error_of(r#"{"Err":"no such table"}"#).as_deref(),
+            Some("no such table")
+        );
         assert_eq!(error_of(r#"{"Ok":"done"}"#), None);
         assert_eq!(error_of("not json"), None);
 
@@ -160,7 +162,10 @@ mod tests {
         assert_eq!(task.args, b"{}");
         assert_eq!(task.ctx().attempt(), 3);
         let runs = serde_json::to_value(task.ctx().runs()).unwrap();
-        assert_eq!(runs[0]["result"]["result"]["Err"], "no such table", "{runs}");
+        assert_eq!(
+            runs[0]["result"]["result"]["Err"], "no such table",
+            "{runs}"
+        );
         assert_eq!(runs[0]["result"]["attempt"], 3, "{runs}");
     }
 }

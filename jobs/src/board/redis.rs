@@ -35,9 +35,7 @@ use apalis_core::{
         ListWorkers, Metrics, QueueInfo, RunningWorker, StatType, Statistic, WireFormatBackend,
         finalize::Durable, persistence::TaskPersistLayer, queue::Queue,
     },
-    task::{
-        Task, builder::TaskBuilder, metadata::MetadataStore, status::Status, task_id::TaskId,
-    },
+    task::{Task, builder::TaskBuilder, metadata::MetadataStore, status::Status, task_id::TaskId},
     worker::context::WorkerContext,
 };
 use apalis_redis::{Config, ConnectionManager, Error, RedisStorage, queries::CompactTask};
@@ -230,7 +228,9 @@ fn board_task(name: &'static str, task: CompactTask) -> Task<Vec<u8>> {
     let run_at = number(meta.remove("run_at")).map_or(submitted, |at| at as u64);
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let done_at = number(meta.get("done_at").cloned()).map(|at| at as u64);
-    let error = meta.get("result").and_then(|result| super::error_of(result));
+    let error = meta
+        .get("result")
+        .and_then(|result| super::error_of(result));
     let mut builder = TaskBuilder::new(task.data)
         .task_id(task.task_id)
         .queue(Queue::from(name))
@@ -357,7 +357,10 @@ impl<J: Job> ListAllTasks for RedisBoard<J> {
             let Some((id, index)) = entry.split_once('\0') else {
                 continue;
             };
-            let Some((name, config)) = index.parse::<usize>().ok().and_then(|i| self.queues.all.get(i))
+            let Some((name, config)) = index
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| self.queues.all.get(i))
             else {
                 continue;
             };
@@ -472,9 +475,7 @@ mod tests {
 
     #[test]
     fn pages_are_newest_first_and_bounded() {
-        let ids: Vec<String> = ["01A", "01C", "01B", "01C", "01D"]
-            .map(String::from)
-            .into();
+        let ids: Vec<String> = ["01A", "01C", "01B", "01C", "01D"].map(String::from).into();
         assert_eq!(page(ids.clone(), &filter(1, Some(2))), ["01D", "01C"]);
         assert_eq!(page(ids.clone(), &filter(2, Some(2))), ["01B", "01A"]);
         assert!(page(ids.clone(), &filter(3, Some(2))).is_empty());

@@ -52,12 +52,13 @@ async fn with_errors(
     if ids.is_empty() {
         return Ok(tasks);
     }
-    let rows: Vec<(String, Option<String>)> =
-        sqlx::query_as("SELECT id, last_result FROM Jobs WHERE id IN (SELECT value FROM json_each(?1))")
-            .bind(serde_json::to_string(&ids).unwrap_or_default())
-            .fetch_all(pool)
-            .await
-            .map_err(Error::from)?;
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT id, last_result FROM Jobs WHERE id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(serde_json::to_string(&ids).unwrap_or_default())
+    .fetch_all(pool)
+    .await
+    .map_err(Error::from)?;
     let errors: HashMap<String, String> = rows
         .into_iter()
         .filter_map(|(id, result)| Some((id, super::error_of(&result?)?)))
