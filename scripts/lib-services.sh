@@ -369,7 +369,7 @@ ensure_postgres() {
 
 # ----------------------------------------------------------------------------
 # Node.js and the npm packages of tests/js (the official socket.io-client,
-# driven by tests/api/js_client.rs)
+# driven by tests/api/js_client.rs; playwright-core, by tests/api/board.rs)
 
 SB_NODE_MIN=18
 SB_JS_DIR=tests/js
@@ -406,12 +406,13 @@ sb_js_version() { # package.json
 # (a pull, a version bump) means node_modules may be stale.
 ensure_js_packages() {
     local client="$SB_JS_DIR/node_modules/socket.io-client/package.json"
+    local playwright="$SB_JS_DIR/node_modules/playwright-core/package.json"
     local installed="$SB_JS_DIR/node_modules/.package-lock.json"
     local lock="$SB_JS_DIR/package-lock.json"
     [ -f "$lock" ] || sb_die "npm: $lock is missing (it is committed with the repository)"
 
-    if [ -f "$client" ] && [ -f "$installed" ] && ! [ "$lock" -nt "$installed" ]; then
-        sb_log npm "$SB_JS_DIR packages up to date (socket.io-client $(sb_js_version "$client"))"
+    if [ -f "$client" ] && [ -f "$playwright" ] && [ -f "$installed" ] && ! [ "$lock" -nt "$installed" ]; then
+        sb_log npm "$SB_JS_DIR packages up to date (socket.io-client $(sb_js_version "$client"), playwright-core $(sb_js_version "$playwright"))"
         return 0
     fi
     local log
@@ -423,7 +424,38 @@ ensure_js_packages() {
     fi
     rm -f "$log"
     [ -f "$client" ] || sb_die "npm: npm ci finished but $client is missing"
-    sb_log npm "installed socket.io-client $(sb_js_version "$client")"
+    [ -f "$playwright" ] || sb_die "npm: npm ci finished but $playwright is missing"
+    sb_log npm "installed socket.io-client $(sb_js_version "$client"), playwright-core $(sb_js_version "$playwright")"
+}
+
+# ----------------------------------------------------------------------------
+# Chromium (headless), driven by playwright-core from tests/js in
+# tests/api/board.rs (the apalis board checked in a real browser)
+
+# The Chromium binary the tests use: SWITCHBOARD_TEST_CHROMIUM, or Debian's.
+sb_chromium_path() {
+    local candidate
+    for candidate in "${SWITCHBOARD_TEST_CHROMIUM:-}" /usr/bin/chromium /usr/bin/chromium-browser; do
+        if [ -n "$candidate" ] && [ -x "$candidate" ]; then
+            printf '%s\n' "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+ensure_chromium() {
+    local chromium
+    if ! chromium=$(sb_chromium_path); then
+        sb_apt_install chromium chromium
+        chromium=$(sb_chromium_path) ||
+            sb_die "chromium: still missing after apt-get install chromium; install it by hand (apt-get install -y chromium) or point SWITCHBOARD_TEST_CHROMIUM at a Chromium binary"
+    fi
+    local version
+    version=$("$chromium" --headless --no-sandbox --version 2>/dev/null) ||
+        sb_die "chromium: '$chromium --version' failed; reinstall it (apt-get install --reinstall -y chromium)"
+    export SWITCHBOARD_TEST_CHROMIUM="$chromium"
+    sb_log chromium "$version ($chromium)"
 }
 
 # ----------------------------------------------------------------------------

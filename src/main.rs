@@ -23,6 +23,9 @@ async fn main() -> anyhow::Result<()> {
     } else {
         tracing::info!("Switchboard worker started");
     }
+    if let Some(addr) = app.ops_addr() {
+        tracing::info!("operator listener (apalis board) on http://{addr}");
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn({
         let shutdown = shutdown.clone();

@@ -13,7 +13,7 @@ use crate::{
     auth::TokenKeys,
     bootstrap,
     config::{Command, Settings},
-    db, http,
+    db, http, ops,
     realtime::{Realtime, deliver::RoomNotifier},
     state::AppState,
 };
@@ -50,8 +50,13 @@ pub struct Application {
     state: AppState,
     realtime: Realtime,
     listener: Option<TcpListener>,
+    ops_listener: TcpListener,
     run_workers: bool,
 }
+
+/// How long open operator requests may run on after shutdown (the board's event stream never
+/// ends by itself).
+const OPS_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Application {
     /// Opens everything `command` needs. `Command::Migrate` is handled by [`prepare_database`].
@@ -76,6 +81,9 @@ impl Application {
             ),
             Command::Work | Command::Migrate => None,
         };
+        let ops_listener = TcpListener::bind(settings.ops_bind)
+            .await
+            .with_context(|| format!("binding the operator listener {}", settings.ops_bind))?;
         let redis_url = settings.redis_url.as_deref();
         let realtime = if listener.is_some() {
             Realtime::serve(redis_url, &settings.redis_prefix).await
@@ -112,6 +120,7 @@ impl Application {
             },
             realtime,
             listener,
+            ops_listener,
             run_workers: matches!(command, Command::All | Command::Work),
         })
     }
@@ -119,6 +128,11 @@ impl Application {
     /// Where the HTTP API listens (`None` for a worker-only process).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Where the operator listener (apalis board) listens.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_listener.local_addr().ok()
     }
 
     /// The shared state (tests use its database handle to check what jobs wrote).
@@ -132,8 +146,26 @@ impl Application {
             state,
             realtime,
             listener,
+            ops_listener,
             run_workers,
         } = self;
+        let ops = {
+            let app = ops::router(&state).into_make_service_with_connect_info::<SocketAddr>();
+            let shutdown = shutdown.clone();
+            async move {
+                let serve = axum::serve(ops_listener, app)
+                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                    .into_future();
+                tokio::select! {
+                    served = serve => served.context("operator listener")?,
+                    () = async {
+                        shutdown.cancelled().await;
+                        tokio::time::sleep(OPS_DRAIN).await;
+                    } => {}
+                }
+                anyhow::Ok(())
+            }
+        };
         let ctx = state.job_context();
         let options = WorkerOptions {
             concurrency: state.settings.worker_concurrency.max(1),
@@ -195,7 +227,7 @@ impl Application {
             }
             anyhow::Ok(())
         };
-        tokio::try_join!(http, workers)?;
+        tokio::try_join!(http, workers, ops)?;
         Ok(())
     }
 }

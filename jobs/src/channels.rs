@@ -139,6 +139,16 @@ impl Channels {
         })
     }
 
+    /// Checks that the SMTP server accepts a connection (readiness). `None` when e-mail is off.
+    pub async fn check_smtp(&self) -> Option<Result<(), String>> {
+        let mailer = self.0.mailer.as_ref()?;
+        Some(match mailer.transport.test_connection().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("the SMTP server refused the connection check".into()),
+            Err(err) => Err(err.to_string()),
+        })
+    }
+
     /// True when e-mail is configured.
     pub fn email_on(&self) -> bool {
         self.0.mailer.is_some()

@@ -16,12 +16,10 @@ use apalis_core::backend::{
 use serde_json::Value;
 
 use crate::{
-    Job, JobContext, JobError, JobStore, agent_presence::AgentDisconnected,
-    assign_agent::AssignAgent, audit::RecordAudit, backlog, close_conversation::CloseConversation,
-    enqueue_conversation::EnqueueConversation, poll::Every,
-    reassign_conversation::ReassignConversation, timers::ExpireTimer,
+    Job, JobContext, JobError, JobStore, backlog,
+    poll::Every,
+    queues::{JobVisitor, each_job},
 };
-use crate::{email::SendEmail, webhook::DeliverWebhook};
 
 /// How this process runs its workers.
 #[derive(Debug, Clone)]
@@ -98,28 +96,10 @@ const KEEP_FAILED: Duration = Duration::from_secs(24 * 3600);
 /// How often the Redis backlog guard promotes due tasks.
 const BACKLOG_PERIOD: Duration = Duration::from_millis(250);
 
-/// The workers of every job queue on the context's job store.
+/// The workers of every job queue on the context's job store (`queues::each_job`), plus the
+/// scheduler's.
 pub fn workers(ctx: JobContext, options: &WorkerOptions) -> Workers {
     let store = ctx.jobs.clone();
-    let queues = vec![
-        store.queue_name::<EnqueueConversation>(),
-        store.queue_name::<AssignAgent>(),
-        store.queue_name::<CloseConversation>(),
-        store.queue_name::<ReassignConversation>(),
-        store.queue_name::<RecordAudit>(),
-        store.queue_name::<AgentDisconnected>(),
-        store.queue_name::<ExpireTimer>(),
-        store.queue_name::<DeliverWebhook>(),
-        store.queue_name::<SendEmail>(),
-    ];
-    Workers {
-        monitor: monitor(ctx.clone(), options),
-        queues,
-        store,
-    }
-}
-
-fn monitor(ctx: JobContext, options: &WorkerOptions) -> Monitor {
     let monitor = Monitor::new()
         .shutdown_timeout(Duration::from_secs(30))
         // A worker ends when its storage fails (a Redis restart, a locked SQLite file); without
@@ -128,22 +108,41 @@ fn monitor(ctx: JobContext, options: &WorkerOptions) -> Monitor {
             tracing::warn!(worker = %worker.name(), %error, restarts = worker.restarts(), "worker failed; restarting");
             true
         });
-    let monitor = register::<EnqueueConversation>(monitor, &ctx, options);
-    let monitor = register::<AssignAgent>(monitor, &ctx, options);
-    let monitor = register::<CloseConversation>(monitor, &ctx, options);
-    let monitor = register::<ReassignConversation>(monitor, &ctx, options);
-    let monitor = register::<RecordAudit>(monitor, &ctx, options);
-    let monitor = register::<AgentDisconnected>(monitor, &ctx, options);
-    let monitor = register::<ExpireTimer>(monitor, &ctx, options);
-    let monitor = register::<DeliverWebhook>(monitor, &ctx, options);
-    let monitor = register::<SendEmail>(monitor, &ctx, options);
-    crate::scheduler::register(
+    let mut each = Registrar {
         monitor,
+        queues: Vec::new(),
+        ctx: &ctx,
+        options,
+    };
+    each_job(&mut each);
+    let monitor = crate::scheduler::register(
+        each.monitor,
         &ctx,
         &options.node,
         options.sweep_period,
         options.reconcile_period,
-    )
+    );
+    Workers {
+        monitor,
+        queues: each.queues,
+        store,
+    }
+}
+
+/// Registers one worker per job type.
+struct Registrar<'a> {
+    monitor: Monitor,
+    queues: Vec<String>,
+    ctx: &'a JobContext,
+    options: &'a WorkerOptions,
+}
+
+impl JobVisitor for Registrar<'_> {
+    fn job<J: Job>(&mut self) {
+        let monitor = std::mem::replace(&mut self.monitor, Monitor::new());
+        self.monitor = register::<J>(monitor, self.ctx, self.options);
+        self.queues.push(self.ctx.jobs.queue_name::<J>());
+    }
 }
 
 fn register<J: Job>(monitor: Monitor, ctx: &JobContext, options: &WorkerOptions) -> Monitor {

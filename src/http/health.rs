@@ -62,6 +62,10 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     if let Some(url) = state.settings.redis_url.as_deref() {
         healthy &= check(&mut checks, "redis", ping_redis(url)).await;
     }
+    if state.channels.email_on() {
+        let smtp = async { state.channels.check_smtp().await.unwrap_or(Ok(())) };
+        healthy &= check(&mut checks, "smtp", smtp).await;
+    }
     let status = if healthy {
         StatusCode::OK
     } else {

@@ -193,6 +193,8 @@ impl Storage {
 /// A running application and a client for it.
 pub struct TestApp {
     pub address: String,
+    /// The operator listener (apalis board), `http://host:port`.
+    pub ops_address: String,
     pub state: AppState,
     pub client: reqwest::Client,
     pub storage: Storage,
@@ -245,11 +247,16 @@ pub async fn spawn_with(
         .local_addr()
         .map(|addr| format!("http://{addr}"))
         .unwrap_or_default();
+    let ops_address = app
+        .ops_addr()
+        .map(|addr| format!("http://{addr}"))
+        .expect("an operator listener");
     let state = app.state().clone();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     TestApp {
         address,
+        ops_address,
         state,
         client: reqwest::Client::new(),
         storage,

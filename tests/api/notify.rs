@@ -317,6 +317,10 @@ both_backends! {
             s.notify.email_from = "support@acme.test".into();
         })
         .await;
+        // Readiness checks the SMTP server once e-mail is configured.
+        let ready = app.request(Method::GET, "/health/ready", None, None).await;
+        assert_eq!(ready.status, reqwest::StatusCode::OK, "{:?}", ready.body);
+        assert_eq!(ready.body["checks"]["smtp"]["status"], "ok");
         let admin = app.admin_token().await;
         let hook = webhook(&app, &admin, &receiver.url("/ok"), json!(["sla.breached"])).await;
         let group = app.default_group(&admin).await;
@@ -393,6 +397,10 @@ both_backends! {
         let receiver = Receiver::start(SECRET).await;
         let url = format!("smtp://127.0.0.1:{}", free_port());
         let app = app_with(backend, move |s| s.smtp_url = Some(url)).await;
+        let ready = app.request(Method::GET, "/health/ready", None, None).await;
+        assert_eq!(ready.status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{:?}", ready.body);
+        assert_eq!(ready.body["checks"]["smtp"]["status"], "down");
+        assert_eq!(ready.body["checks"]["database"]["status"], "ok");
         let admin = app.admin_token().await;
         let hook = webhook(&app, &admin, &receiver.url("/ok"), json!(["conversation.closed"])).await;
         let group = app.default_group(&admin).await;

@@ -1,0 +1,384 @@
+//! HTTP basic auth for the whole operator listener: admin agents (role `admin`, not deleted) with
+//! their own e-mail and password, checked with the same argon2 verification as `/v1/auth/login`.
+//!
+//! Rules:
+//! - Argon2 costs tens of milliseconds of CPU, and a board page loads several files and polls
+//!   every few seconds: a successful check is remembered for [`REMEMBER`], so a password change,
+//!   a demotion or a deletion takes effect within that. The cache is keyed by a hash of the
+//!   e-mail and holds a keyed SHA-256 of the whole credentials (the key is random per process),
+//!   compared in constant time; it never holds a password, and it is bounded ([`CACHE_SIZE`]).
+//! - A client address gets [`FAILURES`] failed checks per [`FAILURE_WINDOW`]; after that it is
+//!   answered 429 without a check until the window ends (remembered checks still pass).
+//! - A refusal is a 401 with `WWW-Authenticate: Basic`, whether the e-mail is unknown, the
+//!   password wrong or the agent not an admin (unknown e-mails cost a decoy verification, so the
+//!   timing does not tell them apart). Credentials are never logged.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{ConnectInfo, Request, State},
+    http::{HeaderMap, HeaderValue, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use base64::{Engine, engine::general_purpose::STANDARD};
+use entity::{agents, enums::AgentRole};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::{
+    auth::{verify_decoy, verify_password},
+    error::ApiError,
+};
+
+/// How long a successful check is remembered.
+pub const REMEMBER: Duration = Duration::from_secs(5);
+/// Most credentials remembered at once.
+const CACHE_SIZE: usize = 1024;
+/// Failed checks a client address may make per [`FAILURE_WINDOW`].
+pub const FAILURES: u32 = 10;
+/// The window failed checks are counted in.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Client addresses whose failures are tracked at once (quiet ones are forgotten first).
+const TRACKED_CLIENTS: usize = 10_000;
+
+const CHALLENGE: &str = "Basic realm=\"Switchboard operators\", charset=\"UTF-8\"";
+
+/// The checker shared by every request of the operator listener.
+#[derive(Clone)]
+pub struct OpsAuth(Arc<Inner>);
+
+struct Inner {
+    db: DatabaseConnection,
+    /// Random per process: remembered digests mean nothing outside it.
+    key: [u8; 32],
+    remembered: Mutex<HashMap<[u8; 32], Remembered>>,
+    failures: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+struct Remembered {
+    credentials: [u8; 32],
+    until: Instant,
+}
+
+struct Failures {
+    count: u32,
+    since: Instant,
+}
+
+/// E-mail and password from an `Authorization: Basic` header.
+struct Credentials {
+    email: String,
+    password: String,
+}
+
+impl std::fmt::Debug for OpsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OpsAuth")
+    }
+}
+
+impl OpsAuth {
+    /// A checker of admin agents in `db`.
+    pub fn new(db: DatabaseConnection) -> Self {
+        let mut key = [0u8; 32];
+        rand::fill(&mut key);
+        Self(Arc::new(Inner {
+            db,
+            key,
+            remembered: Mutex::default(),
+            failures: Mutex::default(),
+        }))
+    }
+
+    /// Passes a request carrying the credentials of an admin agent; refuses any other.
+    async fn check(&self, client: IpAddr, headers: &HeaderMap) -> Result<(), Refusal> {
+        let Some(credentials) = Credentials::from_headers(headers) else {
+            return Err(Refusal::Unauthorized);
+        };
+        let (slot, digest) = self.digests(&credentials);
+        if self.remembers(&slot, &digest) {
+            return Ok(());
+        }
+        if let Some(wait) = self.blocked(client) {
+            return Err(Refusal::TooMany(wait));
+        }
+        if self.verify(credentials).await? {
+            self.remember(slot, digest);
+            Ok(())
+        } else {
+            self.failed(client);
+            Err(Refusal::Unauthorized)
+        }
+    }
+
+    /// The cache slot (a hash of the e-mail) and the keyed digest of the whole credentials.
+    fn digests(&self, credentials: &Credentials) -> ([u8; 32], [u8; 32]) {
+        let slot = Sha256::new()
+            .chain_update(self.0.key)
+            .chain_update(credentials.email.as_bytes())
+            .finalize();
+        let whole = Sha256::new()
+            .chain_update(self.0.key)
+            .chain_update(credentials.email.as_bytes())
+            .chain_update([0])
+            .chain_update(credentials.password.as_bytes())
+            .finalize();
+        (slot.into(), whole.into())
+    }
+
+    fn remembers(&self, slot: &[u8; 32], digest: &[u8; 32]) -> bool {
+        let remembered = self
+            .0
+            .remembered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        remembered.get(slot).is_some_and(|entry| {
+            entry.until > Instant::now() && bool::from(entry.credentials.ct_eq(digest))
+        })
+    }
+
+    fn remember(&self, slot: [u8; 32], credentials: [u8; 32]) {
+        let now = Instant::now();
+        let mut remembered = self
+            .0
+            .remembered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if remembered.len() >= CACHE_SIZE {
+            remembered.retain(|_, entry| entry.until > now);
+            if remembered.len() >= CACHE_SIZE {
+                remembered.clear();
+            }
+        }
+        remembered.insert(
+            slot,
+            Remembered {
+                credentials,
+                until: now + REMEMBER,
+            },
+        );
+    }
+
+    /// How long `client` must wait, when it used up its failed checks.
+    fn blocked(&self, client: IpAddr) -> Option<Duration> {
+        let failures = self
+            .0
+            .failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let entry = failures.get(&client)?;
+        let ends = entry.since + FAILURE_WINDOW;
+        (entry.count >= FAILURES)
+            .then(|| ends.saturating_duration_since(Instant::now()))
+            .filter(|wait| !wait.is_zero())
+    }
+
+    fn failed(&self, client: IpAddr) {
+        let now = Instant::now();
+        let mut failures = self
+            .0
+            .failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if failures.len() >= TRACKED_CLIENTS {
+            failures.retain(|_, entry| now < entry.since + FAILURE_WINDOW);
+        }
+        let entry = failures.entry(client).or_insert(Failures {
+            count: 0,
+            since: now,
+        });
+        if now >= entry.since + FAILURE_WINDOW {
+            *entry = Failures {
+                count: 0,
+                since: now,
+            };
+        }
+        entry.count += 1;
+        if entry.count == FAILURES {
+            tracing::warn!(%client, "operator listener: too many failed sign-ins, refusing for a while");
+        }
+    }
+
+    /// True when an admin agent with this e-mail has this password.
+    async fn verify(&self, credentials: Credentials) -> Result<bool, Refusal> {
+        let Credentials { email, password } = credentials;
+        // Control characters (NUL above all, which PostgreSQL refuses in text) match nobody.
+        if email.len() > 320 || password.len() > 1024 || email.chars().any(char::is_control) {
+            verify_decoy(password).await.map_err(Refusal::internal)?;
+            return Ok(false);
+        }
+        let admins = agents::Entity::find()
+            .filter(agents::Column::Email.eq(email))
+            .filter(agents::Column::Role.eq(AgentRole::Admin))
+            .filter(agents::Column::DeletedAt.is_null())
+            .limit(10)
+            .all(&self.0.db)
+            .await
+            .map_err(|err| Refusal::Internal(err.into()))?;
+        if admins.is_empty() {
+            verify_decoy(password).await.map_err(Refusal::internal)?;
+            return Ok(false);
+        }
+        for admin in admins {
+            if verify_password(password.clone(), admin.password_hash)
+                .await
+                .map_err(Refusal::internal)?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+impl Credentials {
+    fn from_headers(headers: &HeaderMap) -> Option<Self> {
+        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, encoded) = value.trim().split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return None;
+        }
+        let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
+        let (email, password) = decoded.split_once(':')?;
+        Some(Self {
+            email: email.trim().to_lowercase(),
+            password: password.to_owned(),
+        })
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug)]
+enum Refusal {
+    Unauthorized,
+    TooMany(Duration),
+    Internal(anyhow::Error),
+}
+
+impl Refusal {
+    fn internal(err: anyhow::Error) -> Self {
+        Self::Internal(err)
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Unauthorized => {
+                let mut response =
+                    ApiError::Unauthorized("sign in with an admin's e-mail and password")
+                        .into_response();
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(CHALLENGE),
+                );
+                response
+            }
+            Self::TooMany(wait) => ApiError::TooManyRequests(wait.as_secs().max(1)).into_response(),
+            Self::Internal(err) => ApiError::Internal(err).into_response(),
+        }
+    }
+}
+
+/// Middleware: lets a request through only with an admin's credentials.
+pub async fn require_admin(
+    State(auth): State<OpsAuth>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match auth.check(peer.ip(), request.headers()).await {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn basic_credentials_are_decoded() {
+        let encoded = STANDARD.encode(" Admin@Example.com :pass:word");
+        let credentials = Credentials::from_headers(&headers(&format!("basic {encoded}"))).unwrap();
+        assert_eq!(credentials.email, "admin@example.com");
+        assert_eq!(credentials.password, "pass:word");
+        for bad in [
+            "Bearer abc".to_owned(),
+            "Basic".to_owned(),
+            "Basic !!!".to_owned(),
+            format!("Basic {}", STANDARD.encode("no-colon")),
+            format!("Basic {}", STANDARD.encode([0xff, b':', b'x'])),
+        ] {
+            assert!(Credentials::from_headers(&headers(&bad)).is_none(), "{bad}");
+        }
+        assert!(Credentials::from_headers(&HeaderMap::new()).is_none());
+    }
+
+    #[tokio::test]
+    async fn remembered_credentials_match_exactly_and_expire() {
+        let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
+        let auth = OpsAuth::new(db);
+        let right = Credentials {
+            email: "a@b.c".into(),
+            password: "secret".into(),
+        };
+        let wrong = Credentials {
+            email: "a@b.c".into(),
+            password: "secreT".into(),
+        };
+        let (slot, digest) = auth.digests(&right);
+        assert!(!auth.remembers(&slot, &digest));
+        auth.remember(slot, digest);
+        assert!(auth.remembers(&slot, &digest));
+        let (wrong_slot, wrong_digest) = auth.digests(&wrong);
+        assert_eq!(slot, wrong_slot, "the slot is the e-mail's");
+        assert!(!auth.remembers(&wrong_slot, &wrong_digest));
+        auth.0
+            .remembered
+            .lock()
+            .unwrap()
+            .get_mut(&slot)
+            .unwrap()
+            .until = Instant::now();
+        assert!(!auth.remembers(&slot, &digest));
+    }
+
+    #[tokio::test]
+    async fn a_client_is_blocked_after_its_failures_and_others_are_not() {
+        let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
+        let auth = OpsAuth::new(db);
+        let client: IpAddr = "10.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        for _ in 1..FAILURES {
+            auth.failed(client);
+        }
+        assert!(auth.blocked(client).is_none());
+        auth.failed(client);
+        let wait = auth.blocked(client).expect("blocked");
+        assert!(wait <= FAILURE_WINDOW);
+        assert!(auth.blocked(other).is_none());
+        // The window ends.
+        auth.0
+            .failures
+            .lock()
+            .unwrap()
+            .get_mut(&client)
+            .unwrap()
+            .since = Instant::now() - FAILURE_WINDOW;
+        assert!(auth.blocked(client).is_none());
+    }
+}

@@ -1,0 +1,35 @@
+//! The operator listener (`SWITCHBOARD_OPS_BIND`, localhost by default): the apalis board,
+//! `GET /metrics` (Prometheus), and whatever else operators need. Bound by every process kind (`all`, `serve`, `work`).
+//!
+//! Rules: never public. Every route here sits behind HTTP basic auth of admin agents
+//! ([`auth`]); a feature adds its routes in [`router`], beside the board's, and gets that for free.
+
+pub mod auth;
+mod board;
+
+use axum::{Router, middleware, routing::get};
+use tower_http::trace::TraceLayer;
+
+use crate::{
+    error::{log_server_errors, method_not_allowed},
+    state::AppState,
+};
+
+/// Everything the operator listener serves, behind admin basic auth.
+pub fn router(state: &AppState) -> Router {
+    Router::new()
+        // Operator routes go here (`.route(...)` or `.merge(feature::router(state))`). The
+        // board's web app is the fallback: it answers every path no route claims.
+        .route(
+            "/metrics",
+            get(crate::metrics::scrape).with_state(state.clone()),
+        )
+        .merge(board::router(&state.jobs))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            auth::OpsAuth::new(state.db.clone()),
+            auth::require_admin,
+        ))
+        .layer(middleware::from_fn(log_server_errors))
+        .layer(TraceLayer::new_for_http())
+}
