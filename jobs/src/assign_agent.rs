@@ -21,7 +21,7 @@ use crate::{
     Job, JobContext, JobError, RetryBudget,
     conversation::{
         Assigned, ClaimError, candidates, claim, excluded_agents_of, lock_agents, previous_agent,
-        waiting_line,
+        routable_line,
     },
     db::begin_write,
     notify::Outcome,
@@ -194,7 +194,7 @@ async fn assign_batch(ctx: &JobContext, group: &groups::Model) -> Result<Step, J
         .collect();
     lock_agents(&txn, ids).await?;
     let mut agents = candidates(&txn, group.id).await?;
-    let line = waiting_line(&txn, group.id, LOOKAHEAD).await?;
+    let line = routable_line(&txn, group.id, LOOKAHEAD).await?;
     if agents.is_empty() || line.is_empty() {
         return Ok(Step::Idle);
     }
@@ -204,10 +204,6 @@ async fn assign_batch(ctx: &JobContext, group: &groups::Model) -> Result<Step, J
     for conversation in &line {
         if agents.iter().all(|agent| agent.free_slots() <= 0) {
             break;
-        }
-        if conversation.routing_held_at.is_some() {
-            // Held for a person after too many reassignments (see `timers`).
-            continue;
         }
         let barred = excluded.get(&conversation.id);
         let pool: Vec<_> = agents

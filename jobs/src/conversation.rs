@@ -320,6 +320,31 @@ pub async fn claim(
 /// time). A transaction that touches several agents — a transfer releases one and claims another,
 /// an assigner claims for many — takes their locks first, in a fixed order, so two such
 /// transactions never deadlock.
+/// Locks a conversation's row for update (PostgreSQL), after its holder's agent row: the order
+/// every claim uses (agents first), so a close or timer racing a claim waits instead of
+/// deadlocking. Reads the row on SQLite, whose write transactions run one at a time.
+pub async fn lock_conversation(
+    txn: &impl ConnectionTrait,
+    conversation_id: i64,
+) -> Result<Option<conversations::Model>, DbErr> {
+    if txn.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+        return conversations::Entity::find_by_id(conversation_id)
+            .one(txn)
+            .await;
+    }
+    let holder = conversations::Entity::find_by_id(conversation_id)
+        .one(txn)
+        .await?
+        .and_then(|conversation| conversation.assigned_agent_id);
+    lock_agents(txn, holder.into_iter().collect()).await?;
+    // If the holder changed meanwhile, the caller's conditional updates (on the holder it reads
+    // now) miss and change nothing.
+    conversations::Entity::find_by_id(conversation_id)
+        .lock_exclusive()
+        .one(txn)
+        .await
+}
+
 pub async fn lock_agents(txn: &impl ConnectionTrait, mut agents: Vec<i64>) -> Result<(), DbErr> {
     if txn.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
         return Ok(());
@@ -456,11 +481,7 @@ pub async fn close(
     let now = Utc::now();
     // Locked (PostgreSQL), so a claim or requeue committing meanwhile is waited for and then
     // closed, instead of making the conditional update below miss and the close be lost.
-    let mut read = conversations::Entity::find_by_id(conversation_id);
-    if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
-        read = read.lock_exclusive();
-    }
-    let Some(before) = read.one(txn).await? else {
+    let Some(before) = lock_conversation(txn, conversation_id).await? else {
         return Ok(None);
     };
     let (status, stamp) = match closed_by {
@@ -618,6 +639,24 @@ pub async fn waiting_line(
     group_id: i64,
     limit: u64,
 ) -> Result<Vec<conversations::Model>, DbErr> {
+    line(group_id, limit).all(db).await
+}
+
+/// The head of the part of a group's line that automatic routing serves: without the
+/// conversations held for a person after too many reassignments (they keep their place in
+/// [`waiting_line`], so a held chat never blocks the ones behind it).
+pub async fn routable_line(
+    db: &impl ConnectionTrait,
+    group_id: i64,
+    limit: u64,
+) -> Result<Vec<conversations::Model>, DbErr> {
+    line(group_id, limit)
+        .filter(conversations::Column::RoutingHeldAt.is_null())
+        .all(db)
+        .await
+}
+
+fn line(group_id: i64, limit: u64) -> sea_orm::Select<conversations::Entity> {
     conversations::Entity::find()
         .filter(conversations::Column::GroupId.eq(group_id))
         .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
@@ -627,8 +666,6 @@ pub async fn waiting_line(
         .order_by_asc(conversations::Column::QueuedAt)
         .order_by_asc(conversations::Column::Id)
         .limit(limit)
-        .all(db)
-        .await
 }
 
 /// Agents of the group who may take a conversation now: online, accepting, not deleted, under

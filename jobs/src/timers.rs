@@ -19,7 +19,10 @@
 //! expiry seen by two nodes, or on the next tick, acts once. Every action writes a system event
 //! that says why.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use entity::{
@@ -37,7 +40,7 @@ use serde_json::json;
 use crate::{
     Job, JobContext, JobError, RetryBudget,
     close_conversation::after_close,
-    conversation::{close, requeue, system_event},
+    conversation::{close, lock_conversation, requeue, system_event},
     db::begin_write,
     notify::{Outcome, SlaKind},
     reassign_conversation::after_requeue,
@@ -155,11 +158,7 @@ impl Job for ExpireTimer {
     #[tracing::instrument(name = "job.expire_timer", skip_all, fields(conversation_id = self.conversation_id, timer = ?self.timer), err)]
     async fn run(self, ctx: &JobContext) -> Result<String, JobError> {
         let txn = begin_write(&ctx.db).await?;
-        let mut read = conversations::Entity::find_by_id(self.conversation_id);
-        if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
-            read = read.lock_exclusive();
-        }
-        let Some(conversation) = read.one(&txn).await? else {
+        let Some(conversation) = lock_conversation(&txn, self.conversation_id).await? else {
             return Ok("no such conversation".into());
         };
         let Some(group) = groups::Entity::find_by_id(conversation.group_id)
@@ -208,7 +207,8 @@ impl Job for ExpireTimer {
                     .await?;
                 }
                 txn.commit().await?;
-                let position = after_requeue(ctx, &requeued, "no_response").await?;
+                // Told before the follow-ups, which may fail: a retry finds nothing expired and
+                // would not raise it again.
                 if held {
                     ctx.notifier.notify(Outcome::SlaBreached {
                         account_id: c.account_id,
@@ -220,6 +220,9 @@ impl Job for ExpireTimer {
                         limit: i64::from(group.max_reassignments),
                         actual: i64::from(count - 1),
                     });
+                }
+                let position = after_requeue(ctx, &requeued, "no_response").await?;
+                if held {
                     return Ok(format!(
                         "held at position {position} after {} reassignments",
                         count - 1
@@ -344,40 +347,46 @@ pub async fn sweep(ctx: &JobContext) -> Result<Swept, JobError> {
         .collect();
     let mut swept = Swept::default();
     for timer in Timer::ALL {
-        // The shortest limit of any group bounds the rows worth reading; each row is then
-        // checked against its own group.
-        let Some(shortest) = groups.values().filter_map(|g| timer.limit(g)).min() else {
-            continue;
-        };
-        let started_before = now - shortest;
-        let rows = conversations::Entity::find()
-            .filter(candidates(timer, started_before))
-            .order_by_asc(conversations::Column::Id)
-            .limit(SWEEP_BATCH)
-            .all(&ctx.db)
-            .await?;
-        for conversation in rows {
-            let Some(group) = groups.get(&conversation.group_id) else {
-                continue;
-            };
-            if !timer.expired(&conversation, group, now) {
-                continue;
+        // One query per distinct limit, over the groups that have it: every row read is due
+        // under its own group's limit (but for the agent's typing, checked below), so rows that
+        // are not due never fill a batch and starve the ones that are.
+        let mut by_limit: BTreeMap<chrono::Duration, Vec<i64>> = BTreeMap::new();
+        for group in groups.values() {
+            if let Some(limit) = timer.limit(group) {
+                by_limit.entry(limit).or_default().push(group.id);
             }
-            ctx.jobs
-                .submit(ExpireTimer {
-                    conversation_id: conversation.id,
-                    timer,
-                })
-                .await
-                .map_err(|err| JobError::Transient(err.to_string()))?;
-            *swept.expired.entry(timer).or_default() += 1;
+        }
+        for (limit, group_ids) in by_limit {
+            let rows = conversations::Entity::find()
+                .filter(conversations::Column::GroupId.is_in(group_ids))
+                .filter(candidates(timer, now - limit))
+                .order_by_asc(conversations::Column::Id)
+                .limit(SWEEP_BATCH)
+                .all(&ctx.db)
+                .await?;
+            for conversation in rows {
+                let Some(group) = groups.get(&conversation.group_id) else {
+                    continue;
+                };
+                if !timer.expired(&conversation, group, now) {
+                    continue;
+                }
+                ctx.jobs
+                    .submit(ExpireTimer {
+                        conversation_id: conversation.id,
+                        timer,
+                    })
+                    .await
+                    .map_err(|err| JobError::Transient(err.to_string()))?;
+                *swept.expired.entry(timer).or_default() += 1;
+            }
         }
     }
     Ok(swept)
 }
 
-/// A coarse filter for the rows whose `timer` may have run out (started before `started_before`);
-/// [`Timer::expired`] decides exactly.
+/// The rows whose `timer` started before `started_before` (for the agent response, before the
+/// agent's typing is counted); [`Timer::expired`] decides exactly.
 fn candidates(timer: Timer, started_before: DateTime<Utc>) -> Condition {
     use conversations::Column as C;
     match timer {

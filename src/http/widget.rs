@@ -205,7 +205,8 @@ async fn create_session(
         status: Set(ConversationStatus::Pending),
         priority: Set(body.priority.unwrap_or(Priority::Normal)),
         queued_at: Set(Some(now)),
-        last_visitor_activity_at: Set(Some(now)),
+        // Only a message is activity that waits for an answer (the agent response timer).
+        last_visitor_activity_at: Set(body.initial_message.is_some().then_some(now)),
         reassignment_count: Set(0),
         created_at: Set(now),
         updated_at: Set(now),

@@ -321,7 +321,10 @@ fn attach<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
                 let caller = session.caller(&state).await?;
                 let conversation = visible(&state.db, &caller, body.conversation_id).await?;
                 require_holder(&caller, &conversation)?;
-                state.activity.agent_typing(conversation.id);
+                if body.typing {
+                    // Typing holds the response clock; stopping does not restart it.
+                    state.activity.agent_typing(conversation.id);
+                }
                 let typing = json!({
                     "conversationId": conversation.id,
                     "from": "agent",
