@@ -25,6 +25,7 @@ use entity::{
     groups,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, QuerySelect};
 
 use crate::{
@@ -44,6 +45,12 @@ pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
+            // State gauges are set at every scrape: one not set for a minute belongs to a group
+            // that was deleted or renamed, and goes.
+            .idle_timeout(
+                MetricKindMask::GAUGE,
+                Some(std::time::Duration::from_secs(60)),
+            )
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
             .expect("the buckets are a non-empty constant");
         let recorder = builder.build_recorder();

@@ -170,8 +170,10 @@ both_backends! {
             "{texts:?}"
         );
 
-        // A free, eligible agent is not given it automatically...
-        let (helper, helper_token) = app.online_agent(&admin, group, 1).await;
+        // A free, eligible agent is not given it automatically, but is given the chats behind it...
+        let (helper, helper_token) = app.online_agent(&admin, group, 2).await;
+        let (behind, _) = app.visitor(json!({})).await;
+        assert_eq!(assigned_to_other(&app, &admin, behind, None).await, helper);
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(app.get(&format!("/v1/conversations/{id}"), &admin).await.body["status"], "pending");
         supervisor.none("sla:breached", Duration::from_millis(500)).await;
