@@ -18,12 +18,8 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use chrono::{DateTime, Utc};
-use entity::{
-    conversations,
-    enums::{ConversationStatus, Priority},
-    groups,
-};
+use chrono::Utc;
+use entity::{enums::Priority, groups};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, QuerySelect};
@@ -142,18 +138,7 @@ async fn record_state(state: &AppState) -> Result<(), DbErr> {
         .into_tuple()
         .all(&state.db)
         .await?;
-    let waiting: Vec<(i64, Priority, i64, Option<DateTime<Utc>>)> = conversations::Entity::find()
-        .select_only()
-        .column(conversations::Column::GroupId)
-        .column(conversations::Column::Priority)
-        .column_as(conversations::Column::Id.count(), "n")
-        .column_as(conversations::Column::QueuedAt.min(), "oldest")
-        .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
-        .group_by(conversations::Column::GroupId)
-        .group_by(conversations::Column::Priority)
-        .into_tuple()
-        .all(&state.db)
-        .await?;
+    let waiting = crate::http::stats::waiting_by_priority(&state.db, None).await?;
     for (account, group, name) in lines {
         for priority in [Priority::High, Priority::Normal, Priority::Low] {
             let (depth, oldest) = waiting

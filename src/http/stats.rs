@@ -129,20 +129,7 @@ pub async fn account_stats(
         .collect();
     let at = |group_id: i64| index.get(&group_id).copied();
 
-    let waiting: Vec<(i64, Priority, i64, Option<DateTime<Utc>>)> = conversations::Entity::find()
-        .select_only()
-        .column(conversations::Column::GroupId)
-        .column(conversations::Column::Priority)
-        .column_as(conversations::Column::Id.count(), "n")
-        .column_as(conversations::Column::QueuedAt.min(), "oldest")
-        .filter(conversations::Column::AccountId.eq(account_id))
-        .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
-        .group_by(conversations::Column::GroupId)
-        .group_by(conversations::Column::Priority)
-        .into_tuple()
-        .all(db)
-        .await?;
-    for (group_id, priority, count, oldest) in waiting {
+    for (group_id, priority, count, oldest) in waiting_by_priority(db, Some(account_id)).await? {
         let Some(i) = at(group_id) else { continue };
         let stats = &mut by_group[i];
         match priority {
@@ -286,6 +273,30 @@ pub async fn account_stats(
         generated_at: now,
         groups: by_group,
     })
+}
+
+/// Waiting conversations per (group, priority): how many, and when the oldest entered the line.
+/// Of one account, or of every account (`None`, for the metrics).
+pub async fn waiting_by_priority(
+    db: &impl ConnectionTrait,
+    account_id: Option<i64>,
+) -> Result<Vec<(i64, Priority, i64, Option<DateTime<Utc>>)>, DbErr> {
+    let mut query = conversations::Entity::find()
+        .select_only()
+        .column(conversations::Column::GroupId)
+        .column(conversations::Column::Priority)
+        .column_as(conversations::Column::Id.count(), "n")
+        .column_as(conversations::Column::QueuedAt.min(), "oldest")
+        .filter(conversations::Column::Status.eq(ConversationStatus::Pending));
+    if let Some(account_id) = account_id {
+        query = query.filter(conversations::Column::AccountId.eq(account_id));
+    }
+    query
+        .group_by(conversations::Column::GroupId)
+        .group_by(conversations::Column::Priority)
+        .into_tuple()
+        .all(db)
+        .await
 }
 
 /// Assignments made since `since`, per (current) group of the conversation.

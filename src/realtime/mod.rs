@@ -244,6 +244,24 @@ impl Push {
     }
 }
 
+/// An interval for a node's periodic pass; a late tick delays the next ones (no burst).
+fn ticker(period: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+/// Waits for the next tick; `false` once `shutdown` is cancelled.
+async fn next_tick(
+    tick: &mut tokio::time::Interval,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        _ = tick.tick() => true,
+    }
+}
+
 /// Vouches every `period` for the agents with a socket on this node (`agents.last_seen_at`), so
 /// that a presence job does not take offline an agent still connected elsewhere, and the
 /// reconciler can tell a node that died with its sockets (its agents fall silent). Sockets whose
@@ -258,13 +276,8 @@ pub async fn heartbeat(
     use entity::agents as rows;
     use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, sea_query::Expr};
 
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-        }
+    let mut tick = ticker(period);
+    while next_tick(&mut tick, &shutdown).await {
         // Taken before the sockets are listed: a socket that leaves after the listing has its
         // drop recorded later than this.
         let at = chrono::Utc::now().trunc_subsecs(6);
@@ -295,13 +308,8 @@ pub async fn push_stats(
     period: Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-        }
+    let mut tick = ticker(period);
+    while next_tick(&mut tick, &shutdown).await {
         for account_id in push.local_rooms_of(AGENTS, "account") {
             match crate::http::stats::account_stats(&db, account_id).await {
                 Ok(stats) => {
