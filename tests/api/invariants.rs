@@ -688,3 +688,55 @@ both_backends! {
         }
     }
 }
+
+both_backends! {
+    async fn chats_held_by_an_offline_or_deleted_agent_go_back_to_the_line_on_reconcile(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let admin = app.admin_token().await;
+        let group = app.default_group(&admin).await;
+        let (gone, _) = app.online_agent(&admin, group, 1).await;
+        let (left, _) = app.online_agent(&admin, group, 1).await;
+        let (first, _) = app.visitor(json!({})).await;
+        let (second, _) = app.visitor(json!({})).await;
+        app.conversation_becomes(&admin, first, "active").await;
+        app.conversation_becomes(&admin, second, "active").await;
+        let holder = |id: i64| {
+            let app = &app;
+            let admin = admin.clone();
+            async move { app.get(&format!("/v1/conversations/{id}"), &admin).await.body["assignedAgentId"].as_i64().unwrap() }
+        };
+        let by_agent = [(holder(first).await, first), (holder(second).await, second)];
+        let chat_of = |agent: i64| by_agent.iter().find(|(a, _)| *a == agent).unwrap().1;
+
+        // What a lost hand-over leaves: one agent offline and one deleted, each still holding a
+        // chat (written straight to the rows, as a crash between the two steps would).
+        agents::Entity::update_many()
+            .col_expr(agents::Column::Status, sea_orm::sea_query::Expr::value(entity::enums::AgentStatus::Offline.to_value()))
+            .filter(agents::Column::Id.eq(gone))
+            .exec(app.db())
+            .await
+            .unwrap();
+        agents::Entity::update_many()
+            .col_expr(agents::Column::DeletedAt, sea_orm::sea_query::Expr::value(Some(Utc::now())))
+            .filter(agents::Column::Id.eq(left))
+            .exec(app.db())
+            .await
+            .unwrap();
+
+        let repairs = reconcile(&app.state.job_context()).await.expect("reconcile");
+        assert_eq!(repairs.conversations_released, 2, "{repairs:?}");
+        for agent in [gone, left] {
+            let id = chat_of(agent);
+            let back = eventually(Duration::from_secs(10), "the chat to be back in line", || async {
+                let now = world(app.db()).await;
+                (now.conversation(id).status == ConversationStatus::Pending
+                    && now.events_of(id, "Reassigned: repaired: its agent was offline or deleted and still held it") == 1)
+                    .then_some(now)
+            })
+            .await;
+            back.assert_consistent();
+        }
+        // Nothing left to release.
+        assert_eq!(reconcile(&app.state.job_context()).await.expect("reconcile").conversations_released, 0);
+    }
+}
