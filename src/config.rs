@@ -247,6 +247,16 @@ pub struct NotifySettings {
     /// Timeout of one webhook call, in milliseconds.
     #[arg(long, env = "SWITCHBOARD_WEBHOOK_TIMEOUT_MS", default_value_t = 5_000)]
     pub webhook_timeout_ms: u64,
+
+    /// Days delivered and dead webhook calls and e-mails are kept (they hold copies of what was
+    /// sent, message text included).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DELIVERY_RETENTION_DAYS",
+        default_value_t = 7,
+        value_parser = clap::value_parser!(u32).range(1..=3650)
+    )]
+    pub delivery_retention_days: u32,
 }
 
 impl Default for NotifySettings {
@@ -259,6 +269,7 @@ impl Default for NotifySettings {
             webhook_attempts: 8,
             webhook_backoff_ms: 10_000,
             webhook_timeout_ms: 5_000,
+            delivery_retention_days: 7,
         }
     }
 }
@@ -281,6 +292,9 @@ impl Settings {
                 attempts: notify.email_attempts.max(1),
                 backoff: Duration::from_millis(notify.email_backoff_ms),
             },
+            delivery_retention: Duration::from_secs(
+                u64::from(notify.delivery_retention_days.max(1)) * 24 * 3600,
+            ),
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct ChannelSettings {
     pub email_from: String,
     /// E-mail retries.
     pub email_retries: Retries,
+    /// How long delivered and dead rows are kept (they hold copies of what was sent).
+    pub delivery_retention: Duration,
 }
 
 /// The configured channels of this process; cheap to clone.
@@ -56,6 +58,7 @@ struct Inner {
     http: reqwest::Client,
     mailer: Option<Mailer>,
     email_retries: Retries,
+    delivery_retention: Duration,
 }
 
 /// The SMTP transport (a connection pool) and the sender address.
@@ -118,6 +121,7 @@ impl Channels {
             http,
             mailer,
             email_retries: settings.email_retries,
+            delivery_retention: settings.delivery_retention,
         })))
     }
 
@@ -136,6 +140,7 @@ impl Channels {
                 attempts: 5,
                 backoff: Duration::from_secs(30),
             },
+            delivery_retention: Duration::from_secs(7 * 24 * 3600),
         })
     }
 
@@ -165,6 +170,10 @@ impl Channels {
 
     pub(crate) fn email_retries(&self) -> Retries {
         self.0.email_retries
+    }
+
+    pub(crate) fn delivery_retention(&self) -> Duration {
+        self.0.delivery_retention
     }
 
     pub(crate) fn http(&self) -> &reqwest::Client {

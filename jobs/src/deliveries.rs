@@ -9,7 +9,8 @@
 //! - webhook rows of one `(webhook, order_key)` go out in id order: a row waits while an earlier
 //!   one is pending (being retried), and whoever finishes a row (delivered or dead) submits the
 //!   next one;
-//! - [`redeliver`] resubmits pending rows whose job was lost (a crash, a storage outage).
+//! - [`redeliver`] resubmits pending rows whose job was lost (a crash, a storage outage);
+//! - [`prune`] deletes finished rows after the retention (they hold copies of what was sent).
 
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use chrono::{DateTime, Utc};
 use entity::deliveries;
 use sea_orm::{
     ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::Expr,
+    sea_query::{Alias, Expr, Query},
 };
 
 use crate::{JobContext, JobError, channels::Retries, email::SendEmail, webhook::DeliverWebhook};
@@ -43,6 +44,12 @@ const EARLY_WAIT: Duration = Duration::from_secs(2);
 /// A pending row this far past due with no lease has lost its job: [`redeliver`] resubmits it.
 const LOST_AFTER: Duration = Duration::from_secs(30);
 
+/// Rows one delete statement names at most.
+const PRUNE_CHUNK: usize = 500;
+/// Delete statements one [`prune`] pass runs at most: a pass stays short, the rest waits for the
+/// next one.
+const PRUNE_CHUNKS_PER_PASS: usize = 20;
+
 /// What an attempt may do with a row.
 pub(crate) enum Claim {
     /// Send it: the lease is ours, `attempts` already counts this attempt.
@@ -55,12 +62,10 @@ fn at(offset: Duration) -> DateTime<Utc> {
     Utc::now() + chrono::Duration::from_std(offset).unwrap_or(chrono::Duration::MAX)
 }
 
-/// Claims row `id` for one attempt on `channel`.
-pub(crate) async fn claim(
-    db: &DatabaseConnection,
-    id: i64,
-    channel: &str,
-) -> Result<Claim, JobError> {
+/// Claims row `id` for one attempt on `channel`. A row whose budget is spent (its last attempt
+/// was claimed but never recorded: a crash, a lost job) is made dead instead.
+pub(crate) async fn claim(ctx: &JobContext, id: i64, channel: &str) -> Result<Claim, JobError> {
+    let db = &ctx.db;
     let Some(row) = deliveries::Entity::find_by_id(id).one(db).await? else {
         return Ok(Claim::Skip("no such delivery".into()));
     };
@@ -71,6 +76,15 @@ pub(crate) async fn claim(
     }
     if row.status != PENDING {
         return Ok(Claim::Skip(format!("already {}", row.status)));
+    }
+    if row.attempts >= row.max_attempts.max(1) {
+        abandon(
+            ctx,
+            &row,
+            "the attempt budget is spent (the last attempt did not finish)",
+        )
+        .await?;
+        return Ok(Claim::Skip("budget spent: dead".into()));
     }
     if let Some(earlier) = earlier_pending(db, &row).await? {
         return Ok(Claim::Skip(format!("waits for delivery {earlier}")));
@@ -307,12 +321,39 @@ fn count(channel: &str, outcome: &'static str) {
 }
 
 /// Resubmits pending rows that no job is handling: due (or never tried) for a while, not leased,
-/// and first in their line. Returns how many were resubmitted. Safe on any number of nodes: a
-/// row submitted twice is sent once (the lease).
+/// and first in their line (no earlier pending row of the same webhook and order key, decided in
+/// the query, so a long line behind a failing endpoint costs nothing here). Returns how many were
+/// resubmitted. Safe on any number of nodes: a row submitted twice is sent once (the lease).
 pub async fn redeliver(ctx: &JobContext) -> Result<usize, JobError> {
+    use sea_orm::sea_query::ExprTrait;
     let stale = at(Duration::ZERO)
         - chrono::Duration::from_std(LOST_AFTER).unwrap_or(chrono::Duration::MAX);
-    let rows = deliveries::Entity::find()
+    // Only rows first in their line: the ones behind a pending row (an endpoint that is down)
+    // cannot go yet, and would otherwise fill the batch and hide lost rows after them.
+    let earlier = Alias::new("earlier");
+    let first_in_line = Expr::not_exists(
+        Query::select()
+            .expr(Expr::value(1))
+            .from_as(deliveries::Entity, earlier.clone())
+            .and_where(
+                Expr::col((earlier.clone(), deliveries::Column::WebhookId))
+                    .equals((deliveries::Entity, deliveries::Column::WebhookId)),
+            )
+            .and_where(
+                Expr::col((earlier.clone(), deliveries::Column::OrderKey))
+                    .equals((deliveries::Entity, deliveries::Column::OrderKey)),
+            )
+            .and_where(
+                Expr::col((earlier.clone(), deliveries::Column::Id))
+                    .lt(Expr::col((deliveries::Entity, deliveries::Column::Id))),
+            )
+            .and_where(Expr::col((earlier, deliveries::Column::Status)).eq(PENDING))
+            .to_owned(),
+    );
+    let ids: Vec<(i64, String)> = deliveries::Entity::find()
+        .select_only()
+        .column(deliveries::Column::Id)
+        .column(deliveries::Column::Channel)
         .filter(deliveries::Column::Status.eq(PENDING))
         .filter(
             Condition::any()
@@ -328,17 +369,51 @@ pub async fn redeliver(ctx: &JobContext) -> Result<usize, JobError> {
                         .add(deliveries::Column::CreatedAt.lt(stale)),
                 ),
         )
+        .filter(first_in_line)
         .order_by_asc(deliveries::Column::Id)
         .limit(500)
+        .into_tuple()
         .all(&ctx.db)
         .await?;
-    let mut resubmitted = 0;
-    for row in rows {
-        if earlier_pending(&ctx.db, &row).await?.is_some() {
-            continue;
-        }
-        submit(ctx, &row.channel, row.id, None).await?;
-        resubmitted += 1;
+    for (id, channel) in &ids {
+        submit(ctx, channel, *id, None).await?;
     }
-    Ok(resubmitted)
+    Ok(ids.len())
+}
+
+/// Deletes delivered and dead rows finished longer than the retention ago
+/// (`SWITCHBOARD_DELIVERY_RETENTION_DAYS`), in chunks of [`PRUNE_CHUNK`], at most
+/// [`PRUNE_CHUNKS_PER_PASS`] of them per call. Returns how many rows went. Pending rows are never
+/// touched. Safe on any number of nodes: two passes at once delete each row once.
+pub async fn prune(ctx: &JobContext) -> Result<u64, JobError> {
+    let retention = chrono::Duration::from_std(ctx.channels.delivery_retention())
+        .unwrap_or(chrono::Duration::MAX);
+    let Some(cutoff) = Utc::now().checked_sub_signed(retention) else {
+        return Ok(0);
+    };
+    let mut pruned = 0;
+    for _ in 0..PRUNE_CHUNKS_PER_PASS {
+        let ids: Vec<i64> = deliveries::Entity::find()
+            .select_only()
+            .column(deliveries::Column::Id)
+            .filter(deliveries::Column::Status.is_in([DELIVERED, DEAD]))
+            .filter(deliveries::Column::UpdatedAt.lt(cutoff))
+            .limit(PRUNE_CHUNK as u64)
+            .into_tuple()
+            .all(&ctx.db)
+            .await?;
+        if ids.is_empty() {
+            break;
+        }
+        let full = ids.len() == PRUNE_CHUNK;
+        pruned += deliveries::Entity::delete_many()
+            .filter(deliveries::Column::Id.is_in(ids))
+            .exec(&ctx.db)
+            .await?
+            .rows_affected;
+        if !full {
+            break;
+        }
+    }
+    Ok(pruned)
 }

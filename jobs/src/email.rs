@@ -1,7 +1,8 @@
 //! E-mail: the job that sends one delivery row over SMTP (lettre), and what each kind of mail
 //! says. Kinds (chosen by [`crate::fanout`]):
 //! - `email.assigned`: a new conversation went to an agent who is not connected;
-//! - `email.transcript`: the visitor's copy of a closed conversation (when its e-mail is known);
+//! - `email.transcript`: the visitor's copy of a closed conversation (when its e-mail is known
+//!   and an agent wrote in it: the address is not verified);
 //! - `email.sla_breached`: a conversation broke a service level (to supervisors and admins).
 //!
 //! Each mail has a plain-text and an HTML body, the account's name as the sender's display name,
@@ -55,7 +56,7 @@ impl Job for SendEmail {
 
     #[tracing::instrument(name = "job.send_email", skip_all, fields(delivery_id = self.delivery_id), err)]
     async fn run(self, ctx: &JobContext) -> Result<String, JobError> {
-        let row = match claim(&ctx.db, self.delivery_id, EMAIL).await? {
+        let row = match claim(ctx, self.delivery_id, EMAIL).await? {
             Claim::Go(row) => *row,
             Claim::Skip(why) => return Ok(why),
         };
@@ -63,14 +64,25 @@ impl Job for SendEmail {
             abandon(ctx, &row, "e-mail is off on the worker (no SMTP_URL)").await?;
             return Ok("e-mail off: dead".into());
         };
-        let Some(message) = compose(ctx, &row).await? else {
-            abandon(
-                ctx,
-                &row,
-                "nothing to send any more (a row it names is gone)",
-            )
-            .await?;
-            return Ok("nothing to send: dead".into());
+        let message = match compose(ctx, &row).await {
+            Ok(Some(message)) => message,
+            Ok(None) => {
+                abandon(
+                    ctx,
+                    &row,
+                    "nothing to send any more (a row it names is gone)",
+                )
+                .await?;
+                return Ok("nothing to send: dead".into());
+            }
+            // A mail that cannot be written (a bad address, an unknown kind) never will be:
+            // the row is dead, or it would stay pending and be resubmitted forever.
+            Err(JobError::Permanent(why)) => {
+                let retries = ctx.channels.email_retries();
+                failed(ctx, &row, retries, &why, None, true).await?;
+                return Ok(format!("{why}: dead"));
+            }
+            Err(err) => return Err(err),
         };
         match mailer.transport.send(message).await {
             Ok(_) => {

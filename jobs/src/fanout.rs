@@ -16,8 +16,14 @@ use std::{
 };
 
 use chrono::Utc;
-use entity::{agents, deliveries, enums::AgentRole, visitors, webhooks};
-use sea_orm::{ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use entity::{
+    agents, conversations, deliveries,
+    enums::{AgentRole, AuthorType, EventKind},
+    events, visitors, webhooks,
+};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QuerySelect,
+};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -306,6 +312,12 @@ impl FanOut {
                 let Some(email) = email else {
                     return Ok(());
                 };
+                // The visitor's address is not verified and the visitor writes the text: a
+                // transcript of a chat no agent wrote in would let anyone mail anything to
+                // anyone through this server.
+                if !agent_wrote(db, *conversation_id).await? {
+                    return Ok(());
+                }
                 let payload = json!({ "conversationId": conversation_id });
                 let order = format!("conversation:{conversation_id}");
                 let row = new_row(
@@ -363,6 +375,29 @@ impl FanOut {
         }
         Ok(())
     }
+}
+
+/// Whether an agent wrote in the conversation: its first response is recorded, or (that record
+/// is written in batches, see [`crate::activity`], and may not be there yet) an agent's message
+/// is stored.
+async fn agent_wrote(db: &DatabaseConnection, conversation_id: i64) -> Result<bool, DbErr> {
+    let responded = conversations::Entity::find_by_id(conversation_id)
+        .one(db)
+        .await?
+        .is_some_and(|c| c.first_response_at.is_some());
+    if responded {
+        return Ok(true);
+    }
+    let message: Option<i64> = events::Entity::find()
+        .select_only()
+        .column(events::Column::Id)
+        .filter(events::Column::ConversationId.eq(conversation_id))
+        .filter(events::Column::Kind.eq(EventKind::Message))
+        .filter(events::Column::AuthorType.eq(AuthorType::Agent))
+        .into_tuple()
+        .one(db)
+        .await?;
+    Ok(message.is_some())
 }
 
 /// An agent with a live socket: its last connect is later than its last drop (as presence

@@ -3,7 +3,8 @@
 //! - `sweep` (every `sweep_period`): finds expired timers and submits their jobs (see `timers`).
 //! - `reconcile` (every `reconcile_period`): repairs what a crash can leave (see `reconcile`).
 //! - `redeliver` (every [`REDELIVER_PERIOD`]): resubmits webhook and e-mail deliveries whose job
-//!   was lost (see `deliveries`).
+//!   was lost, and every [`PRUNE_EVERY`]th tick deletes finished ones past their retention (see
+//!   `deliveries`).
 //!
 //! Neither needs a leader: both only submit idempotent jobs or write what the rows dictate, so two
 //! nodes ticking at once, or a tick repeated, act once. A tick that fails is logged and the next
@@ -18,6 +19,9 @@ use crate::{JobContext, deliveries, reconcile, timers};
 
 /// How often lost webhook and e-mail deliveries are looked for.
 pub const REDELIVER_PERIOD: Duration = Duration::from_secs(15);
+
+/// Finished deliveries are pruned on one redeliver tick in this many (about once a minute).
+pub const PRUNE_EVERY: u64 = 4;
 
 /// A fixed period in whole seconds (a cron tick is a Unix second), in this node's own phase
 /// rather than aligned to the clock, so nodes do not all sweep at the same instant.
@@ -75,16 +79,29 @@ async fn reconcile_tick(
     Ok(format!("{repairs:?}"))
 }
 
-/// One pass over deliveries whose job was lost.
+/// One pass over deliveries whose job was lost; on some ticks, a pruning pass too.
 async fn redeliver_tick(
-    _: Tick<chrono::Utc>,
+    tick: Tick<chrono::Utc>,
     ctx: Data<JobContext>,
 ) -> Result<String, BoxDynError> {
     let count = deliveries::redeliver(&ctx).await?;
     if count > 0 {
         tracing::info!(count, "resubmitted deliveries whose job was lost");
     }
-    Ok(format!("{count} resubmitted"))
+    if !prunes_on(tick.get_timestamp()) {
+        return Ok(format!("{count} resubmitted"));
+    }
+    let pruned = deliveries::prune(&ctx).await?;
+    if pruned > 0 {
+        tracing::info!(pruned, "pruned finished deliveries past their retention");
+    }
+    Ok(format!("{count} resubmitted, {pruned} pruned"))
+}
+
+/// Whether the redeliver tick at `timestamp` prunes: ticks are [`REDELIVER_PERIOD`] apart, so
+/// their number since the epoch goes up by one each, and one in [`PRUNE_EVERY`] prunes.
+fn prunes_on(timestamp: u64) -> bool {
+    (timestamp / REDELIVER_PERIOD.as_secs().max(1)).is_multiple_of(PRUNE_EVERY)
 }
 
 /// Registers the scheduler's workers. The reconciler's first pass comes one period after start,
@@ -134,5 +151,15 @@ mod tests {
         let now = unix_now();
         let next = every.next_tick(&chrono::Utc).map(|t| t.get_timestamp());
         assert!(next.is_some_and(|n| n > now && n <= now + 2), "{next:?}");
+    }
+
+    #[test]
+    fn one_redeliver_tick_in_four_prunes_whatever_the_phase() {
+        let period = REDELIVER_PERIOD.as_secs();
+        for phase in 0..period {
+            let first = 1_700_000_000 + phase;
+            let pruning = (0..40).filter(|n| prunes_on(first + n * period)).count();
+            assert_eq!(pruning, 10, "phase {phase}");
+        }
     }
 }

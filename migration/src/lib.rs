@@ -9,6 +9,7 @@ mod m20261121_000002_add_group_assign_requested;
 mod m20261121_000003_add_agent_presence;
 mod m20261121_000004_add_conversation_timers;
 mod m20261121_000005_create_deliveries;
+mod m20261121_000006_index_deliveries_status_updated_at;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000003_add_agent_presence::Migration),
             Box::new(m20261121_000004_add_conversation_timers::Migration),
             Box::new(m20261121_000005_create_deliveries::Migration),
+            Box::new(m20261121_000006_index_deliveries_status_updated_at::Migration),
         ]
     }
 }

@@ -19,6 +19,7 @@ mod lifecycle_input;
 mod metrics;
 mod modes;
 mod notify;
+mod notify_rows;
 mod realtime;
 mod realtime_input;
 mod receivers;

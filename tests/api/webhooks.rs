@@ -76,11 +76,14 @@ both_backends! {
         let admin = app.admin_token().await;
         let good = json!({ "url": "https://93.184.216.34/hook", "secret": SECRET, "events": ["message.created"] });
         let long_url = format!("https://example.com/{}", "a".repeat(2040));
+        // 1,020 characters as sent, 3,020 as stored once `{` and `}` are percent-encoded.
+        let long_once_encoded = format!("https://example.com/{}", "{}".repeat(500));
         let cases = [
             ("url", json!("ftp://example.com/hook"), "http or https"),
             ("url", json!("javascript:alert(1)"), "http or https"),
             ("url", json!("not a url"), "valid URL"),
             ("url", json!(long_url), "2048"),
+            ("url", json!(long_once_encoded), "2048"),
             ("url", json!("http://127.0.0.1:9000/hook"), "private"),
             ("url", json!("http://10.0.0.7/hook"), "private"),
             ("url", json!("http://192.168.1.10/hook"), "private"),
@@ -88,6 +91,13 @@ both_backends! {
             ("url", json!("http://0.0.0.0/hook"), "private"),
             ("url", json!("http://[::1]/hook"), "private"),
             ("url", json!("http://[::ffff:127.0.0.1]/hook"), "private"),
+            // IPv6 forms that reach an IPv4 address, and tunnels that cannot be checked.
+            ("url", json!("http://[::127.0.0.1]/hook"), "private"),
+            ("url", json!("http://[64:ff9b::a9fe:a9fe]/latest/meta-data"), "private"),
+            ("url", json!("http://[64:ff9b:1::808:808]/hook"), "private"),
+            ("url", json!("http://[2002:a00:1::1]/hook"), "private"),
+            ("url", json!("http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/hook"), "private"),
+            ("url", json!("http://[fec0::1]/hook"), "private"),
             ("url", json!("http://localhost:8080/hook"), "private"),
             ("secret", json!("short"), "at least 16"),
             ("secret", json!("sixteen chars but has spaces"), "spaces"),
