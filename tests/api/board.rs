@@ -7,15 +7,14 @@
 //! `target/`. Chromium and the npm packages are part of the test setup (`./scripts/test`
 //! installs them), so their absence fails the test rather than skipping it.
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::{path::Path, time::Duration};
 
 use reqwest::{StatusCode, header};
 use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 use switchboard::{config::Command, startup::prepare_database};
-use tokio::process::Command as Process;
 
-use crate::{both_backends, helpers::*};
+use crate::{both_backends, helpers::*, js_client::node_script};
 
 /// Longest the browser script may run; each of its waits is bounded by 15 s.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -244,32 +243,9 @@ async fn browse(app: &TestApp, queues: &[String], id: &str, attempt: u64, label:
         "failed": { "queue": "record-audit", "id": id, "attempt": attempt, "error": "audit_log" },
         "screenshots": screenshots,
     });
-    let run = Process::new("node")
-        .arg("tests/js/board.mjs")
-        .arg(config.to_string())
-        .current_dir(root)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(SCRIPT_TIMEOUT, run)
-        .await
-        .unwrap_or_else(|_| panic!("tests/js/board.mjs ran longer than {SCRIPT_TIMEOUT:?}"))
-        .unwrap_or_else(|err| panic!("`node` cannot be run ({err}): {INSTALL}"));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "tests/js/board.mjs failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
-    );
-    println!("board ({label}): {stdout}");
-    stdout
-        .lines()
-        .last()
-        .and_then(|line| serde_json::from_str(line).ok())
-        .unwrap_or_else(|| {
-            panic!("no JSON summary from the script\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
-        })
+    let summary = node_script(root, "tests/js/board.mjs", &config, SCRIPT_TIMEOUT, INSTALL).await;
+    println!("board ({label}): {summary}");
+    summary
 }
 
 both_backends! {

@@ -19,6 +19,42 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
 const INSTALL: &str =
     "run `./scripts/test` (it installs Node.js and the npm packages) or `npm ci --prefix tests/js`";
 
+/// Runs `node <script> <config as JSON>` from `root` for at most `timeout`; asserts it succeeded
+/// and returns the JSON summary it prints on its last line. `install` says how to get node.
+pub(crate) async fn node_script(
+    root: &Path,
+    script: &str,
+    config: &Value,
+    timeout: Duration,
+    install: &str,
+) -> Value {
+    let run = Command::new("node")
+        .arg(script)
+        .arg(config.to_string())
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(timeout, run)
+        .await
+        .unwrap_or_else(|_| panic!("{script} ran longer than {timeout:?}"))
+        .unwrap_or_else(|err| panic!("`node` cannot be run ({err}): {install}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    stdout
+        .lines()
+        .last()
+        .and_then(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| {
+            panic!("no JSON summary from {script}\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
+        })
+}
+
 /// `node`, checked to run, and the script's directory, checked to have socket.io-client.
 async fn node_and_packages(root: &Path) -> String {
     let version = Command::new("node")
@@ -62,32 +98,15 @@ async fn the_official_javascript_client_chats_end_to_end() {
         "sessionToken": session,
         "conversationId": conversation,
     });
-    let run = Command::new("node")
-        .arg("tests/js/chat-flow.mjs")
-        .arg(config.to_string())
-        .current_dir(root)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(SCRIPT_TIMEOUT, run)
-        .await
-        .unwrap_or_else(|_| panic!("tests/js/chat-flow.mjs ran longer than {SCRIPT_TIMEOUT:?}"))
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "tests/js/chat-flow.mjs failed ({}, node {node})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
-    );
-    let summary: Value = stdout
-        .lines()
-        .last()
-        .and_then(|line| serde_json::from_str(line).ok())
-        .unwrap_or_else(|| {
-            panic!("no JSON summary from the script\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
-        });
-    println!("chat-flow: {summary}");
+    let summary = node_script(
+        root,
+        "tests/js/chat-flow.mjs",
+        &config,
+        SCRIPT_TIMEOUT,
+        INSTALL,
+    )
+    .await;
+    println!("chat-flow (node {node}): {summary}");
     assert_eq!(summary["ok"], true, "{summary}");
     assert_eq!(summary["agentName"], "A agent", "{summary}");
     for who in ["agent", "visitor"] {
