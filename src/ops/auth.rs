@@ -1,5 +1,7 @@
-//! HTTP basic auth for the whole operator listener: admin agents (role `admin`, not deleted) with
-//! their own e-mail and password, checked with the same argon2 verification as `/v1/auth/login`.
+//! HTTP basic auth for the whole operator listener: admin agents (role `admin`, not deleted) of
+//! the operator account (the first account, created at bootstrap: the board and the metrics show
+//! every account's jobs and queues) with their own e-mail and password, checked with the same
+//! argon2 verification as `/v1/auth/login`.
 //!
 //! Rules:
 //! - Argon2 costs tens of milliseconds of CPU, and a board page loads several files and polls
@@ -27,8 +29,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use base64::{Engine, engine::general_purpose::STANDARD};
-use entity::{agents, enums::AgentRole};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
+use entity::{accounts, agents, enums::AgentRole};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, sea_query::Query,
+};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -214,9 +218,16 @@ impl OpsAuth {
             verify_decoy(password).await.map_err(Refusal::internal)?;
             return Ok(false);
         }
+        // The operator listener shows every account's jobs and queues: only the admins of the
+        // operator account (the first one, created at bootstrap) may sign in.
+        let operator_account = Query::select()
+            .expr(accounts::Column::Id.min())
+            .from(accounts::Entity)
+            .to_owned();
         let admins = agents::Entity::find()
             .filter(agents::Column::Email.eq(email))
             .filter(agents::Column::Role.eq(AgentRole::Admin))
+            .filter(agents::Column::AccountId.in_subquery(operator_account))
             .filter(agents::Column::DeletedAt.is_null())
             .limit(10)
             .all(&self.0.db)
