@@ -58,44 +58,65 @@ impl Schedule<chrono::Utc> for Every {
     }
 }
 
-/// One sweep per tick.
-async fn sweep_tick(_: Tick<chrono::Utc>, ctx: Data<JobContext>) -> Result<String, BoxDynError> {
-    let swept = timers::sweep(&ctx).await?;
-    if swept.total() > 0 {
-        tracing::info!(expired = ?swept.expired, "timers expired");
-    }
-    Ok(format!("{} expired", swept.total()))
+/// The periodic passes of a worker process, one cron worker each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Sweep,
+    Reconcile,
+    Redeliver,
 }
 
-/// One reconcile pass per tick.
-async fn reconcile_tick(
-    _: Tick<chrono::Utc>,
-    ctx: Data<JobContext>,
-) -> Result<String, BoxDynError> {
-    let repairs = reconcile::reconcile(&ctx).await?;
-    if repairs != reconcile::Repairs::default() {
-        tracing::info!(?repairs, "reconciled");
+impl Pass {
+    fn name(self) -> &'static str {
+        match self {
+            Pass::Sweep => "sweep",
+            Pass::Reconcile => "reconcile",
+            Pass::Redeliver => "redeliver",
+        }
     }
-    Ok(format!("{repairs:?}"))
+
+    /// Runs the pass once; the summary is logged when something was done.
+    async fn run(self, tick: Tick<chrono::Utc>, ctx: &JobContext) -> Result<String, BoxDynError> {
+        Ok(match self {
+            Pass::Sweep => {
+                let swept = timers::sweep(ctx).await?;
+                if swept.total() > 0 {
+                    tracing::info!(expired = ?swept.expired, "timers expired");
+                }
+                format!("{} expired", swept.total())
+            }
+            Pass::Reconcile => {
+                let repairs = reconcile::reconcile(ctx).await?;
+                if repairs != reconcile::Repairs::default() {
+                    tracing::info!(?repairs, "reconciled");
+                }
+                format!("{repairs:?}")
+            }
+            Pass::Redeliver => {
+                let count = deliveries::redeliver(ctx).await?;
+                if count > 0 {
+                    tracing::info!(count, "resubmitted deliveries whose job was lost");
+                }
+                if !prunes_on(tick.get_timestamp()) {
+                    return Ok(format!("{count} resubmitted"));
+                }
+                let pruned = deliveries::prune(ctx).await?;
+                if pruned > 0 {
+                    tracing::info!(pruned, "pruned finished deliveries past their retention");
+                }
+                format!("{count} resubmitted, {pruned} pruned")
+            }
+        })
+    }
 }
 
-/// One pass over deliveries whose job was lost; on some ticks, a pruning pass too.
-async fn redeliver_tick(
+/// The task function of every pass.
+async fn tick(
     tick: Tick<chrono::Utc>,
     ctx: Data<JobContext>,
+    pass: Data<Pass>,
 ) -> Result<String, BoxDynError> {
-    let count = deliveries::redeliver(&ctx).await?;
-    if count > 0 {
-        tracing::info!(count, "resubmitted deliveries whose job was lost");
-    }
-    if !prunes_on(tick.get_timestamp()) {
-        return Ok(format!("{count} resubmitted"));
-    }
-    let pruned = deliveries::prune(&ctx).await?;
-    if pruned > 0 {
-        tracing::info!(pruned, "pruned finished deliveries past their retention");
-    }
-    Ok(format!("{count} resubmitted, {pruned} pruned"))
+    pass.run(tick, &ctx).await
 }
 
 /// Whether the redeliver tick at `timestamp` prunes: ticks are [`REDELIVER_PERIOD`] apart, so
@@ -113,26 +134,21 @@ pub fn register(
     sweep_period: Duration,
     reconcile_period: Duration,
 ) -> Monitor {
-    let (name, sweep_ctx) = (format!("sweep@{node}"), ctx.clone());
-    let monitor = monitor.register(move |_| {
-        WorkerBuilder::new(name.clone())
-            .backend(CronScheduler::new(Every::new(sweep_period)))
-            .data(sweep_ctx.clone())
-            .build(sweep_tick)
-    });
-    let (name, reconcile_ctx) = (format!("reconcile@{node}"), ctx.clone());
-    let monitor = monitor.register(move |_| {
-        WorkerBuilder::new(name.clone())
-            .backend(CronScheduler::new(Every::new(reconcile_period)))
-            .data(reconcile_ctx.clone())
-            .build(reconcile_tick)
-    });
-    let (name, redeliver_ctx) = (format!("redeliver@{node}"), ctx.clone());
-    monitor.register(move |_| {
-        WorkerBuilder::new(name.clone())
-            .backend(CronScheduler::new(Every::new(REDELIVER_PERIOD)))
-            .data(redeliver_ctx.clone())
-            .build(redeliver_tick)
+    [
+        (Pass::Sweep, sweep_period),
+        (Pass::Reconcile, reconcile_period),
+        (Pass::Redeliver, REDELIVER_PERIOD),
+    ]
+    .into_iter()
+    .fold(monitor, |monitor, (pass, period)| {
+        let (name, ctx) = (format!("{}@{node}", pass.name()), ctx.clone());
+        monitor.register(move |_| {
+            WorkerBuilder::new(name.clone())
+                .backend(CronScheduler::new(Every::new(period)))
+                .data(ctx.clone())
+                .data(pass)
+                .build(tick)
+        })
     })
 }
 
