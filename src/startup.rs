@@ -94,6 +94,7 @@ impl Application {
         let channels = jobs::channels::Channels::new(&settings.channel_settings())
             .context("setting up webhooks and e-mail")?;
         let rooms = RoomNotifier::start(realtime.push.clone(), db.clone());
+        let batches = jobs::batch::Batches::start(&db, &jobs);
         let notifier = jobs::fanout::Notifications::start(
             rooms.clone(),
             jobs::JobContext {
@@ -102,6 +103,7 @@ impl Application {
                 notifier: rooms,
                 presence_stale: settings.presence_stale(),
                 channels: channels.clone(),
+                batches: batches.clone(),
             },
         );
         let activity = jobs::activity::Activity::start(db.clone());
@@ -117,6 +119,7 @@ impl Application {
                 messages,
                 push: realtime.push.clone(),
                 channels,
+                batches,
             },
             realtime,
             listener,

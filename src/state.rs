@@ -28,6 +28,8 @@ pub struct AppState {
     pub push: Push,
     /// Webhook and e-mail channels of this process.
     pub channels: jobs::channels::Channels,
+    /// Group commit of the lifecycle's hot paths (shared with this process's jobs).
+    pub batches: jobs::batch::Batches,
 }
 
 impl AppState {
@@ -39,6 +41,7 @@ impl AppState {
             notifier: self.notifier.clone(),
             presence_stale: self.settings.presence_stale(),
             channels: self.channels.clone(),
+            batches: self.batches.clone(),
         }
     }
 }

@@ -14,14 +14,16 @@ use std::{
 
 use chrono::Utc;
 use entity::groups;
-use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, sea_query::Expr};
+use sea_orm::{
+    ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait, QueryFilter, sea_query::Expr,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Job, JobContext, JobError, RetryBudget,
+    Job, JobContext, JobError, JobStore, RetryBudget,
     conversation::{
-        Assigned, ClaimError, candidates, claim, excluded_agents_of, lock_agents, previous_agent,
-        routable_line,
+        Assigned, ClaimError, Pick, claim_many, excluded_agents_of, lock_candidates,
+        previous_agents, routable_line,
     },
     db::begin_write,
     notify::Outcome,
@@ -72,42 +74,69 @@ const REQUEST_TTL: chrono::Duration = chrono::Duration::seconds(5);
 /// is waiting to start. The job clears the mark *before* it reads the line, so a conversation
 /// queued after that clearing makes a new request, and one queued before it is seen by the job:
 /// no wake-up is lost. A mark left by a crash expires after `REQUEST_TTL`, and the reconciler
-/// submits directly.
+/// submits directly. Requests made at once are coalesced in this process too (see `batch`): one
+/// conditional update per group for the lot.
 pub async fn request_assign(
     ctx: &JobContext,
     account_id: i64,
     group_id: i64,
 ) -> Result<(), JobError> {
-    let now = Utc::now();
-    let marked = groups::Entity::update_many()
-        .col_expr(groups::Column::AssignRequestedAt, Expr::value(Some(now)))
-        .filter(groups::Column::Id.eq(group_id))
-        .filter(
-            Condition::any()
-                .add(groups::Column::AssignRequestedAt.is_null())
-                .add(groups::Column::AssignRequestedAt.lt(now - REQUEST_TTL)),
-        )
-        .exec(&ctx.db)
-        .await?;
-    if marked.rows_affected == 1
-        && let Err(err) = ctx
-            .jobs
-            .submit(AssignAgent::new(account_id, group_id))
-            .await
-    {
-        // No job will clear the mark: clear it, so the next request submits.
-        groups::Entity::update_many()
-            .col_expr(
-                groups::Column::AssignRequestedAt,
-                Expr::value(Option::<chrono::DateTime<Utc>>::None),
-            )
+    ctx.batches
+        .requests
+        .run((account_id, group_id))
+        .await?
+        .map_err(JobError::Transient)
+}
+
+/// [`request_assign`] for a batch of `(account, group)` requests: one mark, and at most one job,
+/// per group. Each step is conditional, so running it again is harmless.
+pub(crate) async fn request_many(
+    db: &DatabaseConnection,
+    jobs: &JobStore,
+    requests: Vec<(i64, i64)>,
+) -> Result<Vec<Result<(), String>>, DbErr> {
+    let mut outcome: HashMap<i64, Result<(), String>> = HashMap::new();
+    for &(account_id, group_id) in &requests {
+        if outcome.contains_key(&group_id) {
+            continue;
+        }
+        let now = Utc::now();
+        let marked = groups::Entity::update_many()
+            .col_expr(groups::Column::AssignRequestedAt, Expr::value(Some(now)))
             .filter(groups::Column::Id.eq(group_id))
-            .filter(groups::Column::AssignRequestedAt.eq(now))
-            .exec(&ctx.db)
+            .filter(
+                Condition::any()
+                    .add(groups::Column::AssignRequestedAt.is_null())
+                    .add(groups::Column::AssignRequestedAt.lt(now - REQUEST_TTL)),
+            )
+            .exec(db)
             .await?;
-        return Err(JobError::Transient(err.to_string()));
+        let submitted = if marked.rows_affected == 1 {
+            match jobs.submit(AssignAgent::new(account_id, group_id)).await {
+                Ok(()) => Ok(()),
+                Err(err) => {
+                    // No job will clear the mark: clear it, so the next request submits.
+                    groups::Entity::update_many()
+                        .col_expr(
+                            groups::Column::AssignRequestedAt,
+                            Expr::value(Option::<chrono::DateTime<Utc>>::None),
+                        )
+                        .filter(groups::Column::Id.eq(group_id))
+                        .filter(groups::Column::AssignRequestedAt.eq(now))
+                        .exec(db)
+                        .await?;
+                    Err(err.to_string())
+                }
+            }
+        } else {
+            Ok(())
+        };
+        outcome.insert(group_id, submitted);
     }
-    Ok(())
+    Ok(requests
+        .iter()
+        .map(|(_, group)| outcome.get(group).cloned().unwrap_or(Ok(())))
+        .collect())
 }
 
 impl Job for AssignAgent {
@@ -121,39 +150,37 @@ impl Job for AssignAgent {
 
     #[tracing::instrument(name = "job.assign_agent", skip_all, fields(group_id = self.group_id), err)]
     async fn run(self, ctx: &JobContext) -> Result<String, JobError> {
-        let Some(group) = groups::Entity::find_by_id(self.group_id)
-            .filter(groups::Column::AccountId.eq(self.account_id))
-            .filter(groups::Column::DeletedAt.is_null())
-            .one(&ctx.db)
-            .await?
-        else {
-            return Ok("group is gone".into());
-        };
         // One assigner per group in this process: concurrent runs would only race for the same
         // head of the line (SQLite even serialises the losers' writes). A run that waits here
         // still clears the mark and reads the line after the one before it, so nothing is missed.
         // Other processes may run at once; the conditional claim keeps that correct.
-        let lock = group_lock(&format!("{}#{}", ctx.jobs.wake_key::<Self>(), group.id));
+        let lock = group_lock(&format!("{}#{}", ctx.jobs.wake_key::<Self>(), self.group_id));
         let _serving = lock.lock().await;
-        // Clear the request mark first: anything queued from now on asks again.
-        groups::Entity::update_many()
+        // Clear the request mark first (and read the group in the same statement): anything
+        // queued from now on asks again.
+        let Some(group) = groups::Entity::update_many()
             .col_expr(
                 groups::Column::AssignRequestedAt,
                 Expr::value(Option::<chrono::DateTime<Utc>>::None),
             )
-            .filter(groups::Column::Id.eq(group.id))
-            .exec(&ctx.db)
-            .await?;
+            .filter(groups::Column::Id.eq(self.group_id))
+            .filter(groups::Column::AccountId.eq(self.account_id))
+            .filter(groups::Column::DeletedAt.is_null())
+            .exec_with_returning(&ctx.db)
+            .await?
+            .pop()
+        else {
+            return Ok("group is gone".into());
+        };
         let mut assigned = 0;
         while assigned < ASSIGNMENTS_PER_RUN {
-            match assign_batch(ctx, &group).await? {
-                Step::Assigned(batch) => {
-                    assigned += batch.len();
-                    for done in &batch {
-                        announce(ctx, done);
-                    }
-                }
-                Step::Idle => break,
+            let step = assign_batch(ctx, &group).await?;
+            assigned += step.assigned.len();
+            for done in &step.assigned {
+                announce(ctx, done);
+            }
+            if !step.more {
+                break;
             }
         }
         if assigned >= ASSIGNMENTS_PER_RUN {
@@ -167,40 +194,57 @@ impl Job for AssignAgent {
     }
 }
 
-enum Step {
-    /// Some conversations were assigned.
-    Assigned(Vec<Assigned>),
-    /// Nothing can be assigned now.
-    Idle,
+/// What one batch did.
+struct Step {
+    /// The conversations it assigned.
+    assigned: Vec<Assigned>,
+    /// Whether another batch may find work: the line went on past what this one read, and
+    /// agents still had room.
+    more: bool,
 }
 
 /// Assigns as much of the head of the line as the free agents allow, in one transaction (one
-/// write lock on SQLite).
+/// write lock on SQLite) with a fixed number of statements.
 /// Conversations are taken in serving order (priority, then age); one is skipped only when every
 /// free agent is excluded for it, so an older conversation never waits while an agent eligible
 /// for it is free (invariant 3).
 async fn assign_batch(ctx: &JobContext, group: &groups::Model) -> Result<Step, JobError> {
-    if candidates(&ctx.db, group.id).await?.is_empty() {
-        return Ok(Step::Idle);
-    }
+    let idle = Step {
+        assigned: Vec::new(),
+        more: false,
+    };
     let txn = begin_write(&ctx.db).await?;
-    // Lock the group's agents (PostgreSQL; SQLite holds its write lock already), then read them
-    // and the line afresh: inside this transaction nobody else changes their capacity, so each
-    // claim's capacity check can only pass.
-    let ids = candidates(&txn, group.id)
-        .await?
-        .iter()
-        .map(|a| a.id)
-        .collect();
-    lock_agents(&txn, ids).await?;
-    let mut agents = candidates(&txn, group.id).await?;
-    let line = routable_line(&txn, group.id, LOOKAHEAD).await?;
-    if agents.is_empty() || line.is_empty() {
-        return Ok(Step::Idle);
+    // Lock the group's free agents (PostgreSQL; SQLite holds its write lock already) as they are
+    // read: inside this transaction nobody else changes their capacity, so each claim's capacity
+    // check can only pass.
+    let mut agents = lock_candidates(&txn, group.id).await?;
+    if agents.is_empty() {
+        return Ok(idle);
     }
-    let ids: Vec<i64> = line.iter().map(|c| c.id).collect();
-    let excluded = excluded_agents_of(&txn, &ids).await?;
-    let mut done = Vec::new();
+    let line = routable_line(&txn, group.id, LOOKAHEAD).await?;
+    if line.is_empty() {
+        return Ok(idle);
+    }
+    // Only a conversation that went back in line can have agents barred from it.
+    let requeued: Vec<i64> = line
+        .iter()
+        .filter(|c| c.reassignment_count > 0)
+        .map(|c| c.id)
+        .collect();
+    let excluded = if requeued.is_empty() {
+        HashMap::new()
+    } else {
+        excluded_agents_of(&txn, &requeued).await?
+    };
+    let previous = match group.routing_strategy {
+        entity::enums::RoutingStrategy::Sticky => {
+            let visitors: Vec<i64> = line.iter().map(|c| c.visitor_id).collect();
+            previous_agents(&txn, &visitors).await?
+        }
+        _ => HashMap::new(),
+    };
+    let planned_at = Utc::now();
+    let mut picks = Vec::new();
     for conversation in &line {
         if agents.iter().all(|agent| agent.free_slots() <= 0) {
             break;
@@ -212,41 +256,43 @@ async fn assign_batch(ctx: &JobContext, group: &groups::Model) -> Result<Step, J
             .filter(|agent| barred.is_none_or(|barred| !barred.contains(&agent.id)))
             .cloned()
             .collect();
-        if pool.is_empty() {
-            continue;
-        }
-        let previous = match group.routing_strategy {
-            entity::enums::RoutingStrategy::Sticky => {
-                previous_agent(&txn, conversation.visitor_id).await?
-            }
-            _ => None,
-        };
+        let previous = previous.get(&conversation.visitor_id).copied();
         let Some((agent_id, reason)) = choose(group.routing_strategy, &pool, previous) else {
             continue;
         };
-        match claim(&txn, conversation.id, agent_id, reason.describe()).await? {
-            Ok(assigned) => {
-                if let Some(agent) = agents.iter_mut().find(|a| a.id == agent_id) {
-                    agent.active_chats = assigned.agent.active_chats;
-                    agent.last_assigned_at = assigned.agent.last_assigned_at;
-                }
-                done.push(assigned);
-            }
-            // Taken by a pick-up or another node meanwhile: nothing was written for it.
-            Err(ClaimError::NotPending) => {}
-            // Cannot happen with the agents locked; if it does, drop the whole batch and retry.
-            Err(ClaimError::AgentUnavailable) => {
-                return Err(JobError::Transient(format!(
-                    "agent {agent_id} changed while locked"
-                )));
-            }
+        // What the claim will write, so the next pick of this batch sees it (rotation included:
+        // picks are a microsecond apart, as `claim_many` stamps them).
+        if let Some(agent) = agents.iter_mut().find(|a| a.id == agent_id) {
+            agent.active_chats += 1;
+            agent.last_assigned_at =
+                Some(planned_at + chrono::Duration::microseconds(picks.len() as i64));
         }
+        picks.push(Pick {
+            account_id: conversation.account_id,
+            conversation_id: conversation.id,
+            agent_id,
+            why: reason.describe().to_owned(),
+        });
     }
+    if picks.is_empty() {
+        return Ok(idle);
+    }
+    let assigned = match claim_many(&txn, &picks).await? {
+        Ok(assigned) => assigned,
+        // Cannot happen with the agents locked; if it does, drop the whole batch and retry.
+        Err(ClaimError::AgentUnavailable) => {
+            return Err(JobError::Transient(
+                "an agent changed while locked".to_owned(),
+            ));
+        }
+        Err(ClaimError::NotPending) => Vec::new(),
+    };
     txn.commit().await?;
-    Ok(if done.is_empty() {
-        Step::Idle
-    } else {
-        Step::Assigned(done)
+    let room_left = agents.iter().any(|agent| agent.free_slots() > 0);
+    Ok(Step {
+        // Conversations taken by a pick-up or another node meanwhile were skipped: read again.
+        more: room_left && (line.len() as u64 == LOOKAHEAD || assigned.len() < picks.len()),
+        assigned,
     })
 }
 

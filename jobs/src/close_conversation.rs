@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     Job, JobContext, JobError, RetryBudget,
     assign_agent::request_assign,
-    conversation::{Closed, close, groups_of_agent},
-    db::begin_write,
+    conversation::{Closed, Closing, groups_of_agent},
     notify::Outcome,
 };
 
@@ -41,10 +40,13 @@ impl Job for CloseConversation {
 
     #[tracing::instrument(name = "job.close_conversation", skip_all, fields(conversation_id = self.conversation_id), err)]
     async fn run(self, ctx: &JobContext) -> Result<String, JobError> {
-        let txn = begin_write(&ctx.db).await?;
-        let closed = close(&txn, self.conversation_id, self.closed_by, &self.reason).await?;
-        txn.commit().await?;
-        let Some(closed) = closed else {
+        // Closes that run at once share one transaction (see `batch`).
+        let closing = Closing {
+            conversation_id: self.conversation_id,
+            closed_by: self.closed_by,
+            reason: self.reason.clone(),
+        };
+        let Some(closed) = ctx.batches.closes.run(closing).await? else {
             return Ok("already closed".into());
         };
         after_close(ctx, &closed, self.closed_by, &self.reason).await?;
@@ -72,8 +74,8 @@ pub async fn after_close(
         account_id: conversation.account_id,
         group_id: conversation.group_id,
     });
-    if let Some(agent) = closed.released_agent {
-        serve_groups_of(ctx, conversation.account_id, agent).await?;
+    for group_id in &closed.freed_groups {
+        request_assign(ctx, conversation.account_id, *group_id).await?;
     }
     Ok(())
 }

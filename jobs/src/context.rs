@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use sea_orm::DatabaseConnection;
 
-use crate::{JobStore, channels::Channels, notify::Notifier};
+use crate::{JobStore, batch::Batches, channels::Channels, notify::Notifier};
 
 /// Handles a job needs: the database (source of truth), the job store (to submit follow-ups) and
 /// the notifier (to tell clients what happened).
@@ -21,4 +21,6 @@ pub struct JobContext {
     pub presence_stale: Duration,
     /// Webhook and e-mail settings of this process (the delivery jobs and the fan-out).
     pub channels: Channels,
+    /// Group commit of the lifecycle's hot paths in this process.
+    pub batches: Batches,
 }

@@ -18,7 +18,7 @@ use entity::{
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, JoinType, PaginatorTrait,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, JoinType,
     QueryFilter, QueryOrder, QuerySelect, RelationTrait,
     sea_query::{Expr, ExprTrait, OnConflict},
 };
@@ -67,6 +67,8 @@ pub struct Closed {
     pub conversation: conversations::Model,
     /// The agent it was active with, whose capacity was released.
     pub released_agent: Option<i64>,
+    /// The live groups of that agent: their lines may be served now.
+    pub freed_groups: Vec<i64>,
 }
 
 /// An event insert that writes nothing when the conversation already has an event with the same
@@ -188,49 +190,94 @@ async fn close_thread(
     Ok(())
 }
 
-/// Gives the pending conversation to the agent, atomically: the conversation and the agent's
-/// capacity are claimed together, a new thread opens (the pre-assignment one closes with
-/// `agent_assigned`), and an assignment row and an "assigned" system event are written.
-///
-/// Seven statements, each returning what the next needs. `NotPending` leaves the transaction as it
-/// was; after `AgentUnavailable` the caller must drop it (the conversation was claimed in it).
+/// `CASE WHEN id = k THEN v ... END` over `pairs`: one value per row of a multi-row update.
+pub(crate) fn by_id<C, V>(id: C, pairs: impl IntoIterator<Item = (i64, V)>) -> Expr
+where
+    C: ColumnTrait,
+    V: Into<Expr>,
+{
+    let mut pairs = pairs.into_iter();
+    let Some((first, value)) = pairs.next() else {
+        return Expr::value(Option::<i64>::None);
+    };
+    pairs
+        .fold(Expr::case(id.eq(first), value), |case, (key, value)| {
+            case.case(id.eq(key), value)
+        })
+        .into()
+}
+
+/// One planned assignment: `agent_id` takes `conversation_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pick {
+    /// The conversation's account.
+    pub account_id: i64,
+    /// The waiting conversation.
+    pub conversation_id: i64,
+    /// The agent who takes it.
+    pub agent_id: i64,
+    /// Why, in words ("least loaded").
+    pub why: String,
+}
+
+/// Gives the pending conversation to the agent: [`claim_many`] with one pick, `NotPending` when
+/// it no longer waits.
 pub async fn claim(
     txn: &impl ConnectionTrait,
-    conversation_id: i64,
-    agent_id: i64,
-    why: &str,
+    pick: Pick,
 ) -> Result<Result<Assigned, ClaimError>, DbErr> {
+    Ok(match claim_many(txn, &[pick]).await? {
+        Ok(mut done) => done.pop().ok_or(ClaimError::NotPending),
+        Err(err) => Err(err),
+    })
+}
+
+/// Gives each pending conversation of `picks` to its agent, atomically: the conversations and the
+/// agents' capacity are claimed together, a new thread opens for each (the pre-assignment one
+/// closes with `agent_assigned`), and an assignment row and an "assigned" system event are
+/// written.
+///
+/// Six statements for the whole batch. Conversations that no longer wait (another worker took or
+/// closed them) are left out of the result and nothing is written for them. `AgentUnavailable`
+/// when an agent lacks the capacity for its picks; the caller must then drop (roll back) the
+/// transaction. Each conversation may appear once.
+pub async fn claim_many(
+    txn: &impl ConnectionTrait,
+    picks: &[Pick],
+) -> Result<Result<Vec<Assigned>, ClaimError>, DbErr> {
+    use std::collections::{BTreeMap, HashMap};
+    if picks.is_empty() {
+        return Ok(Ok(Vec::new()));
+    }
     let now = Utc::now();
-    let Some(waiting) = conversations::Entity::find_by_id(conversation_id)
-        .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
-        .one(txn)
-        .await?
-    else {
-        return Ok(Err(ClaimError::NotPending));
-    };
-    let thread = threads::ActiveModel {
-        account_id: Set(waiting.account_id),
-        conversation_id: Set(conversation_id),
-        agent_id: Set(Some(agent_id)),
+    // A new thread for every pick; those whose claim misses are deleted again.
+    let opened = threads::Entity::insert_many(picks.iter().map(|pick| threads::ActiveModel {
+        account_id: Set(pick.account_id),
+        conversation_id: Set(pick.conversation_id),
+        agent_id: Set(Some(pick.agent_id)),
         status: Set(ThreadStatus::Active),
         created_at: Set(now),
         ..Default::default()
-    }
-    .insert(txn)
+    }))
+    .exec_with_returning(txn)
     .await?;
-    let mut taken = conversations::Entity::update_many()
+    let thread_of: HashMap<i64, i64> = opened.iter().map(|t| (t.conversation_id, t.id)).collect();
+    let taken = conversations::Entity::update_many()
         .col_expr(
             conversations::Column::Status,
             Expr::value(ConversationStatus::Active),
         )
         .col_expr(
             conversations::Column::AssignedAgentId,
-            Expr::value(Some(agent_id)),
+            by_id(
+                conversations::Column::Id,
+                picks.iter().map(|p| (p.conversation_id, p.agent_id)),
+            ),
         )
         .col_expr(conversations::Column::AssignedAt, Expr::value(Some(now)))
         .col_expr(
             conversations::Column::ActiveThreadId,
-            Expr::value(Some(thread.id)),
+            by_id(conversations::Column::Id, thread_of.iter().map(|(c, t)| (*c, *t))),
         )
         // A person took it: the hold (if any) has done its job; the new holder's clock is fresh.
         .col_expr(
@@ -242,35 +289,65 @@ pub async fn claim(
             Expr::value(Option::<DateTime<Utc>>::None),
         )
         .col_expr(conversations::Column::UpdatedAt, Expr::value(now))
-        .filter(conversations::Column::Id.eq(conversation_id))
+        .filter(conversations::Column::Id.is_in(picks.iter().map(|p| p.conversation_id)))
         .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
         .exec_with_returning(txn)
         .await?;
-    let Some(conversation) = taken.pop() else {
-        // Claimed elsewhere between our read and our update: the thread we opened goes.
-        threads::Entity::delete_by_id(thread.id).exec(txn).await?;
-        return Ok(Err(ClaimError::NotPending));
-    };
-    let mut slot = agents::Entity::update_many()
+    let taken: HashMap<i64, conversations::Model> = taken.into_iter().map(|c| (c.id, c)).collect();
+    let missed: Vec<i64> = opened
+        .iter()
+        .filter(|t| !taken.contains_key(&t.conversation_id))
+        .map(|t| t.id)
+        .collect();
+    if !missed.is_empty() {
+        // Claimed elsewhere since the line was read: the threads opened for them go.
+        threads::Entity::delete_many()
+            .filter(threads::Column::Id.is_in(missed))
+            .exec(txn)
+            .await?;
+    }
+    let picks: Vec<&Pick> = picks
+        .iter()
+        .filter(|p| taken.contains_key(&p.conversation_id))
+        .collect();
+    if picks.is_empty() {
+        return Ok(Ok(Vec::new()));
+    }
+    // Each agent's slots taken and the time of its last pick: picks are a microsecond apart, so
+    // round-robin rotation in this batch is what the rows say afterwards.
+    let mut per_agent: BTreeMap<i64, (i32, DateTime<Utc>)> = BTreeMap::new();
+    for (n, pick) in picks.iter().enumerate() {
+        let at = now + chrono::Duration::microseconds(n as i64);
+        let entry = per_agent.entry(pick.agent_id).or_insert((0, at));
+        *entry = (entry.0 + 1, at);
+    }
+    let added = || by_id(agents::Column::Id, per_agent.iter().map(|(a, (k, _))| (*a, *k)));
+    let agents_now = agents::Entity::update_many()
         .col_expr(
             agents::Column::ActiveChats,
-            Expr::col(agents::Column::ActiveChats).add(1),
+            Expr::col(agents::Column::ActiveChats).add(added()),
         )
-        .col_expr(agents::Column::LastAssignedAt, Expr::value(Some(now)))
-        .filter(agents::Column::Id.eq(agent_id))
+        .col_expr(
+            agents::Column::LastAssignedAt,
+            by_id(agents::Column::Id, per_agent.iter().map(|(a, (_, at))| (*a, *at))),
+        )
+        .filter(agents::Column::Id.is_in(per_agent.keys().copied()))
         .filter(agents::Column::DeletedAt.is_null())
         .filter(agents::Column::Status.eq(AgentStatus::Online))
         .filter(agents::Column::AcceptingChats.eq(true))
         .filter(
             Expr::col(agents::Column::ActiveChats)
-                .lt(Expr::col(agents::Column::MaxConcurrentChats)),
+                .add(added())
+                .lte(Expr::col(agents::Column::MaxConcurrentChats)),
         )
         .exec_with_returning(txn)
         .await?;
-    let Some(agent) = slot.pop() else {
+    if agents_now.len() != per_agent.len() {
         return Ok(Err(ClaimError::AgentUnavailable));
-    };
-    // The thread the conversation waited in closes; the new one stays.
+    }
+    let agents_now: HashMap<i64, agents::Model> =
+        agents_now.into_iter().map(|a| (a.id, a)).collect();
+    // The threads the conversations waited in close; the new ones stay.
     threads::Entity::update_many()
         .col_expr(threads::Column::Status, Expr::value(ThreadStatus::Closed))
         .col_expr(
@@ -282,44 +359,112 @@ pub async fn claim(
             Expr::value(Some("agent_assigned".to_owned())),
         )
         .col_expr(threads::Column::ClosedAt, Expr::value(Some(now)))
-        .filter(threads::Column::ConversationId.eq(conversation_id))
+        .filter(threads::Column::ConversationId.is_in(picks.iter().map(|p| p.conversation_id)))
         .filter(threads::Column::Status.eq(ThreadStatus::Active))
-        .filter(threads::Column::Id.ne(thread.id))
+        .filter(threads::Column::Id.is_not_in(picks.iter().map(|p| thread_of[&p.conversation_id])))
         .exec(txn)
         .await?;
-    let assignment = assignments::ActiveModel {
-        account_id: Set(conversation.account_id),
-        conversation_id: Set(conversation_id),
-        agent_id: Set(agent_id),
-        reason: Set(why.to_owned()),
-        assigned_at: Set(now),
-        ..Default::default()
-    }
-    .insert(txn)
-    .await?;
-    let content = format!(
-        "Assigned to {}: {why}, {} of {} chats",
-        agent.name, agent.active_chats, agent.max_concurrent_chats
-    );
-    system_event(
-        txn,
-        &conversation,
-        content,
-        json!({ "action": "assigned", "agentId": agent_id, "reason": why }),
-        Some(format!("assigned:{}", assignment.id)),
-    )
-    .await?;
-    Ok(Ok(Assigned {
-        conversation,
-        agent,
-        why: why.to_owned(),
+    let assignments = assignments::Entity::insert_many(picks.iter().map(|pick| {
+        assignments::ActiveModel {
+            account_id: Set(pick.account_id),
+            conversation_id: Set(pick.conversation_id),
+            agent_id: Set(pick.agent_id),
+            reason: Set(pick.why.clone()),
+            assigned_at: Set(now),
+            ..Default::default()
+        }
     }))
+    .exec_with_returning(txn)
+    .await?;
+    let assignment_of: HashMap<i64, i64> = assignments
+        .iter()
+        .map(|a| (a.conversation_id, a.id))
+        .collect();
+    // The count each event states is the agent's after that pick: its final count less the
+    // picks that came after.
+    let mut later: HashMap<i64, i32> = per_agent.iter().map(|(a, (k, _))| (*a, *k)).collect();
+    let mut done = Vec::with_capacity(picks.len());
+    let mut notes = Vec::with_capacity(picks.len());
+    for pick in picks {
+        let conversation = taken[&pick.conversation_id].clone();
+        let agent = agents_now[&pick.agent_id].clone();
+        let remaining = later.entry(pick.agent_id).or_default();
+        *remaining -= 1;
+        let content = format!(
+            "Assigned to {}: {}, {} of {} chats",
+            agent.name,
+            pick.why,
+            agent.active_chats - *remaining,
+            agent.max_concurrent_chats
+        );
+        notes.push(event_row(
+            &conversation,
+            thread_of[&pick.conversation_id],
+            content,
+            json!({ "action": "assigned", "agentId": pick.agent_id, "reason": pick.why }),
+            &format!("assigned:{}", assignment_of[&pick.conversation_id]),
+        ));
+        done.push(Assigned {
+            conversation,
+            agent,
+            why: pick.why.clone(),
+        });
+    }
+    write_events_once(txn, notes).await?;
+    Ok(Ok(done))
 }
 
-/// Locks the rows of `agents` in id order (PostgreSQL; SQLite transactions already run one at a
-/// time). A transaction that touches several agents — a transfer releases one and claims another,
-/// an assigner claims for many — takes their locks first, in a fixed order, so two such
-/// transactions never deadlock.
+/// A system event row on the conversation's active thread, keyed by what caused it (`key`); `None`
+/// when it has no active thread.
+pub fn system_event_row(
+    conversation: &conversations::Model,
+    content: String,
+    metadata: Value,
+    key: &str,
+) -> Option<events::ActiveModel> {
+    let thread = conversation.active_thread_id?;
+    Some(event_row(conversation, thread, content, metadata, key))
+}
+
+/// Writes event rows in one statement, each only if its conversation has no event with its key.
+/// Returns how many were written.
+pub async fn write_events_once(
+    db: &impl ConnectionTrait,
+    rows: Vec<events::ActiveModel>,
+) -> Result<u64, DbErr> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    events::Entity::insert_many(rows)
+        .on_conflict(once_per_key())
+        .exec_without_returning(db)
+        .await
+}
+
+/// A system event row on `thread_id`, keyed by what caused it (`key`, stored as `sys:key` so it
+/// never collides with a client's message id).
+fn event_row(
+    conversation: &conversations::Model,
+    thread_id: i64,
+    content: String,
+    metadata: Value,
+    key: &str,
+) -> events::ActiveModel {
+    events::ActiveModel {
+        account_id: Set(conversation.account_id),
+        conversation_id: Set(conversation.id),
+        thread_id: Set(thread_id),
+        kind: Set(EventKind::System),
+        author_type: Set(AuthorType::System),
+        agent_id: Set(None),
+        content: Set(content),
+        metadata: Set(Some(metadata)),
+        client_message_id: Set(Some(format!("sys:{key}"))),
+        created_at: Set(Utc::now()),
+        ..Default::default()
+    }
+}
+
 /// Locks a conversation's row for update (PostgreSQL), after its holder's agent row: the order
 /// every claim uses (agents first), so a close or timer racing a claim waits instead of
 /// deadlocking. Reads the row on SQLite, whose write transactions run one at a time.
@@ -327,24 +472,15 @@ pub async fn lock_conversation(
     txn: &impl ConnectionTrait,
     conversation_id: i64,
 ) -> Result<Option<conversations::Model>, DbErr> {
-    if txn.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
-        return conversations::Entity::find_by_id(conversation_id)
-            .one(txn)
-            .await;
-    }
-    let holder = conversations::Entity::find_by_id(conversation_id)
-        .one(txn)
+    Ok(lock_conversations(txn, &[conversation_id])
         .await?
-        .and_then(|conversation| conversation.assigned_agent_id);
-    lock_agents(txn, holder.into_iter().collect()).await?;
-    // If the holder changed meanwhile, the caller's conditional updates (on the holder it reads
-    // now) miss and change nothing.
-    conversations::Entity::find_by_id(conversation_id)
-        .lock_exclusive()
-        .one(txn)
-        .await
+        .remove(&conversation_id))
 }
 
+/// Locks the rows of `agents` in id order (PostgreSQL; SQLite transactions already run one at a
+/// time). A transaction that touches several agents — a transfer releases one and claims another,
+/// an assigner claims for many — takes their locks first, in a fixed order, so two such
+/// transactions never deadlock.
 pub async fn lock_agents(txn: &impl ConnectionTrait, mut agents: Vec<i64>) -> Result<(), DbErr> {
     if txn.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
         return Ok(());
@@ -470,80 +606,216 @@ fn describe_release(reason: &str) -> &str {
     }
 }
 
+/// One conversation to close, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closing {
+    /// The conversation.
+    pub conversation_id: i64,
+    /// An agent resolves it; the visitor or the system closes it.
+    pub closed_by: ClosedBy,
+    /// Why, in a few words (`resolved`, `visitor_left`, `visitor_idle`).
+    pub reason: String,
+}
+
 /// Resolves (closed by an agent) or closes (by the visitor or the system) a pending or active
-/// conversation, releasing its agent. `None` when it was already resolved or closed.
+/// conversation, releasing its agent: [`close_many`] with one conversation.
 pub async fn close(
     txn: &impl ConnectionTrait,
     conversation_id: i64,
     closed_by: ClosedBy,
     reason: &str,
 ) -> Result<Option<Closed>, DbErr> {
+    let closing = Closing {
+        conversation_id,
+        closed_by,
+        reason: reason.to_owned(),
+    };
+    Ok(close_many(txn, &[closing]).await?.pop().flatten())
+}
+
+/// Resolves or closes each pending or active conversation of `closing`, releasing its agent, in
+/// a fixed number of statements for the whole batch. One output per input, in order: `None` when
+/// that conversation was already resolved or closed (or named earlier in the batch).
+pub async fn close_many(
+    txn: &impl ConnectionTrait,
+    closing: &[Closing],
+) -> Result<Vec<Option<Closed>>, DbErr> {
+    use std::collections::{BTreeMap, HashMap, HashSet};
     let now = Utc::now();
-    // Locked (PostgreSQL), so a claim or requeue committing meanwhile is waited for and then
-    // closed, instead of making the conditional update below miss and the close be lost.
-    let Some(before) = lock_conversation(txn, conversation_id).await? else {
-        return Ok(None);
-    };
-    let (status, stamp) = match closed_by {
-        ClosedBy::Agent => (
-            ConversationStatus::Resolved,
-            conversations::Column::ResolvedAt,
-        ),
-        ClosedBy::Visitor | ClosedBy::System => {
+    let ids: Vec<i64> = closing.iter().map(|c| c.conversation_id).collect();
+    // Locked (PostgreSQL), holders first, so a claim or requeue committing meanwhile is waited
+    // for and then closed, instead of making the conditional update below miss.
+    let before = lock_conversations(txn, &ids).await?;
+    let mut first = HashSet::new();
+    let todo: Vec<(&Closing, &conversations::Model)> = closing
+        .iter()
+        .filter_map(|c| Some((c, before.get(&c.conversation_id)?)))
+        .filter(|(_, b)| {
+            matches!(
+                b.status,
+                ConversationStatus::Pending | ConversationStatus::Active
+            )
+        })
+        .filter(|(c, _)| first.insert(c.conversation_id))
+        .collect();
+    if todo.is_empty() {
+        return Ok(vec![None; closing.len()]);
+    }
+    // An agent resolves; the visitor or the system closes: one update per kind.
+    let mut closed: HashMap<i64, conversations::Model> = HashMap::new();
+    for resolve in [true, false] {
+        let these: Vec<i64> = todo
+            .iter()
+            .filter(|(c, _)| (c.closed_by == ClosedBy::Agent) == resolve)
+            .map(|(c, _)| c.conversation_id)
+            .collect();
+        if these.is_empty() {
+            continue;
+        }
+        let (status, stamp) = if resolve {
+            (
+                ConversationStatus::Resolved,
+                conversations::Column::ResolvedAt,
+            )
+        } else {
             (ConversationStatus::Closed, conversations::Column::ClosedAt)
-        }
-    };
-    if !matches!(
-        before.status,
-        ConversationStatus::Pending | ConversationStatus::Active
-    ) {
-        return Ok(None);
+        };
+        let rows = conversations::Entity::update_many()
+            .col_expr(conversations::Column::Status, Expr::value(status))
+            .col_expr(stamp, Expr::value(Some(now)))
+            .col_expr(conversations::Column::UpdatedAt, Expr::value(now))
+            .filter(conversations::Column::Id.is_in(these))
+            .filter(
+                conversations::Column::Status
+                    .is_in([ConversationStatus::Pending, ConversationStatus::Active]),
+            )
+            .exec_with_returning(txn)
+            .await?;
+        closed.extend(rows.into_iter().map(|c| (c.id, c)));
     }
-    let mut update = conversations::Entity::update_many()
-        .col_expr(conversations::Column::Status, Expr::value(status))
-        .col_expr(stamp, Expr::value(Some(now)))
-        .col_expr(conversations::Column::UpdatedAt, Expr::value(now))
-        .filter(conversations::Column::Id.eq(conversation_id))
-        .filter(conversations::Column::Status.eq(before.status));
-    update = match before.assigned_agent_id {
-        Some(agent) => update.filter(conversations::Column::AssignedAgentId.eq(agent)),
-        None => update.filter(conversations::Column::AssignedAgentId.is_null()),
-    };
-    if update.exec(txn).await?.rows_affected != 1 {
-        return Ok(None);
-    }
-    let released_agent = match (before.status, before.assigned_agent_id) {
-        (ConversationStatus::Active, Some(agent)) => {
-            release_agent(txn, conversation_id, agent, "closed", now).await?;
-            Some(agent)
+    let todo: Vec<_> = todo
+        .into_iter()
+        .filter(|(c, _)| closed.contains_key(&c.conversation_id))
+        .collect();
+    // Capacity comes back for the conversations that were active.
+    let released: HashMap<i64, i64> = todo
+        .iter()
+        .filter(|(_, b)| b.status == ConversationStatus::Active)
+        .filter_map(|(c, b)| Some((c.conversation_id, b.assigned_agent_id?)))
+        .collect();
+    if !released.is_empty() {
+        let mut per_agent: BTreeMap<i64, i32> = BTreeMap::new();
+        for agent in released.values() {
+            *per_agent.entry(*agent).or_default() += 1;
         }
-        _ => None,
-    };
-    let by = match closed_by {
-        ClosedBy::Agent => "the agent",
-        ClosedBy::Visitor => "the visitor",
-        ClosedBy::System => "the system",
-    };
-    system_event(
-        txn,
-        &before,
-        format!("Closed by {by}: {reason}"),
-        json!({ "action": "closed", "closedBy": closed_by, "reason": reason }),
-        Some(format!(
-            "closed:{}",
-            before.active_thread_id.unwrap_or_default()
-        )),
-    )
-    .await?;
-    close_thread(txn, conversation_id, closed_by, reason, now).await?;
-    let conversation = conversations::Entity::find_by_id(conversation_id)
-        .one(txn)
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound(format!("conversation {conversation_id}")))?;
-    Ok(Some(Closed {
-        conversation,
-        released_agent,
-    }))
+        let freed = || by_id(agents::Column::Id, per_agent.iter().map(|(a, k)| (*a, *k)));
+        agents::Entity::update_many()
+            .col_expr(
+                agents::Column::ActiveChats,
+                Expr::col(agents::Column::ActiveChats).sub(freed()),
+            )
+            .filter(agents::Column::Id.is_in(per_agent.keys().copied()))
+            .filter(Expr::col(agents::Column::ActiveChats).gte(freed()))
+            .exec(txn)
+            .await?;
+        assignments::Entity::update_many()
+            .col_expr(assignments::Column::ReleasedAt, Expr::value(Some(now)))
+            .col_expr(
+                assignments::Column::ReleaseReason,
+                Expr::value(Some("closed".to_owned())),
+            )
+            .filter(assignments::Column::ConversationId.is_in(released.keys().copied()))
+            .filter(assignments::Column::ReleasedAt.is_null())
+            .exec(txn)
+            .await?;
+    }
+    let notes: Vec<events::ActiveModel> = todo
+        .iter()
+        .filter_map(|(c, b)| {
+            let thread = b.active_thread_id?;
+            let by = match c.closed_by {
+                ClosedBy::Agent => "the agent",
+                ClosedBy::Visitor => "the visitor",
+                ClosedBy::System => "the system",
+            };
+            Some(event_row(
+                b,
+                thread,
+                format!("Closed by {by}: {}", c.reason),
+                json!({ "action": "closed", "closedBy": c.closed_by, "reason": c.reason }),
+                &format!("closed:{thread}"),
+            ))
+        })
+        .collect();
+    write_events_once(txn, notes).await?;
+    threads::Entity::update_many()
+        .col_expr(threads::Column::Status, Expr::value(ThreadStatus::Closed))
+        .col_expr(
+            threads::Column::ClosedBy,
+            by_id(
+                threads::Column::ConversationId,
+                todo.iter().map(|(c, _)| (c.conversation_id, Some(c.closed_by))),
+            ),
+        )
+        .col_expr(
+            threads::Column::ClosedReason,
+            by_id(
+                threads::Column::ConversationId,
+                todo.iter().map(|(c, _)| (c.conversation_id, Some(c.reason.clone()))),
+            ),
+        )
+        .col_expr(threads::Column::ClosedAt, Expr::value(Some(now)))
+        .filter(threads::Column::ConversationId.is_in(todo.iter().map(|(c, _)| c.conversation_id)))
+        .filter(threads::Column::Status.eq(ThreadStatus::Active))
+        .exec(txn)
+        .await?;
+    let groups = groups_of_agents(txn, released.values().copied()).await?;
+    let mut outputs = Vec::with_capacity(closing.len());
+    let mut given = HashSet::new();
+    for c in closing {
+        let output = closed
+            .get(&c.conversation_id)
+            .filter(|_| given.insert(c.conversation_id))
+            .map(|conversation| {
+                let released_agent = released.get(&c.conversation_id).copied();
+                Closed {
+                    conversation: conversation.clone(),
+                    released_agent,
+                    freed_groups: released_agent
+                        .and_then(|agent| groups.get(&agent).cloned())
+                        .unwrap_or_default(),
+                }
+            });
+        outputs.push(output);
+    }
+    Ok(outputs)
+}
+
+/// Reads conversations for a change, locked (PostgreSQL) after their holders' agent rows: the
+/// order every claim uses (agents first), so a close racing a claim or a requeue waits instead of
+/// deadlocking. SQLite's write transactions run one at a time: a plain read.
+async fn lock_conversations(
+    txn: &impl ConnectionTrait,
+    ids: &[i64],
+) -> Result<std::collections::HashMap<i64, conversations::Model>, DbErr> {
+    let read = || conversations::Entity::find().filter(conversations::Column::Id.is_in(ids.iter().copied()));
+    if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        let holders: Vec<Option<i64>> = read()
+            .select_only()
+            .column(conversations::Column::AssignedAgentId)
+            .into_tuple()
+            .all(txn)
+            .await?;
+        lock_agents(txn, holders.into_iter().flatten().collect()).await?;
+        // If a holder changed meanwhile, its new agent row is locked by the update that follows.
+        let rows = read()
+            .order_by_asc(conversations::Column::Id)
+            .lock_exclusive()
+            .all(txn)
+            .await?;
+        return Ok(rows.into_iter().map(|c| (c.id, c)).collect());
+    }
+    Ok(read().all(txn).await?.into_iter().map(|c| (c.id, c)).collect())
 }
 
 /// Puts a resolved conversation back at the end of its group's line with a new thread. `None`
@@ -599,38 +871,54 @@ pub async fn reopen(
 }
 
 /// The 1-based place of a pending conversation in its group's line: priority first (high before
-/// normal before low), then the time it was queued, then its id.
+/// normal before low), then the time it was queued, then its id. 0 when it is not in line.
 pub async fn queue_position(
     db: &impl ConnectionTrait,
     conversation: &conversations::Model,
 ) -> Result<u64, DbErr> {
-    let Some(queued_at) = conversation.queued_at else {
-        return Ok(0);
-    };
-    let priority = conversation.priority;
-    let ahead = conversations::Entity::find()
-        .filter(conversations::Column::GroupId.eq(conversation.group_id))
-        .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
-        .filter(
-            Condition::any()
-                .add(conversations::Column::Priority.lt(priority))
-                .add(
-                    Condition::all()
-                        .add(conversations::Column::Priority.eq(priority))
-                        .add(
-                            Condition::any()
-                                .add(conversations::Column::QueuedAt.lt(queued_at))
-                                .add(
-                                    Condition::all()
-                                        .add(conversations::Column::QueuedAt.eq(queued_at))
-                                        .add(conversations::Column::Id.lt(conversation.id)),
-                                ),
-                        ),
-                ),
-        )
-        .count(db)
+    Ok(queue_positions(db, &[conversation.id])
+        .await?
+        .get(&conversation.id)
+        .copied()
+        .unwrap_or(0))
+}
+
+/// [`queue_position`] of several conversations in one query; those not in line are left out.
+pub async fn queue_positions(
+    db: &impl ConnectionTrait,
+    ids: &[i64],
+) -> Result<std::collections::HashMap<i64, u64>, DbErr> {
+    use sea_orm::{FromQueryResult, Statement};
+    #[derive(FromQueryResult)]
+    struct Place {
+        id: i64,
+        position: i64,
+    }
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let ids = ids
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    // Ids are integers written by us, so the statement needs no parameters and reads the same on
+    // both backends.
+    let sql = format!(
+        "SELECT c.id AS id, 1 + (SELECT COUNT(*) FROM conversations o \
+           WHERE o.group_id = c.group_id AND o.status = 'pending' AND o.queued_at IS NOT NULL \
+             AND (o.priority < c.priority OR (o.priority = c.priority AND (o.queued_at < c.queued_at \
+               OR (o.queued_at = c.queued_at AND o.id < c.id))))) AS position \
+         FROM conversations c \
+         WHERE c.id IN ({ids}) AND c.status = 'pending' AND c.queued_at IS NOT NULL"
+    );
+    let places = Place::find_by_statement(Statement::from_string(db.get_database_backend(), sql))
+        .all(db)
         .await?;
-    Ok(ahead + 1)
+    Ok(places
+        .into_iter()
+        .map(|p| (p.id, u64::try_from(p.position).unwrap_or(0)))
+        .collect())
 }
 
 /// The head of a group's waiting line, in serving order.
@@ -671,7 +959,26 @@ fn line(group_id: i64, limit: u64) -> sea_orm::Select<conversations::Entity> {
 /// Agents of the group who may take a conversation now: online, accepting, not deleted, under
 /// capacity.
 pub async fn candidates(db: &impl ConnectionTrait, group_id: i64) -> Result<Vec<Candidate>, DbErr> {
-    let rows = agents::Entity::find()
+    Ok(eligible(group_id).all(db).await?.into_iter().map(Candidate::from).collect())
+}
+
+/// [`candidates`] read for a change: on PostgreSQL their rows are locked, in id order (the order
+/// every transaction that touches several agents uses), so nobody else changes their capacity
+/// until the transaction ends.
+pub async fn lock_candidates(
+    txn: &impl ConnectionTrait,
+    group_id: i64,
+) -> Result<Vec<Candidate>, DbErr> {
+    let mut query = eligible(group_id).order_by_asc(agents::Column::Id);
+    if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        QuerySelect::query(&mut query)
+            .lock_with_tables(sea_orm::sea_query::LockType::Update, [agents::Entity]);
+    }
+    Ok(query.all(txn).await?.into_iter().map(Candidate::from).collect())
+}
+
+fn eligible(group_id: i64) -> sea_orm::Select<agents::Entity> {
+    agents::Entity::find()
         .join(JoinType::InnerJoin, agents::Relation::AgentGroups.def())
         .filter(agent_groups::Column::GroupId.eq(group_id))
         .filter(agents::Column::DeletedAt.is_null())
@@ -683,17 +990,17 @@ pub async fn candidates(db: &impl ConnectionTrait, group_id: i64) -> Result<Vec<
                 agents::Column::MaxConcurrentChats,
             ))),
         )
-        .all(db)
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|agent| Candidate {
+}
+
+impl From<agents::Model> for Candidate {
+    fn from(agent: agents::Model) -> Self {
+        Self {
             id: agent.id,
             active_chats: agent.active_chats,
             max_concurrent_chats: agent.max_concurrent_chats,
             last_assigned_at: agent.last_assigned_at,
-        })
-        .collect())
+        }
+    }
 }
 
 /// Agents who must not be offered this conversation again (they transferred it, went offline
@@ -733,37 +1040,68 @@ pub async fn excluded_agents_of(
     Ok(excluded)
 }
 
-/// The agent who last served this visitor, in this conversation or an earlier one (for sticky
-/// routing; an agent excluded for the conversation is filtered out by the caller).
-pub async fn previous_agent(
+/// The agent who last served each of `visitor_ids`, in this conversation or an earlier one (for
+/// sticky routing; an agent excluded for the conversation is filtered out by the caller).
+pub async fn previous_agents(
     db: &impl ConnectionTrait,
-    visitor_id: i64,
-) -> Result<Option<i64>, DbErr> {
-    assignments::Entity::find()
+    visitor_ids: &[i64],
+) -> Result<std::collections::HashMap<i64, i64>, DbErr> {
+    let rows: Vec<(i64, i64)> = assignments::Entity::find()
         .select_only()
+        .column(conversations::Column::VisitorId)
         .column(assignments::Column::AgentId)
         .join(
             JoinType::InnerJoin,
             assignments::Relation::Conversation.def(),
         )
-        .filter(conversations::Column::VisitorId.eq(visitor_id))
+        .filter(conversations::Column::VisitorId.is_in(visitor_ids.iter().copied()))
         .order_by_desc(assignments::Column::AssignedAt)
+        .order_by_desc(assignments::Column::Id)
         .into_tuple()
-        .one(db)
-        .await
+        .all(db)
+        .await?;
+    let mut latest = std::collections::HashMap::new();
+    for (visitor, agent) in rows {
+        latest.entry(visitor).or_insert(agent);
+    }
+    Ok(latest)
 }
 
 /// Ids of the live groups an agent belongs to.
 pub async fn groups_of_agent(db: &impl ConnectionTrait, agent_id: i64) -> Result<Vec<i64>, DbErr> {
-    agent_groups::Entity::find()
+    Ok(groups_of_agents(db, [agent_id])
+        .await?
+        .remove(&agent_id)
+        .unwrap_or_default())
+}
+
+/// [`groups_of_agent`] of several agents in one query (agents in no group are left out).
+pub async fn groups_of_agents(
+    db: &impl ConnectionTrait,
+    agent_ids: impl IntoIterator<Item = i64>,
+) -> Result<std::collections::HashMap<i64, Vec<i64>>, DbErr> {
+    let mut agent_ids: Vec<i64> = agent_ids.into_iter().collect();
+    agent_ids.sort_unstable();
+    agent_ids.dedup();
+    if agent_ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<(i64, i64)> = agent_groups::Entity::find()
         .select_only()
+        .column(agent_groups::Column::AgentId)
         .column(agent_groups::Column::GroupId)
         .join(JoinType::InnerJoin, agent_groups::Relation::Group.def())
-        .filter(agent_groups::Column::AgentId.eq(agent_id))
+        .filter(agent_groups::Column::AgentId.is_in(agent_ids))
         .filter(groups::Column::DeletedAt.is_null())
+        .order_by_asc(agent_groups::Column::GroupId)
         .into_tuple()
         .all(db)
-        .await
+        .await?;
+    let mut groups: std::collections::HashMap<i64, Vec<i64>> = Default::default();
+    for (agent, group) in rows {
+        groups.entry(agent).or_default().push(group);
+    }
+    Ok(groups)
 }
 
 /// A chat message that could not be stored.

@@ -6,16 +6,18 @@
 
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use chrono::Utc;
 use entity::{conversations, enums::ConversationStatus, groups};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, sea_query::Expr};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::{
     Job, JobContext, JobError, RetryBudget,
     assign_agent::request_assign,
-    conversation::{queue_position, system_event},
+    conversation::{queue_positions, system_event_row, write_events_once},
     notify::Outcome,
 };
 
@@ -50,49 +52,22 @@ impl Job for EnqueueConversation {
 
     #[tracing::instrument(name = "job.enqueue_conversation", skip_all, fields(conversation_id = self.conversation_id), err)]
     async fn run(self, ctx: &JobContext) -> Result<String, JobError> {
-        let Some(conversation) = conversations::Entity::find_by_id(self.conversation_id)
-            .one(&ctx.db)
-            .await?
-        else {
-            return Err(JobError::Permanent(format!(
-                "no conversation {}",
-                self.conversation_id
-            )));
+        // Enqueues that run at once are placed together (see `batch`).
+        let (conversation, position) = match ctx.batches.enqueues.run(self.clone()).await? {
+            Placed::Missing => {
+                return Err(JobError::Permanent(format!(
+                    "no conversation {}",
+                    self.conversation_id
+                )));
+            }
+            Placed::NotPending(status) => {
+                return Ok(format!("conversation is {status:?}, nothing to enqueue"));
+            }
+            Placed::InLine {
+                conversation,
+                position,
+            } => (conversation, position),
         };
-        if conversation.status != ConversationStatus::Pending {
-            return Ok(format!(
-                "conversation is {:?}, nothing to enqueue",
-                conversation.status
-            ));
-        }
-        if conversation.queued_at.is_none() {
-            conversations::Entity::update_many()
-                .col_expr(
-                    conversations::Column::QueuedAt,
-                    Expr::value(Some(Utc::now())),
-                )
-                .filter(conversations::Column::Id.eq(conversation.id))
-                .filter(conversations::Column::QueuedAt.is_null())
-                .exec(&ctx.db)
-                .await?;
-        }
-        let conversation = conversations::Entity::find_by_id(conversation.id)
-            .one(&ctx.db)
-            .await?
-            .ok_or_else(|| JobError::Transient("conversation vanished".into()))?;
-        let group_name = groups::Entity::find_by_id(conversation.group_id)
-            .one(&ctx.db)
-            .await?
-            .map_or_else(|| "its group".to_owned(), |g| g.name);
-        let position = queue_position(&ctx.db, &conversation).await?;
-        system_event(
-            &ctx.db,
-            &conversation,
-            format!("Queued at position {position} in {group_name}"),
-            json!({ "action": "queued", "position": position, "groupId": conversation.group_id }),
-            Some(format!("enqueue:{}", self.key)),
-        )
-        .await?;
         ctx.notifier.notify(Outcome::ConversationQueued {
             account_id: conversation.account_id,
             conversation_id: conversation.id,
@@ -107,4 +82,93 @@ impl Job for EnqueueConversation {
         request_assign(ctx, conversation.account_id, conversation.group_id).await?;
         Ok(format!("queued at position {position}"))
     }
+}
+
+/// Where an enqueue left its conversation.
+#[derive(Debug, Clone)]
+pub enum Placed {
+    /// In line at `position` (1-based).
+    InLine {
+        /// The conversation as it is now.
+        conversation: conversations::Model,
+        /// Its place in its group's line.
+        position: u64,
+    },
+    /// The conversation is no longer waiting (assigned, resolved or closed meanwhile).
+    NotPending(ConversationStatus),
+    /// There is no such conversation.
+    Missing,
+}
+
+/// Places the conversations of `enqueues` in their lines: a place (`queued_at`) is given only
+/// where it is missing, and each enqueue writes its "queued" system event once (keyed by its
+/// `key`). Four statements for the whole batch, each safe to repeat.
+pub(crate) async fn place_many(
+    db: &DatabaseConnection,
+    enqueues: Vec<EnqueueConversation>,
+) -> Result<Vec<Placed>, DbErr> {
+    let ids: Vec<i64> = enqueues.iter().map(|e| e.conversation_id).collect();
+    let mut rows: HashMap<i64, conversations::Model> = conversations::Entity::find()
+        .filter(conversations::Column::Id.is_in(ids.iter().copied()))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect();
+    // Not yet in line (a crash between the session's write and its place): in line now.
+    let unplaced: Vec<i64> = rows
+        .values()
+        .filter(|c| c.status == ConversationStatus::Pending && c.queued_at.is_none())
+        .map(|c| c.id)
+        .collect();
+    if !unplaced.is_empty() {
+        let stamped = conversations::Entity::update_many()
+            .col_expr(
+                conversations::Column::QueuedAt,
+                Expr::value(Some(Utc::now())),
+            )
+            .filter(conversations::Column::Id.is_in(unplaced))
+            .filter(conversations::Column::QueuedAt.is_null())
+            .exec_with_returning(db)
+            .await?;
+        rows.extend(stamped.into_iter().map(|c| (c.id, c)));
+    }
+    let positions = queue_positions(db, &ids).await?;
+    let mut group_ids: Vec<i64> = rows.values().map(|c| c.group_id).collect();
+    group_ids.sort_unstable();
+    group_ids.dedup();
+    let names: HashMap<i64, String> = groups::Entity::find()
+        .filter(groups::Column::Id.is_in(group_ids))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|g| (g.id, g.name))
+        .collect();
+    let mut notes = Vec::new();
+    let mut placed = Vec::with_capacity(enqueues.len());
+    for enqueue in &enqueues {
+        let Some(conversation) = rows.get(&enqueue.conversation_id) else {
+            placed.push(Placed::Missing);
+            continue;
+        };
+        let Some(&position) = positions.get(&conversation.id) else {
+            placed.push(Placed::NotPending(conversation.status));
+            continue;
+        };
+        let group_name = names.get(&conversation.group_id).map_or("its group", String::as_str);
+        if let Some(row) = system_event_row(
+            conversation,
+            format!("Queued at position {position} in {group_name}"),
+            json!({ "action": "queued", "position": position, "groupId": conversation.group_id }),
+            &format!("enqueue:{}", enqueue.key),
+        ) {
+            notes.push(row);
+        }
+        placed.push(Placed::InLine {
+            conversation: conversation.clone(),
+            position,
+        });
+    }
+    write_events_once(db, notes).await?;
+    Ok(placed)
 }

@@ -113,6 +113,8 @@ struct Tally {
     created: AtomicU64,
     failed: AtomicU64,
     session_ms: Mutex<Vec<f64>>,
+    /// Conversations opened and not yet seen assigned: the listing starts at the oldest.
+    unseen: Mutex<std::collections::BTreeSet<i64>>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -158,9 +160,15 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("admin login")?;
     let admin = login["token"].as_str().context("a token")?.to_owned();
-    let health = client
-        .call(reqwest::Method::GET, "/health", None, None)
-        .await?;
+    // Readiness names the job storage (503 is fine here: only the backend's name is read).
+    let health: Value = client
+        .http
+        .get(format!("{}/health/ready", client.base))
+        .send()
+        .await?
+        .json()
+        .await
+        .unwrap_or_default();
     if let Some(Mode::Sockets(socket_args)) = &args.mode {
         return sockets::run(&client, &admin, socket_args).await;
     }
@@ -198,7 +206,10 @@ async fn main() -> anyhow::Result<()> {
                         .await;
                     drop(permit);
                     match reply {
-                        Ok(_) => {
+                        Ok(session) => {
+                            if let Some(id) = session["conversationId"].as_i64() {
+                                tally.unseen.lock().await.insert(id);
+                            }
                             tally.created.fetch_add(1, Ordering::Relaxed);
                             tally
                                 .session_ms
@@ -227,10 +238,15 @@ async fn main() -> anyhow::Result<()> {
     let mut opened_at: Option<Instant> = None;
     let mut assigned_ms = Vec::new();
     loop {
-        // Every active conversation of the group, page by page: the first page may be all
-        // conversations whose close is still on its way.
+        // The group's active conversations from the oldest one not yet seen assigned, page by
+        // page (the first pages may hold conversations whose close is still on its way).
         let mut fresh = Vec::new();
-        let mut after = 0;
+        let mut after = tally
+            .unseen
+            .lock()
+            .await
+            .first()
+            .map_or(i64::MAX - 1, |oldest| oldest - 1);
         loop {
             let page = client
                 .call(
@@ -251,6 +267,7 @@ async fn main() -> anyhow::Result<()> {
                 if !seen.insert(id) {
                     continue;
                 }
+                tally.unseen.lock().await.remove(&id);
                 if let (Some(assigned), Some(queued)) =
                     (timestamp(&c["assignedAt"]), timestamp(&c["queuedAt"]))
                 {

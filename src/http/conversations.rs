@@ -21,7 +21,7 @@ use jobs::{
     assign_agent::announce,
     close_conversation::CloseConversation,
     conversation::{
-        ClaimError, claim, groups_of_agent, lock_agents, reopen, requeue, waiting_line,
+        ClaimError, Pick, claim, groups_of_agent, lock_agents, reopen, requeue, waiting_line,
     },
     enqueue_conversation::EnqueueConversation,
     notify::Outcome,
@@ -204,7 +204,13 @@ async fn claim_now(
             .ok_or_else(|| ApiError::Conflict("the conversation changed hands meanwhile".into()))?;
     }
     // On a refusal the transaction is dropped: nothing of the claim (or the release) remains.
-    let done = claim(&txn, conversation.id, agent_id, why)
+    let pick = Pick {
+        account_id: conversation.account_id,
+        conversation_id: conversation.id,
+        agent_id,
+        why: why.to_owned(),
+    };
+    let done = claim(&txn, pick)
         .await?
         .map_err(claim_refused)?;
     txn.commit().await?;

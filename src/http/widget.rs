@@ -11,21 +11,19 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     routing::{get, post, put},
 };
-use chrono::Utc;
 use entity::{
-    accounts, agents, conversations,
-    enums::{AuthorType, ClosedBy, ConversationStatus, EventKind, Priority, ThreadStatus},
-    groups, threads, visitors,
+    agents, conversations,
+    enums::{AuthorType, ClosedBy, ConversationStatus, Priority},
+    visitors,
 };
 use jobs::{
-    assign_agent::request_assign,
     close_conversation::CloseConversation,
-    conversation::{queue_position, write_event},
+    conversation::queue_position,
     enqueue_conversation::EnqueueConversation,
+    session::{OpenRefused, Opening},
 };
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, sea_query::Expr,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, sea_query::Expr,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -112,50 +110,6 @@ fn header_text(headers: &HeaderMap, name: header::HeaderName, max: usize) -> Opt
         .map(|value| value.chars().take(max).collect())
 }
 
-async fn pick_account(db: &impl ConnectionTrait, account_id: Option<i64>) -> Result<i64, ApiError> {
-    match account_id {
-        Some(id) => accounts::Entity::find_by_id(id)
-            .one(db)
-            .await?
-            .map(|account| account.id)
-            .ok_or(ApiError::NotFound("account")),
-        None => {
-            let ids: Vec<i64> = accounts::Entity::find()
-                .select_only()
-                .column(accounts::Column::Id)
-                .limit(2)
-                .into_tuple()
-                .all(db)
-                .await?;
-            match ids.as_slice() {
-                [only] => Ok(*only),
-                _ => Err(ApiError::Unprocessable(
-                    "accountId is required: this server hosts several accounts".into(),
-                )),
-            }
-        }
-    }
-}
-
-async fn pick_group(
-    db: &impl ConnectionTrait,
-    account_id: i64,
-    group_id: Option<i64>,
-) -> Result<i64, ApiError> {
-    let mut query = groups::Entity::find()
-        .filter(groups::Column::AccountId.eq(account_id))
-        .filter(groups::Column::DeletedAt.is_null());
-    query = match group_id {
-        Some(id) => query.filter(groups::Column::Id.eq(id)),
-        None => query.filter(groups::Column::IsDefault.eq(true)),
-    };
-    query
-        .one(db)
-        .await?
-        .map(|group| group.id)
-        .ok_or(ApiError::NotFound("group"))
-}
-
 async fn create_session(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -175,79 +129,35 @@ async fn create_session(
             "metadata must have at most {METADATA_MAX_KEYS} keys and {METADATA_MAX_BYTES} bytes"
         )));
     }
-    let account_id = pick_account(&state.db, body.account_id).await?;
-    let group_id = pick_group(&state.db, account_id, body.group_id).await?;
     let (token, token_hash) = new_session_token();
-    let now = Utc::now();
-
-    let txn = jobs::db::begin_write(&state.db).await?;
-    let visitor = visitors::ActiveModel {
-        account_id: Set(account_id),
-        name: Set(body.name.map(Into::into)),
-        email: Set(body.email.map(Into::into)),
-        phone: Set(body.phone.map(Into::into)),
-        user_agent: Set(header_text(&headers, header::USER_AGENT, 512)),
-        ip: Set(Some(peer.ip().to_string())),
-        referrer: Set(header_text(&headers, header::REFERER, 2048)),
-        metadata: Set(Value::Object(metadata)),
-        session_token_hash: Set(token_hash),
-        created_at: Set(now),
-        last_seen_at: Set(now),
-        ..Default::default()
-    }
-    .insert(&txn)
-    .await?;
-    // Queued at once, so the answer can say where it stands; the enqueue job announces it.
-    let conversation = conversations::ActiveModel {
-        account_id: Set(account_id),
-        visitor_id: Set(visitor.id),
-        group_id: Set(group_id),
-        status: Set(ConversationStatus::Pending),
-        priority: Set(body.priority.unwrap_or(Priority::Normal)),
-        queued_at: Set(Some(now)),
-        // Only a message is activity that waits for an answer (the agent response timer).
-        last_visitor_activity_at: Set(body.initial_message.is_some().then_some(now)),
-        reassignment_count: Set(0),
-        created_at: Set(now),
-        updated_at: Set(now),
-        ..Default::default()
-    }
-    .insert(&txn)
-    .await?;
-    let thread = threads::ActiveModel {
-        account_id: Set(account_id),
-        conversation_id: Set(conversation.id),
-        status: Set(ThreadStatus::Active),
-        created_at: Set(now),
-        ..Default::default()
-    }
-    .insert(&txn)
-    .await?;
-    let conversation = conversations::ActiveModel {
-        id: Set(conversation.id),
-        active_thread_id: Set(Some(thread.id)),
-        ..Default::default()
-    }
-    .update(&txn)
-    .await?;
-    if let Some(message) = body.initial_message {
-        write_event(
-            &txn,
-            &conversation,
-            thread.id,
-            EventKind::Message,
-            AuthorType::Visitor,
-            None,
-            message.into(),
-            None,
-            None,
-        )
-        .await?;
-    }
-    txn.commit().await?;
-
+    let opening = Opening {
+        account_id: body.account_id,
+        group_id: body.group_id,
+        priority: body.priority.unwrap_or(Priority::Normal),
+        initial_message: body.initial_message.map(Into::into),
+        name: body.name.map(Into::into),
+        email: body.email.map(Into::into),
+        phone: body.phone.map(Into::into),
+        user_agent: header_text(&headers, header::USER_AGENT, 512),
+        ip: Some(peer.ip().to_string()),
+        referrer: header_text(&headers, header::REFERER, 2048),
+        metadata: Value::Object(metadata),
+        session_token_hash: token_hash,
+    };
+    // Sessions opened at once share one transaction (see `jobs::batch`).
+    let opened = state
+        .batches
+        .sessions
+        .run(opening)
+        .await?
+        .map_err(|refused| match refused {
+            OpenRefused::NoAccount => ApiError::NotFound("account"),
+            OpenRefused::NoGroup => ApiError::NotFound("group"),
+            OpenRefused::AccountRequired => ApiError::Unprocessable(refused.to_string()),
+        })?;
+    let conversation = &opened.conversation;
     // Should this submission be lost, the conversation still waits, queued: the reconciler offers
-    // its group's line again.
+    // its group's line again. The enqueue job asks for the line to be served.
     if let Err(err) = state
         .jobs
         .submit(EnqueueConversation::new(conversation.id))
@@ -255,21 +165,15 @@ async fn create_session(
     {
         tracing::warn!(conversation_id = conversation.id, %err, "enqueue not submitted; the reconciler will offer it");
     }
-    // The conversation is already in line: ask for its group to be served now rather than after
-    // the enqueue job (which asks again; requests coalesce, so this costs one conditional update).
-    if let Err(err) = request_assign(&state.job_context(), account_id, group_id).await {
-        tracing::warn!(conversation_id = conversation.id, %err, "assignment not requested; the enqueue job will");
-    }
-    let queue_position = queue_position(&state.db, &conversation).await?;
     Ok((
         StatusCode::CREATED,
         Json(Session {
             session_token: token,
-            visitor_id: visitor.id,
+            visitor_id: opened.visitor_id,
             conversation_id: conversation.id,
-            thread_id: thread.id,
+            thread_id: opened.thread_id,
             status: conversation.status,
-            queue_position,
+            queue_position: opened.position,
         }),
     ))
 }

@@ -740,3 +740,103 @@ both_backends! {
         assert_eq!(reconcile(&app.state.job_context()).await.expect("reconcile").conversations_released, 0);
     }
 }
+
+both_backends! {
+    async fn lifecycle_steps_that_run_at_once_share_batches_and_each_acts_once(backend: Backend) {
+        let app = Arc::new(api_node_without_workers(backend).await);
+        let ctx = app.state.job_context();
+        let admin = app.admin_token().await;
+        let group = app.default_group(&admin).await;
+        let account = account_of(&app, group).await;
+
+        // Thirty widget sessions at once: each gets its own visitor, one pending conversation in
+        // line with one open thread, and its first message once.
+        let mut opening = JoinSet::new();
+        for n in 0..30 {
+            let app = app.clone();
+            opening.spawn(async move {
+                let reply = app.widget_session(json!({ "initialMessage": format!("hello {n}") })).await;
+                assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+                assert!(reply.body["queuePosition"].as_u64().unwrap() >= 1);
+                (reply.body["conversationId"].as_i64().unwrap(), n)
+            });
+        }
+        let opened: Vec<(i64, i32)> = opening.join_all().await;
+        let ids: BTreeSet<i64> = opened.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids.len(), 30, "thirty distinct conversations");
+        let now = world(app.db()).await;
+        for (id, n) in &opened {
+            let c = now.conversation(*id);
+            assert_eq!(c.status, ConversationStatus::Pending);
+            assert!(c.queued_at.is_some(), "in line at once");
+            let open: Vec<_> = now.threads.iter().filter(|t| t.conversation_id == *id).collect();
+            assert_eq!(open.len(), 1);
+            assert_eq!(c.active_thread_id, Some(open[0].id));
+            assert_eq!(now.events_of(*id, &format!("hello {n}")), 1);
+        }
+        let queue = app.get("/v1/queue", &admin).await;
+        let waiting: Vec<i64> = queue.body["groups"].as_array().unwrap().iter()
+            .filter(|g| g["groupId"] == group)
+            .flat_map(|g| g["waiting"].as_array().unwrap().iter().map(|c| c["conversationId"].as_i64().unwrap()))
+            .collect();
+        // Serving order: queue time, then id (batches on several connections may interleave).
+        let fifo: Vec<i64> = now.line_order().into_iter().filter(|id| ids.contains(id)).collect();
+        assert_eq!(waiting, fifo, "the line holds every session once, in serving order");
+
+        // Each enqueued twice at once (one key each): one "queued" event per conversation.
+        let mut enqueues = JoinSet::new();
+        for id in ids.iter().copied() {
+            for _ in 0..2 {
+                let ctx = ctx.clone();
+                enqueues.spawn(async move {
+                    EnqueueConversation { conversation_id: id, key: format!("once-{id}") }.run(&ctx).await.unwrap()
+                });
+            }
+        }
+        enqueues.join_all().await;
+        let now = world(app.db()).await;
+        for id in &ids {
+            assert_eq!(now.events_of(*id, "Queued at position"), 1, "conversation {id}");
+        }
+
+        // Two agents take twenty of them in one go; each gets ten, in line order.
+        let (first_agent, _) = app.online_agent(&admin, group, 10).await;
+        let (second_agent, _) = app.online_agent(&admin, group, 10).await;
+        AssignAgent::new(account, group).run(&ctx).await.unwrap();
+        let now = world(app.db()).await;
+        now.assert_consistent();
+        let active = now.with_status(ConversationStatus::Active);
+        assert_eq!(active, fifo[..20].iter().copied().collect(), "the head of the line");
+        assert_eq!(now.agent(first_agent).active_chats, 10);
+        assert_eq!(now.agent(second_agent).active_chats, 10);
+        for id in &active {
+            assert_eq!(now.events_of(*id, "Assigned to"), 1);
+        }
+
+        // Every active chat closed three times at once, plus a waiting one: each closes once,
+        // and each agent gets exactly its ten slots back.
+        let mut closes = JoinSet::new();
+        for id in active.iter().copied().chain([fifo[25]]) {
+            for _ in 0..3 {
+                let ctx = ctx.clone();
+                closes.spawn(async move {
+                    CloseConversation { conversation_id: id, closed_by: ClosedBy::Agent, reason: "resolved".into() }
+                        .run(&ctx)
+                        .await
+                        .unwrap()
+                });
+            }
+        }
+        closes.join_all().await;
+        let now = world(app.db()).await;
+        now.assert_consistent();
+        assert_eq!(now.agent(first_agent).active_chats, 0);
+        assert_eq!(now.agent(second_agent).active_chats, 0);
+        for id in active.iter().chain([&fifo[25]]) {
+            assert_eq!(now.conversation(*id).status, ConversationStatus::Resolved);
+            assert_eq!(now.events_of(*id, "Closed by the agent: resolved"), 1, "conversation {id}");
+            assert!(now.threads.iter().filter(|t| t.conversation_id == *id).all(|t| t.status == ThreadStatus::Closed));
+        }
+        assert!(now.assignments.iter().all(|a| a.released_at.is_some()), "every assignment ended");
+    }
+}
