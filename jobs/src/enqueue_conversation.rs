@@ -90,7 +90,7 @@ pub enum Placed {
     /// In line at `position` (1-based).
     InLine {
         /// The conversation as it is now.
-        conversation: conversations::Model,
+        conversation: Box<conversations::Model>,
         /// Its place in its group's line.
         position: u64,
     },
@@ -165,7 +165,7 @@ pub(crate) async fn place_many(
             notes.push(row);
         }
         placed.push(Placed::InLine {
-            conversation: conversation.clone(),
+            conversation: Box::new(conversation.clone()),
             position,
         });
     }

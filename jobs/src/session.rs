@@ -72,19 +72,19 @@ pub async fn open_many(
     db: &DatabaseConnection,
     openings: Vec<Opening>,
 ) -> Result<Vec<Result<Opened, OpenRefused>>, DbErr> {
-    // Where each goes: one lookup per distinct (account, group) asked for.
-    let mut places: HashMap<(Option<i64>, Option<i64>), Result<(i64, i64), OpenRefused>> =
-        HashMap::new();
+    // Where each goes, (account, group): one lookup per distinct pair asked for.
+    type Asked = (Option<i64>, Option<i64>);
+    let mut places: HashMap<Asked, Result<(i64, i64), OpenRefused>> = HashMap::new();
     for opening in &openings {
         let asked = (opening.account_id, opening.group_id);
-        if !places.contains_key(&asked) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = places.entry(asked) {
             let place = match pick_account(db, opening.account_id).await? {
                 Ok(account) => pick_group(db, account, opening.group_id)
                     .await?
                     .map(|group| (account, group)),
                 Err(refused) => Err(refused),
             };
-            places.insert(asked, place);
+            slot.insert(place);
         }
     }
     let place_of = |o: &Opening| places[&(o.account_id, o.group_id)];
