@@ -88,8 +88,10 @@ pub struct Settings {
     )]
     pub database_max_connections: u32,
 
-    /// Tasks of one job queue run at once in a worker process.
-    #[arg(long, env = "SWITCHBOARD_WORKER_CONCURRENCY", default_value_t = 16)]
+    /// Tasks of one job queue run at once in a worker process. Most lifecycle jobs spend their
+    /// time waiting for a shared batch (see `jobs::batch`), so many may wait at once: the more
+    /// wait, the larger the batches under load.
+    #[arg(long, env = "SWITCHBOARD_WORKER_CONCURRENCY", default_value_t = 128)]
     pub worker_concurrency: usize,
 
     /// How often an idle worker looks for tasks submitted by other processes, in milliseconds.

@@ -82,6 +82,15 @@ fn describe() {
         "From entering the waiting line to being assigned."
     );
     metrics::describe_histogram!(
+        "switchboard_batch_size",
+        "Items written together by one batch of a hot path (sessions, enqueues, closes, assignment requests)."
+    );
+    metrics::describe_histogram!(
+        "switchboard_batch_seconds",
+        metrics::Unit::Seconds,
+        "How long one batch of a hot path took, per batch kind."
+    );
+    metrics::describe_histogram!(
         "switchboard_http_request_duration_seconds",
         metrics::Unit::Seconds,
         "HTTP request latency by route."

@@ -154,7 +154,11 @@ impl Job for AssignAgent {
         // head of the line (SQLite even serialises the losers' writes). A run that waits here
         // still clears the mark and reads the line after the one before it, so nothing is missed.
         // Other processes may run at once; the conditional claim keeps that correct.
-        let lock = group_lock(&format!("{}#{}", ctx.jobs.wake_key::<Self>(), self.group_id));
+        let lock = group_lock(&format!(
+            "{}#{}",
+            ctx.jobs.wake_key::<Self>(),
+            self.group_id
+        ));
         let _serving = lock.lock().await;
         // Clear the request mark first (and read the group in the same statement): anything
         // queued from now on asks again.

@@ -52,7 +52,7 @@ impl<I, O> std::fmt::Debug for Batcher<I, O> {
 pub fn lanes(backend: DatabaseBackend) -> usize {
     match backend {
         DatabaseBackend::Sqlite => 1,
-        _ => 4,
+        _ => 2,
     }
 }
 
@@ -125,7 +125,12 @@ where
 {
     let items: Vec<I> = batch.iter().map(|p| p.item.clone()).collect();
     let size = items.len();
-    match run(items).await {
+    let started = std::time::Instant::now();
+    let result = run(items).await;
+    metrics::histogram!("switchboard_batch_size", "batch" => name).record(size as f64);
+    metrics::histogram!("switchboard_batch_seconds", "batch" => name)
+        .record(started.elapsed().as_secs_f64());
+    match result {
         Ok(outputs) if outputs.len() == size => {
             for (pending, output) in batch.into_iter().zip(outputs) {
                 let _ = pending.reply.send(Ok(output));
@@ -152,9 +157,9 @@ where
     }
     for pending in batch {
         let output = match run(vec![pending.item.clone()]).await {
-            Ok(mut outputs) if outputs.len() == 1 => outputs.pop().ok_or_else(|| {
-                DbErr::Custom(format!("the {name} batch gave no output"))
-            }),
+            Ok(mut outputs) if outputs.len() == 1 => outputs
+                .pop()
+                .ok_or_else(|| DbErr::Custom(format!("the {name} batch gave no output"))),
             Ok(_) => Err(DbErr::Custom(format!(
                 "the {name} batch gave the wrong number of outputs"
             ))),
@@ -170,7 +175,10 @@ pub struct Batches {
     /// Assignment requests (`assign_agent::request_assign`), coalesced per group.
     pub(crate) requests: Batcher<(i64, i64), Result<(), String>>,
     /// Enqueue jobs.
-    pub(crate) enqueues: Batcher<crate::enqueue_conversation::EnqueueConversation, crate::enqueue_conversation::Placed>,
+    pub(crate) enqueues: Batcher<
+        crate::enqueue_conversation::EnqueueConversation,
+        crate::enqueue_conversation::Placed,
+    >,
     /// Close jobs.
     pub(crate) closes: Batcher<crate::conversation::Closing, Option<crate::conversation::Closed>>,
     /// Widget sessions (the HTTP layer's one hot write).
@@ -200,21 +208,33 @@ impl Batches {
         };
         let closes = {
             let db = db.clone();
-            Batcher::start("close", lanes, move |items: Vec<crate::conversation::Closing>| {
-                let db = db.clone();
-                Box::pin(async move {
-                    let txn = crate::db::begin_write(&db).await?;
-                    let closed = crate::conversation::close_many(&txn, &items).await?;
-                    txn.commit().await?;
-                    Ok(closed)
-                })
-            })
+            Batcher::start(
+                "close",
+                lanes,
+                move |items: Vec<crate::conversation::Closing>| {
+                    let db = db.clone();
+                    Box::pin(async move {
+                        let txn = crate::db::begin_write(&db).await?;
+                        let mut closed = crate::conversation::close_many(&txn, &items).await?;
+                        txn.commit().await?;
+                        // Committed: a failure here must not fail (and re-run) the closes. Without
+                        // the groups, the freed capacity waits for the next request or reconcile.
+                        if let Err(err) =
+                            crate::conversation::find_freed_groups(&db, &mut closed).await
+                        {
+                            tracing::warn!(%err, "could not read the freed agents' groups");
+                        }
+                        Ok(closed)
+                    })
+                },
+            )
         };
         let sessions = {
             let db = db.clone();
+            let places = Arc::new(crate::session::Places::default());
             Batcher::start("session", lanes, move |items| {
-                let db = db.clone();
-                Box::pin(async move { crate::session::open_many(&db, items).await })
+                let (db, places) = (db.clone(), places.clone());
+                Box::pin(async move { crate::session::open_many(&db, &places, items).await })
             })
         };
         Self {
@@ -228,10 +248,7 @@ impl Batches {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        sync::Mutex,
-        time::Duration,
-    };
+    use std::{sync::Mutex, time::Duration};
 
     use super::*;
 
@@ -240,7 +257,9 @@ mod tests {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let seen = sizes.clone();
         let doubler = Batcher::start("test", 1, move |items: Vec<u32>| {
-            seen.lock().unwrap_or_else(|e| e.into_inner()).push(items.len());
+            seen.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(items.len());
             Box::pin(async move {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 Ok(items.into_iter().map(|n| n * 2).collect())

@@ -16,10 +16,10 @@ use entity::{
     events, groups, threads,
 };
 use sea_orm::{
-    ActiveModelTrait,
+    ActiveEnum, ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, JoinType,
-    QueryFilter, QueryOrder, QuerySelect, RelationTrait,
+    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, JoinType, QueryFilter, QueryOrder,
+    QuerySelect, QueryTrait, RelationTrait,
     sea_query::{Expr, ExprTrait, OnConflict},
 };
 use serde_json::{Value, json};
@@ -67,7 +67,7 @@ pub struct Closed {
     pub conversation: conversations::Model,
     /// The agent it was active with, whose capacity was released.
     pub released_agent: Option<i64>,
-    /// The live groups of that agent: their lines may be served now.
+    /// The live groups of that agent: their lines may be served now (see [`find_freed_groups`]).
     pub freed_groups: Vec<i64>,
 }
 
@@ -277,7 +277,10 @@ pub async fn claim_many(
         .col_expr(conversations::Column::AssignedAt, Expr::value(Some(now)))
         .col_expr(
             conversations::Column::ActiveThreadId,
-            by_id(conversations::Column::Id, thread_of.iter().map(|(c, t)| (*c, *t))),
+            by_id(
+                conversations::Column::Id,
+                thread_of.iter().map(|(c, t)| (*c, *t)),
+            ),
         )
         // A person took it: the hold (if any) has done its job; the new holder's clock is fresh.
         .col_expr(
@@ -321,7 +324,12 @@ pub async fn claim_many(
         let entry = per_agent.entry(pick.agent_id).or_insert((0, at));
         *entry = (entry.0 + 1, at);
     }
-    let added = || by_id(agents::Column::Id, per_agent.iter().map(|(a, (k, _))| (*a, *k)));
+    let added = || {
+        by_id(
+            agents::Column::Id,
+            per_agent.iter().map(|(a, (k, _))| (*a, *k)),
+        )
+    };
     let agents_now = agents::Entity::update_many()
         .col_expr(
             agents::Column::ActiveChats,
@@ -329,7 +337,10 @@ pub async fn claim_many(
         )
         .col_expr(
             agents::Column::LastAssignedAt,
-            by_id(agents::Column::Id, per_agent.iter().map(|(a, (_, at))| (*a, *at))),
+            by_id(
+                agents::Column::Id,
+                per_agent.iter().map(|(a, (_, at))| (*a, *at)),
+            ),
         )
         .filter(agents::Column::Id.is_in(per_agent.keys().copied()))
         .filter(agents::Column::DeletedAt.is_null())
@@ -364,18 +375,17 @@ pub async fn claim_many(
         .filter(threads::Column::Id.is_not_in(picks.iter().map(|p| thread_of[&p.conversation_id])))
         .exec(txn)
         .await?;
-    let assignments = assignments::Entity::insert_many(picks.iter().map(|pick| {
-        assignments::ActiveModel {
+    let assignments =
+        assignments::Entity::insert_many(picks.iter().map(|pick| assignments::ActiveModel {
             account_id: Set(pick.account_id),
             conversation_id: Set(pick.conversation_id),
             agent_id: Set(pick.agent_id),
             reason: Set(pick.why.clone()),
             assigned_at: Set(now),
             ..Default::default()
-        }
-    }))
-    .exec_with_returning(txn)
-    .await?;
+        }))
+        .exec_with_returning(txn)
+        .await?;
     let assignment_of: HashMap<i64, i64> = assignments
         .iter()
         .map(|a| (a.conversation_id, a.id))
@@ -754,14 +764,16 @@ pub async fn close_many(
             threads::Column::ClosedBy,
             by_id(
                 threads::Column::ConversationId,
-                todo.iter().map(|(c, _)| (c.conversation_id, Some(c.closed_by))),
+                todo.iter()
+                    .map(|(c, _)| (c.conversation_id, Some(c.closed_by))),
             ),
         )
         .col_expr(
             threads::Column::ClosedReason,
             by_id(
                 threads::Column::ConversationId,
-                todo.iter().map(|(c, _)| (c.conversation_id, Some(c.reason.clone()))),
+                todo.iter()
+                    .map(|(c, _)| (c.conversation_id, Some(c.reason.clone()))),
             ),
         )
         .col_expr(threads::Column::ClosedAt, Expr::value(Some(now)))
@@ -769,26 +781,36 @@ pub async fn close_many(
         .filter(threads::Column::Status.eq(ThreadStatus::Active))
         .exec(txn)
         .await?;
-    let groups = groups_of_agents(txn, released.values().copied()).await?;
     let mut outputs = Vec::with_capacity(closing.len());
     let mut given = HashSet::new();
     for c in closing {
         let output = closed
             .get(&c.conversation_id)
             .filter(|_| given.insert(c.conversation_id))
-            .map(|conversation| {
-                let released_agent = released.get(&c.conversation_id).copied();
-                Closed {
-                    conversation: conversation.clone(),
-                    released_agent,
-                    freed_groups: released_agent
-                        .and_then(|agent| groups.get(&agent).cloned())
-                        .unwrap_or_default(),
-                }
+            .map(|conversation| Closed {
+                conversation: conversation.clone(),
+                released_agent: released.get(&c.conversation_id).copied(),
+                freed_groups: Vec::new(),
             });
         outputs.push(output);
     }
     Ok(outputs)
+}
+
+/// Fills in [`Closed::freed_groups`] (one query for the lot), once the close has committed: the
+/// read need not hold the agents' locks.
+pub async fn find_freed_groups(
+    db: &impl ConnectionTrait,
+    closed: &mut [Option<Closed>],
+) -> Result<(), DbErr> {
+    let agents = closed.iter().flatten().filter_map(|c| c.released_agent);
+    let groups = groups_of_agents(db, agents).await?;
+    for c in closed.iter_mut().flatten() {
+        if let Some(agent) = c.released_agent {
+            c.freed_groups = groups.get(&agent).cloned().unwrap_or_default();
+        }
+    }
+    Ok(())
 }
 
 /// Reads conversations for a change, locked (PostgreSQL) after their holders' agent rows: the
@@ -798,15 +820,25 @@ async fn lock_conversations(
     txn: &impl ConnectionTrait,
     ids: &[i64],
 ) -> Result<std::collections::HashMap<i64, conversations::Model>, DbErr> {
-    let read = || conversations::Entity::find().filter(conversations::Column::Id.is_in(ids.iter().copied()));
+    let read = || {
+        conversations::Entity::find().filter(conversations::Column::Id.is_in(ids.iter().copied()))
+    };
     if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
-        let holders: Vec<Option<i64>> = read()
+        // The holders' rows, in id order, in one statement.
+        let holders = read()
             .select_only()
             .column(conversations::Column::AssignedAgentId)
-            .into_tuple()
+            .filter(conversations::Column::AssignedAgentId.is_not_null())
+            .into_query();
+        agents::Entity::find()
+            .select_only()
+            .column(agents::Column::Id)
+            .filter(agents::Column::Id.in_subquery(holders))
+            .order_by_asc(agents::Column::Id)
+            .lock_exclusive()
+            .into_tuple::<i64>()
             .all(txn)
             .await?;
-        lock_agents(txn, holders.into_iter().flatten().collect()).await?;
         // If a holder changed meanwhile, its new agent row is locked by the update that follows.
         let rows = read()
             .order_by_asc(conversations::Column::Id)
@@ -815,7 +847,12 @@ async fn lock_conversations(
             .await?;
         return Ok(rows.into_iter().map(|c| (c.id, c)).collect());
     }
-    Ok(read().all(txn).await?.into_iter().map(|c| (c.id, c)).collect())
+    Ok(read()
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect())
 }
 
 /// Puts a resolved conversation back at the end of its group's line with a new thread. `None`
@@ -876,49 +913,93 @@ pub async fn queue_position(
     db: &impl ConnectionTrait,
     conversation: &conversations::Model,
 ) -> Result<u64, DbErr> {
-    Ok(queue_positions(db, &[conversation.id])
+    Ok(queue_positions(db, std::slice::from_ref(conversation))
         .await?
         .get(&conversation.id)
         .copied()
         .unwrap_or(0))
 }
 
-/// [`queue_position`] of several conversations in one query; those not in line are left out.
+/// [`queue_position`] of several conversations (as read by the caller, pending and in line;
+/// others are left out), with two queries per group whatever their number: how many wait ahead
+/// of the first, and the stretch of the line from the first to the last.
 pub async fn queue_positions(
     db: &impl ConnectionTrait,
-    ids: &[i64],
+    members: &[conversations::Model],
 ) -> Result<std::collections::HashMap<i64, u64>, DbErr> {
-    use sea_orm::{FromQueryResult, Statement};
-    #[derive(FromQueryResult)]
-    struct Place {
-        id: i64,
-        position: i64,
-    }
-    if ids.is_empty() {
-        return Ok(Default::default());
-    }
-    let ids = ids
+    use std::collections::{BTreeMap, HashMap};
+    let key = |c: &conversations::Model| (c.priority.to_value(), c.queued_at, c.id);
+    let mut by_group: BTreeMap<i64, (&conversations::Model, &conversations::Model)> =
+        BTreeMap::new();
+    for c in members
         .iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    // Ids are integers written by us, so the statement needs no parameters and reads the same on
-    // both backends.
-    let sql = format!(
-        "SELECT c.id AS id, 1 + (SELECT COUNT(*) FROM conversations o \
-           WHERE o.group_id = c.group_id AND o.status = 'pending' AND o.queued_at IS NOT NULL \
-             AND (o.priority < c.priority OR (o.priority = c.priority AND (o.queued_at < c.queued_at \
-               OR (o.queued_at = c.queued_at AND o.id < c.id))))) AS position \
-         FROM conversations c \
-         WHERE c.id IN ({ids}) AND c.status = 'pending' AND c.queued_at IS NOT NULL"
-    );
-    let places = Place::find_by_statement(Statement::from_string(db.get_database_backend(), sql))
-        .all(db)
-        .await?;
-    Ok(places
-        .into_iter()
-        .map(|p| (p.id, u64::try_from(p.position).unwrap_or(0)))
-        .collect())
+        .filter(|c| c.status == ConversationStatus::Pending && c.queued_at.is_some())
+    {
+        let span = by_group.entry(c.group_id).or_insert((c, c));
+        if key(c) < key(span.0) {
+            span.0 = c;
+        }
+        if key(c) > key(span.1) {
+            span.1 = c;
+        }
+    }
+    let mut places = HashMap::new();
+    for (group, (first, last)) in by_group {
+        let in_line = || {
+            conversations::Entity::find()
+                .filter(conversations::Column::GroupId.eq(group))
+                .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
+                .filter(conversations::Column::QueuedAt.is_not_null())
+        };
+        // One statement: the stretch, each row carrying the count of those ahead of it.
+        let ahead = in_line()
+            .filter(ahead_of(first))
+            .select_only()
+            .expr(Expr::col(conversations::Column::Id).count())
+            .into_query();
+        let stretch: Vec<(i64, i64)> = in_line()
+            .select_only()
+            .column(conversations::Column::Id)
+            .expr(Expr::SubQuery(None, Box::new(ahead.into())))
+            .filter(ahead_of(first).not())
+            .filter(
+                Condition::any()
+                    .add(ahead_of(last))
+                    .add(conversations::Column::Id.eq(last.id)),
+            )
+            .order_by_asc(conversations::Column::Priority)
+            .order_by_asc(conversations::Column::QueuedAt)
+            .order_by_asc(conversations::Column::Id)
+            .into_tuple()
+            .all(db)
+            .await?;
+        for (n, (id, ahead)) in stretch.into_iter().enumerate() {
+            places.insert(id, u64::try_from(ahead).unwrap_or(0) + 1 + n as u64);
+        }
+    }
+    // Only the callers' conversations: the stretch may hold others.
+    places.retain(|id, _| members.iter().any(|c| c.id == *id));
+    Ok(places)
+}
+
+/// Conversations served before `c`: a higher priority, or the same one and queued earlier (ties
+/// by id).
+fn ahead_of(c: &conversations::Model) -> Condition {
+    Condition::any()
+        .add(conversations::Column::Priority.lt(c.priority))
+        .add(
+            Condition::all()
+                .add(conversations::Column::Priority.eq(c.priority))
+                .add(
+                    Condition::any()
+                        .add(conversations::Column::QueuedAt.lt(c.queued_at))
+                        .add(
+                            Condition::all()
+                                .add(conversations::Column::QueuedAt.eq(c.queued_at))
+                                .add(conversations::Column::Id.lt(c.id)),
+                        ),
+                ),
+        )
 }
 
 /// The head of a group's waiting line, in serving order.
@@ -959,7 +1040,12 @@ fn line(group_id: i64, limit: u64) -> sea_orm::Select<conversations::Entity> {
 /// Agents of the group who may take a conversation now: online, accepting, not deleted, under
 /// capacity.
 pub async fn candidates(db: &impl ConnectionTrait, group_id: i64) -> Result<Vec<Candidate>, DbErr> {
-    Ok(eligible(group_id).all(db).await?.into_iter().map(Candidate::from).collect())
+    Ok(eligible(group_id)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(Candidate::from)
+        .collect())
 }
 
 /// [`candidates`] read for a change: on PostgreSQL their rows are locked, in id order (the order
@@ -974,7 +1060,12 @@ pub async fn lock_candidates(
         QuerySelect::query(&mut query)
             .lock_with_tables(sea_orm::sea_query::LockType::Update, [agents::Entity]);
     }
-    Ok(query.all(txn).await?.into_iter().map(Candidate::from).collect())
+    Ok(query
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(Candidate::from)
+        .collect())
 }
 
 fn eligible(group_id: i64) -> sea_orm::Select<agents::Entity> {

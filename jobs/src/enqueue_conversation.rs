@@ -102,19 +102,23 @@ pub enum Placed {
 
 /// Places the conversations of `enqueues` in their lines: a place (`queued_at`) is given only
 /// where it is missing, and each enqueue writes its "queued" system event once (keyed by its
-/// `key`). Four statements for the whole batch, each safe to repeat.
+/// `key`). Three statements for the whole batch, each safe to repeat.
 pub(crate) async fn place_many(
     db: &DatabaseConnection,
     enqueues: Vec<EnqueueConversation>,
 ) -> Result<Vec<Placed>, DbErr> {
     let ids: Vec<i64> = enqueues.iter().map(|e| e.conversation_id).collect();
-    let mut rows: HashMap<i64, conversations::Model> = conversations::Entity::find()
+    let found = conversations::Entity::find()
+        .find_also_related(groups::Entity)
         .filter(conversations::Column::Id.is_in(ids.iter().copied()))
         .all(db)
-        .await?
-        .into_iter()
-        .map(|c| (c.id, c))
+        .await?;
+    let names: HashMap<i64, String> = found
+        .iter()
+        .filter_map(|(_, group)| group.as_ref().map(|g| (g.id, g.name.clone())))
         .collect();
+    let mut rows: HashMap<i64, conversations::Model> =
+        found.into_iter().map(|(c, _)| (c.id, c)).collect();
     // Not yet in line (a crash between the session's write and its place): in line now.
     let unplaced: Vec<i64> = rows
         .values()
@@ -133,17 +137,8 @@ pub(crate) async fn place_many(
             .await?;
         rows.extend(stamped.into_iter().map(|c| (c.id, c)));
     }
-    let positions = queue_positions(db, &ids).await?;
-    let mut group_ids: Vec<i64> = rows.values().map(|c| c.group_id).collect();
-    group_ids.sort_unstable();
-    group_ids.dedup();
-    let names: HashMap<i64, String> = groups::Entity::find()
-        .filter(groups::Column::Id.is_in(group_ids))
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|g| (g.id, g.name))
-        .collect();
+    let in_line: Vec<conversations::Model> = rows.values().cloned().collect();
+    let positions = queue_positions(db, &in_line).await?;
     let mut notes = Vec::new();
     let mut placed = Vec::with_capacity(enqueues.len());
     for enqueue in &enqueues {
@@ -155,7 +150,9 @@ pub(crate) async fn place_many(
             placed.push(Placed::NotPending(conversation.status));
             continue;
         };
-        let group_name = names.get(&conversation.group_id).map_or("its group", String::as_str);
+        let group_name = names
+            .get(&conversation.group_id)
+            .map_or("its group", String::as_str);
         if let Some(row) = system_event_row(
             conversation,
             format!("Queued at position {position} in {group_name}"),

@@ -67,24 +67,58 @@ pub enum OpenRefused {
     NoGroup,
 }
 
+/// What a widget asked for: (account, group), either left to the server.
+type Asked = (Option<i64>, Option<i64>);
+type Place = Result<(i64, i64), OpenRefused>;
+
+/// Where sessions go, (account, group) by what was asked, remembered for [`PLACE_TTL`]: every
+/// session of a busy site asks the same, and a group deleted or an account added meanwhile is
+/// seen that much later, as if the session had come a moment earlier. Refusals are not kept.
+#[derive(Debug, Default)]
+pub struct Places(std::sync::Mutex<HashMap<Asked, (std::time::Instant, Place)>>);
+
+/// How long a looked-up place is reused.
+const PLACE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Places {
+    async fn get(&self, db: &impl ConnectionTrait, asked: Asked) -> Result<Place, DbErr> {
+        let lock = || {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some((at, place)) = lock().get(&asked)
+            && at.elapsed() < PLACE_TTL
+        {
+            return Ok(*place);
+        }
+        let place = match pick_account(db, asked.0).await? {
+            Ok(account) => pick_group(db, account, asked.1)
+                .await?
+                .map(|group| (account, group)),
+            Err(refused) => Err(refused),
+        };
+        // Refusals are not kept: a group created a moment later is found at once.
+        if place.is_ok() {
+            let mut known = lock();
+            known.retain(|_, (at, _)| at.elapsed() < PLACE_TTL);
+            known.insert(asked, (std::time::Instant::now(), place));
+        }
+        Ok(place)
+    }
+}
+
 /// Opens every session of `openings` in one transaction; one outcome per opening, in order.
 pub async fn open_many(
     db: &DatabaseConnection,
+    known: &Places,
     openings: Vec<Opening>,
 ) -> Result<Vec<Result<Opened, OpenRefused>>, DbErr> {
-    // Where each goes, (account, group): one lookup per distinct pair asked for.
-    type Asked = (Option<i64>, Option<i64>);
-    let mut places: HashMap<Asked, Result<(i64, i64), OpenRefused>> = HashMap::new();
+    let mut places: HashMap<Asked, Place> = HashMap::new();
     for opening in &openings {
         let asked = (opening.account_id, opening.group_id);
         if let std::collections::hash_map::Entry::Vacant(slot) = places.entry(asked) {
-            let place = match pick_account(db, opening.account_id).await? {
-                Ok(account) => pick_group(db, account, opening.group_id)
-                    .await?
-                    .map(|group| (account, group)),
-                Err(refused) => Err(refused),
-            };
-            slot.insert(place);
+            slot.insert(known.get(db, asked).await?);
         }
     }
     let place_of = |o: &Opening| places[&(o.account_id, o.group_id)];
@@ -120,24 +154,25 @@ pub async fn open_many(
             .collect();
         // In line at once (`queued_at`), so the answer can say where it stands; the enqueue job
         // announces it. One time for the batch: FIFO follows the ids, which follow the order here.
-        let pending = conversations::Entity::insert_many(accepted.iter().map(
-            |(o, (account, group))| conversations::ActiveModel {
-                account_id: Set(*account),
-                visitor_id: Set(visitor_of[o.session_token_hash.as_str()]),
-                group_id: Set(*group),
-                status: Set(ConversationStatus::Pending),
-                priority: Set(o.priority),
-                queued_at: Set(Some(now)),
-                // Only a message is activity that waits for an answer (the agent response timer).
-                last_visitor_activity_at: Set(o.initial_message.is_some().then_some(now)),
-                reassignment_count: Set(0),
-                created_at: Set(now),
-                updated_at: Set(now),
-                ..Default::default()
-            },
-        ))
-        .exec_with_returning(&txn)
-        .await?;
+        let pending =
+            conversations::Entity::insert_many(accepted.iter().map(|(o, (account, group))| {
+                conversations::ActiveModel {
+                    account_id: Set(*account),
+                    visitor_id: Set(visitor_of[o.session_token_hash.as_str()]),
+                    group_id: Set(*group),
+                    status: Set(ConversationStatus::Pending),
+                    priority: Set(o.priority),
+                    queued_at: Set(Some(now)),
+                    // Only a message is activity that waits for an answer (the agent response timer).
+                    last_visitor_activity_at: Set(o.initial_message.is_some().then_some(now)),
+                    reassignment_count: Set(0),
+                    created_at: Set(now),
+                    updated_at: Set(now),
+                    ..Default::default()
+                }
+            }))
+            .exec_with_returning(&txn)
+            .await?;
         let threads = threads::Entity::insert_many(pending.iter().map(|c| threads::ActiveModel {
             account_id: Set(c.account_id),
             conversation_id: Set(c.id),
@@ -195,10 +230,12 @@ pub async fn open_many(
                 .await?;
         }
         txn.commit().await?;
-        let ids: Vec<i64> = opened.values().map(|o| o.conversation.id).collect();
-        let positions = queue_positions(db, &ids).await?;
+        let positions = queue_positions(db, &pending).await?;
         for session in opened.values_mut() {
-            session.position = positions.get(&session.conversation.id).copied().unwrap_or(0);
+            session.position = positions
+                .get(&session.conversation.id)
+                .copied()
+                .unwrap_or(0);
         }
     }
     Ok(openings
@@ -217,12 +254,14 @@ async fn pick_account(
     account_id: Option<i64>,
 ) -> Result<Result<i64, OpenRefused>, DbErr> {
     let ids: Vec<i64> = match account_id {
-        Some(id) => accounts::Entity::find_by_id(id)
-            .select_only()
-            .column(accounts::Column::Id)
-            .into_tuple()
-            .all(db)
-            .await?,
+        Some(id) => {
+            accounts::Entity::find_by_id(id)
+                .select_only()
+                .column(accounts::Column::Id)
+                .into_tuple()
+                .all(db)
+                .await?
+        }
         None => {
             accounts::Entity::find()
                 .select_only()
@@ -257,4 +296,3 @@ async fn pick_group(
     let found: Option<i64> = query.into_tuple().one(db).await?;
     Ok(found.ok_or(OpenRefused::NoGroup))
 }
-

@@ -40,7 +40,7 @@ use serde_json::json;
 use crate::{
     Job, JobContext, JobError, RetryBudget,
     close_conversation::after_close,
-    conversation::{close, lock_conversation, requeue, system_event},
+    conversation::{close, find_freed_groups, lock_conversation, requeue, system_event},
     db::begin_write,
     notify::{Outcome, SlaKind},
     reassign_conversation::after_requeue,
@@ -236,7 +236,11 @@ impl Job for ExpireTimer {
                     return Ok("already closed".into());
                 };
                 txn.commit().await?;
-                after_close(ctx, &closed, ClosedBy::System, reason).await?;
+                let mut closed = [Some(closed)];
+                find_freed_groups(&ctx.db, &mut closed).await?;
+                if let [Some(closed)] = &closed {
+                    after_close(ctx, closed, ClosedBy::System, reason).await?;
+                }
                 Ok(format!(
                     "closed: no visitor activity in {} s",
                     group.visitor_idle_timeout_seconds

@@ -63,6 +63,10 @@ struct Args {
     /// Requests in flight at most (sessions and closes each).
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
+    /// How often the agents look for newly assigned chats to resolve, in milliseconds (latency
+    /// is measured from the server's own timestamps, so this only paces the capacity cycle).
+    #[arg(long, default_value_t = 100)]
+    poll_ms: u64,
     /// Another load than chats.
     #[command(subcommand)]
     mode: Option<Mode>,
@@ -314,7 +318,7 @@ async fn main() -> anyhow::Result<()> {
             );
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(args.poll_ms)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
     let created = tally.created.load(Ordering::Relaxed);

@@ -210,9 +210,7 @@ async fn claim_now(
         agent_id,
         why: why.to_owned(),
     };
-    let done = claim(&txn, pick)
-        .await?
-        .map_err(claim_refused)?;
+    let done = claim(&txn, pick).await?.map_err(claim_refused)?;
     txn.commit().await?;
     let ctx = state.job_context();
     if let Some(holder) = release_from {
