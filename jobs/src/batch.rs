@@ -52,7 +52,7 @@ impl<I, O> std::fmt::Debug for Batcher<I, O> {
 pub fn lanes(backend: DatabaseBackend) -> usize {
     match backend {
         DatabaseBackend::Sqlite => 1,
-        _ => 2,
+        _ => 1,
     }
 }
 

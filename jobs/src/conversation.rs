@@ -1050,15 +1050,21 @@ pub async fn candidates(db: &impl ConnectionTrait, group_id: i64) -> Result<Vec<
 
 /// [`candidates`] read for a change: on PostgreSQL their rows are locked, in id order (the order
 /// every transaction that touches several agents uses), so nobody else changes their capacity
-/// until the transaction ends.
+/// until the transaction ends. Agents whose rows another transaction holds right now (a close
+/// giving their capacity back) are skipped rather than waited for: that close asks for the line
+/// to be served again once it commits, so the assigner never queues behind closes.
 pub async fn lock_candidates(
     txn: &impl ConnectionTrait,
     group_id: i64,
 ) -> Result<Vec<Candidate>, DbErr> {
+    use sea_orm::sea_query::{LockBehavior, LockType};
     let mut query = eligible(group_id).order_by_asc(agents::Column::Id);
     if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
-        QuerySelect::query(&mut query)
-            .lock_with_tables(sea_orm::sea_query::LockType::Update, [agents::Entity]);
+        QuerySelect::query(&mut query).lock_with_tables_behavior(
+            LockType::Update,
+            [agents::Entity],
+            LockBehavior::SkipLocked,
+        );
     }
     Ok(query
         .all(txn)

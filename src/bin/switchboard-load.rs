@@ -31,6 +31,9 @@ use futures::{StreamExt, stream};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Drives widget sessions through a running server and reports what happened.
 #[derive(Debug, Parser)]
 #[command(name = "switchboard-load")]
