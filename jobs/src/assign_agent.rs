@@ -223,10 +223,14 @@ async fn assign_batch(ctx: &JobContext, group: &groups::Model) -> Result<Step, J
     // check can only pass.
     let mut agents = lock_candidates(&txn, group.id).await?;
     if agents.is_empty() {
+        txn.rollback().await?;
         return Ok(idle);
     }
     let line = routable_line(&txn, group.id, LOOKAHEAD).await?;
     if line.is_empty() {
+        // Ended explicitly: a dropped transaction rolls back only when its connection is next
+        // used, and until then its agent locks would stall every close.
+        txn.rollback().await?;
         return Ok(idle);
     }
     // Only a conversation that went back in line can have agents barred from it.
@@ -279,12 +283,14 @@ async fn assign_batch(ctx: &JobContext, group: &groups::Model) -> Result<Step, J
         });
     }
     if picks.is_empty() {
+        txn.rollback().await?;
         return Ok(idle);
     }
     let assigned = match claim_many(&txn, &picks).await? {
         Ok(assigned) => assigned,
         // Cannot happen with the agents locked; if it does, drop the whole batch and retry.
         Err(ClaimError::AgentUnavailable) => {
+            txn.rollback().await?;
             return Err(JobError::Transient(
                 "an agent changed while locked".to_owned(),
             ));

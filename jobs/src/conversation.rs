@@ -18,7 +18,7 @@ use entity::{
 use sea_orm::{
     ActiveEnum, ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, JoinType, QueryFilter, QueryOrder,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, JoinType, QueryFilter, QueryOrder,
     QuerySelect, QueryTrait, RelationTrait,
     sea_query::{Expr, ExprTrait, OnConflict},
 };
@@ -961,12 +961,8 @@ pub async fn queue_positions(
             .select_only()
             .column(conversations::Column::Id)
             .expr(Expr::SubQuery(None, Box::new(ahead.into())))
-            .filter(ahead_of(first).not())
-            .filter(
-                Condition::any()
-                    .add(ahead_of(last))
-                    .add(conversations::Column::Id.eq(last.id)),
-            )
+            .filter(serving_key().gte(serving_key_of(first)))
+            .filter(serving_key().lte(serving_key_of(last)))
             .order_by_asc(conversations::Column::Priority)
             .order_by_asc(conversations::Column::QueuedAt)
             .order_by_asc(conversations::Column::Id)
@@ -982,24 +978,28 @@ pub async fn queue_positions(
     Ok(places)
 }
 
+/// The place in serving order of a conversation, as one row value: `(priority, queued_at, id)`.
+/// Compared as a row, it is a range on the line's index (`idx_conversations_line`).
+fn serving_key() -> Expr {
+    Expr::tuple([
+        Expr::col((conversations::Entity, conversations::Column::Priority)),
+        Expr::col((conversations::Entity, conversations::Column::QueuedAt)),
+        Expr::col((conversations::Entity, conversations::Column::Id)),
+    ])
+}
+
+fn serving_key_of(c: &conversations::Model) -> Expr {
+    Expr::tuple([
+        Expr::value(c.priority),
+        Expr::value(c.queued_at),
+        Expr::value(c.id),
+    ])
+}
+
 /// Conversations served before `c`: a higher priority, or the same one and queued earlier (ties
 /// by id).
-fn ahead_of(c: &conversations::Model) -> Condition {
-    Condition::any()
-        .add(conversations::Column::Priority.lt(c.priority))
-        .add(
-            Condition::all()
-                .add(conversations::Column::Priority.eq(c.priority))
-                .add(
-                    Condition::any()
-                        .add(conversations::Column::QueuedAt.lt(c.queued_at))
-                        .add(
-                            Condition::all()
-                                .add(conversations::Column::QueuedAt.eq(c.queued_at))
-                                .add(conversations::Column::Id.lt(c.id)),
-                        ),
-                ),
-        )
+fn ahead_of(c: &conversations::Model) -> Expr {
+    serving_key().lt(serving_key_of(c))
 }
 
 /// The head of a group's waiting line, in serving order.

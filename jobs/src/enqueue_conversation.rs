@@ -29,6 +29,10 @@ pub struct EnqueueConversation {
     pub conversation_id: i64,
     /// Unique per submission (a ULID): the "queued" event of this enqueue is written once.
     pub key: String,
+    /// Its place in line when it entered it, when the submitter already counted it (a new
+    /// widget session does): the job then need not count again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entered_at_position: Option<u64>,
 }
 
 impl EnqueueConversation {
@@ -37,6 +41,15 @@ impl EnqueueConversation {
         Self {
             conversation_id,
             key: ulid::Ulid::new().to_string(),
+            entered_at_position: None,
+        }
+    }
+
+    /// An enqueue of a conversation that entered the line at `position` just now.
+    pub fn entered(conversation_id: i64, position: u64) -> Self {
+        Self {
+            entered_at_position: Some(position).filter(|p| *p > 0),
+            ..Self::new(conversation_id)
         }
     }
 }
@@ -137,8 +150,13 @@ pub(crate) async fn place_many(
             .await?;
         rows.extend(stamped.into_iter().map(|c| (c.id, c)));
     }
-    let in_line: Vec<conversations::Model> = rows.values().cloned().collect();
-    let positions = queue_positions(db, &in_line).await?;
+    // Count only where the submitter did not.
+    let uncounted: Vec<conversations::Model> = enqueues
+        .iter()
+        .filter(|e| e.entered_at_position.is_none())
+        .filter_map(|e| rows.get(&e.conversation_id).cloned())
+        .collect();
+    let positions = queue_positions(db, &uncounted).await?;
     let mut notes = Vec::new();
     let mut placed = Vec::with_capacity(enqueues.len());
     for enqueue in &enqueues {
@@ -146,7 +164,12 @@ pub(crate) async fn place_many(
             placed.push(Placed::Missing);
             continue;
         };
-        let Some(&position) = positions.get(&conversation.id) else {
+        let in_line =
+            conversation.status == ConversationStatus::Pending && conversation.queued_at.is_some();
+        let counted = enqueue
+            .entered_at_position
+            .or_else(|| positions.get(&conversation.id).copied());
+        let (true, Some(position)) = (in_line, counted) else {
             placed.push(Placed::NotPending(conversation.status));
             continue;
         };

@@ -115,13 +115,22 @@ impl Client {
     }
 }
 
+/// Conversations opened and not yet seen assigned (the listing starts at the oldest), and those
+/// seen assigned. A chat may be assigned before its session's answer arrives: it is then never
+/// counted as waiting.
+#[derive(Default)]
+struct Track {
+    unseen: std::collections::BTreeSet<i64>,
+    seen: HashSet<i64>,
+}
+
 #[derive(Default)]
 struct Tally {
     created: AtomicU64,
     failed: AtomicU64,
     session_ms: Mutex<Vec<f64>>,
-    /// Conversations opened and not yet seen assigned: the listing starts at the oldest.
-    unseen: Mutex<std::collections::BTreeSet<i64>>,
+    /// Which conversations were opened and which were seen assigned.
+    track: Mutex<Track>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -215,7 +224,10 @@ async fn main() -> anyhow::Result<()> {
                     match reply {
                         Ok(session) => {
                             if let Some(id) = session["conversationId"].as_i64() {
-                                tally.unseen.lock().await.insert(id);
+                                let mut track = tally.track.lock().await;
+                                if !track.seen.contains(&id) {
+                                    track.unseen.insert(id);
+                                }
                             }
                             tally.created.fetch_add(1, Ordering::Relaxed);
                             tally
@@ -240,7 +252,6 @@ async fn main() -> anyhow::Result<()> {
 
     // The agents resolve what they get, so capacity keeps cycling; each assignment is measured
     // once, from the server's own timestamps.
-    let mut seen = HashSet::new();
     let deadline_after_opening = Duration::from_secs(30);
     let mut opened_at: Option<Instant> = None;
     let mut assigned_ms = Vec::new();
@@ -249,9 +260,10 @@ async fn main() -> anyhow::Result<()> {
         // page (the first pages may hold conversations whose close is still on its way).
         let mut fresh = Vec::new();
         let mut after = tally
-            .unseen
+            .track
             .lock()
             .await
+            .unseen
             .first()
             .map_or(i64::MAX - 1, |oldest| oldest - 1);
         loop {
@@ -271,10 +283,13 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_default()
             {
                 let Some(id) = c["id"].as_i64() else { continue };
-                if !seen.insert(id) {
-                    continue;
+                {
+                    let mut track = tally.track.lock().await;
+                    if !track.seen.insert(id) {
+                        continue;
+                    }
+                    track.unseen.remove(&id);
                 }
-                tally.unseen.lock().await.remove(&id);
                 if let (Some(assigned), Some(queued)) =
                     (timestamp(&c["assignedAt"]), timestamp(&c["queuedAt"]))
                 {
@@ -310,20 +325,22 @@ async fn main() -> anyhow::Result<()> {
         if opener.is_finished() && opened_at.is_none() {
             opened_at = Some(Instant::now());
         }
-        let all_measured = seen.len() as u64 >= tally.created.load(Ordering::Relaxed);
+        let seen = tally.track.lock().await.seen.len() as u64;
+        let all_measured = seen >= tally.created.load(Ordering::Relaxed);
         if created >= total && opener.is_finished() && all_measured {
             break;
         }
         if opened_at.is_some_and(|at| at.elapsed() > deadline_after_opening) {
             eprintln!(
                 "gave up waiting for {} unassigned conversations",
-                tally.created.load(Ordering::Relaxed) - seen.len() as u64
+                tally.created.load(Ordering::Relaxed) - seen
             );
             break;
         }
         tokio::time::sleep(Duration::from_millis(args.poll_ms)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let seen = tally.track.lock().await.seen.len();
     let created = tally.created.load(Ordering::Relaxed);
     let report = json!({
         "mode": health["checks"]["jobStorage"]["backend"],
@@ -332,9 +349,9 @@ async fn main() -> anyhow::Result<()> {
         "durationSeconds": args.duration,
         "sessionsCreated": created,
         "sessionsFailed": tally.failed.load(Ordering::Relaxed),
-        "assigned": seen.len(),
+        "assigned": seen,
         "elapsedSeconds": elapsed,
-        "assignedPerSecond": seen.len() as f64 / elapsed,
+        "assignedPerSecond": seen as f64 / elapsed,
         "enqueueToAssignedMs": summary(assigned_ms),
         "sessionRequestMs": summary(std::mem::take(&mut *tally.session_ms.lock().await)),
     });

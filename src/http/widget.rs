@@ -160,7 +160,10 @@ async fn create_session(
     // its group's line again. The enqueue job asks for the line to be served.
     if let Err(err) = state
         .jobs
-        .submit(EnqueueConversation::new(conversation.id))
+        .submit(EnqueueConversation::entered(
+            conversation.id,
+            opened.position,
+        ))
         .await
     {
         tracing::warn!(conversation_id = conversation.id, %err, "enqueue not submitted; the reconciler will offer it");

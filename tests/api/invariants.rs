@@ -369,7 +369,7 @@ both_backends! {
 
         // Enqueue with one key: one "queued" event, the place in line kept.
         let before = world(app.db()).await;
-        let once = run_twice(&ctx, EnqueueConversation { conversation_id: first, key: "enqueue-1".into() }).await;
+        let once = run_twice(&ctx, EnqueueConversation { conversation_id: first, key: "enqueue-1".into(), entered_at_position: None }).await;
         assert_eq!(once.events_of(first, "Queued at position 1"), 1);
         assert_eq!(once.conversation(first).queued_at, before.conversation(first).queued_at);
 
@@ -789,7 +789,7 @@ both_backends! {
             for _ in 0..2 {
                 let ctx = ctx.clone();
                 enqueues.spawn(async move {
-                    EnqueueConversation { conversation_id: id, key: format!("once-{id}") }.run(&ctx).await.unwrap()
+                    EnqueueConversation { conversation_id: id, key: format!("once-{id}"), entered_at_position: None }.run(&ctx).await.unwrap()
                 });
             }
         }
