@@ -1037,18 +1037,8 @@ fn line(group_id: i64, limit: u64) -> sea_orm::Select<conversations::Entity> {
         .limit(limit)
 }
 
-/// Agents of the group who may take a conversation now: online, accepting, not deleted, under
-/// capacity.
-pub async fn candidates(db: &impl ConnectionTrait, group_id: i64) -> Result<Vec<Candidate>, DbErr> {
-    Ok(eligible(group_id)
-        .all(db)
-        .await?
-        .into_iter()
-        .map(Candidate::from)
-        .collect())
-}
-
-/// [`candidates`] read for a change: on PostgreSQL their rows are locked, in id order (the order
+/// Agents of the group who may take a conversation now (online, accepting, not deleted, under
+/// capacity), read for a change: on PostgreSQL their rows are locked, in id order (the order
 /// every transaction that touches several agents uses), so nobody else changes their capacity
 /// until the transaction ends. Agents whose rows another transaction holds right now (a close
 /// giving their capacity back) are skipped rather than waited for: that close asks for the line
