@@ -653,31 +653,23 @@ pub async fn close_many(
     use std::collections::{BTreeMap, HashMap, HashSet};
     let now = Utc::now();
     let ids: Vec<i64> = closing.iter().map(|c| c.conversation_id).collect();
-    // Locked (PostgreSQL), holders first, so a claim or requeue committing meanwhile is waited
-    // for and then closed, instead of making the conditional update below miss.
-    let before = lock_conversations(txn, &ids).await?;
+    // The holders' agent rows first (PostgreSQL), the order every claim uses. The conditional
+    // updates below then lock the conversations and wait for a claim or requeue committing
+    // meanwhile; what they return says all the close needs (a close changes neither the holder
+    // nor the thread), so the conversations need no read of their own.
+    lock_holders(txn, &ids).await?;
     let mut first = HashSet::new();
-    let todo: Vec<(&Closing, &conversations::Model)> = closing
+    let firsts: Vec<&Closing> = closing
         .iter()
-        .filter_map(|c| Some((c, before.get(&c.conversation_id)?)))
-        .filter(|(_, b)| {
-            matches!(
-                b.status,
-                ConversationStatus::Pending | ConversationStatus::Active
-            )
-        })
-        .filter(|(c, _)| first.insert(c.conversation_id))
+        .filter(|c| first.insert(c.conversation_id))
         .collect();
-    if todo.is_empty() {
-        return Ok(vec![None; closing.len()]);
-    }
     // An agent resolves; the visitor or the system closes: one update per kind.
     let mut closed: HashMap<i64, conversations::Model> = HashMap::new();
     for resolve in [true, false] {
-        let these: Vec<i64> = todo
+        let these: Vec<i64> = firsts
             .iter()
-            .filter(|(c, _)| (c.closed_by == ClosedBy::Agent) == resolve)
-            .map(|(c, _)| c.conversation_id)
+            .filter(|c| (c.closed_by == ClosedBy::Agent) == resolve)
+            .map(|c| c.conversation_id)
             .collect();
         if these.is_empty() {
             continue;
@@ -703,14 +695,16 @@ pub async fn close_many(
             .await?;
         closed.extend(rows.into_iter().map(|c| (c.id, c)));
     }
-    let todo: Vec<_> = todo
-        .into_iter()
-        .filter(|(c, _)| closed.contains_key(&c.conversation_id))
+    if closed.is_empty() {
+        return Ok(vec![None; closing.len()]);
+    }
+    let todo: Vec<(&Closing, &conversations::Model)> = firsts
+        .iter()
+        .filter_map(|c| Some((*c, closed.get(&c.conversation_id)?)))
         .collect();
-    // Capacity comes back for the conversations that were active.
+    // Capacity comes back for the conversations that were active: only those have a holder.
     let released: HashMap<i64, i64> = todo
         .iter()
-        .filter(|(_, b)| b.status == ConversationStatus::Active)
         .filter_map(|(c, b)| Some((c.conversation_id, b.assigned_agent_id?)))
         .collect();
     if !released.is_empty() {
@@ -820,39 +814,45 @@ async fn lock_conversations(
     txn: &impl ConnectionTrait,
     ids: &[i64],
 ) -> Result<std::collections::HashMap<i64, conversations::Model>, DbErr> {
-    let read = || {
-        conversations::Entity::find().filter(conversations::Column::Id.is_in(ids.iter().copied()))
-    };
+    lock_holders(txn, ids).await?;
+    let mut read =
+        conversations::Entity::find().filter(conversations::Column::Id.is_in(ids.iter().copied()));
     if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
-        // The holders' rows, in id order, in one statement.
-        let holders = read()
-            .select_only()
-            .column(conversations::Column::AssignedAgentId)
-            .filter(conversations::Column::AssignedAgentId.is_not_null())
-            .into_query();
-        agents::Entity::find()
-            .select_only()
-            .column(agents::Column::Id)
-            .filter(agents::Column::Id.in_subquery(holders))
-            .order_by_asc(agents::Column::Id)
-            .lock_exclusive()
-            .into_tuple::<i64>()
-            .all(txn)
-            .await?;
         // If a holder changed meanwhile, its new agent row is locked by the update that follows.
-        let rows = read()
+        read = read
             .order_by_asc(conversations::Column::Id)
-            .lock_exclusive()
-            .all(txn)
-            .await?;
-        return Ok(rows.into_iter().map(|c| (c.id, c)).collect());
+            .lock_exclusive();
     }
-    Ok(read()
+    Ok(read
         .all(txn)
         .await?
         .into_iter()
         .map(|c| (c.id, c))
         .collect())
+}
+
+/// Locks the agent rows of the conversations' holders, in id order, in one statement
+/// (PostgreSQL; SQLite's write transactions run one at a time).
+async fn lock_holders(txn: &impl ConnectionTrait, ids: &[i64]) -> Result<(), DbErr> {
+    if txn.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+        return Ok(());
+    }
+    let holders = conversations::Entity::find()
+        .select_only()
+        .column(conversations::Column::AssignedAgentId)
+        .filter(conversations::Column::Id.is_in(ids.iter().copied()))
+        .filter(conversations::Column::AssignedAgentId.is_not_null())
+        .into_query();
+    agents::Entity::find()
+        .select_only()
+        .column(agents::Column::Id)
+        .filter(agents::Column::Id.in_subquery(holders))
+        .order_by_asc(agents::Column::Id)
+        .lock_exclusive()
+        .into_tuple::<i64>()
+        .all(txn)
+        .await?;
+    Ok(())
 }
 
 /// Puts a resolved conversation back at the end of its group's line with a new thread. `None`
