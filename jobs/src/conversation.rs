@@ -506,31 +506,39 @@ pub async fn lock_agents(txn: &impl ConnectionTrait, mut agents: Vec<i64>) -> Re
     Ok(())
 }
 
-/// Gives back the agent's slot for a conversation that just left `active`.
-async fn release_agent(
+/// Gives back the slots of conversations that just left `active` (conversation → its agent) and
+/// ends their assignments with `reason`: two statements for any number.
+async fn release_agents(
     txn: &impl ConnectionTrait,
-    conversation_id: i64,
-    agent_id: i64,
+    released: &std::collections::HashMap<i64, i64>,
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
+    if released.is_empty() {
+        return Ok(());
+    }
+    let mut per_agent: std::collections::BTreeMap<i64, i32> = Default::default();
+    for agent in released.values() {
+        *per_agent.entry(*agent).or_default() += 1;
+    }
+    let freed = || by_id(agents::Column::Id, per_agent.iter().map(|(a, k)| (*a, *k)));
     agents::Entity::update_many()
         .col_expr(
             agents::Column::ActiveChats,
-            Expr::col(agents::Column::ActiveChats).sub(1),
+            Expr::col(agents::Column::ActiveChats).sub(freed()),
         )
-        .filter(agents::Column::Id.eq(agent_id))
-        .filter(agents::Column::ActiveChats.gt(0))
+        .filter(agents::Column::Id.is_in(per_agent.keys().copied()))
+        .filter(Expr::col(agents::Column::ActiveChats).gte(freed()))
         .exec(txn)
         .await?;
+    // A conversation has one unreleased assignment at most: its current agent's.
     assignments::Entity::update_many()
         .col_expr(assignments::Column::ReleasedAt, Expr::value(Some(now)))
         .col_expr(
             assignments::Column::ReleaseReason,
             Expr::value(Some(reason.to_owned())),
         )
-        .filter(assignments::Column::ConversationId.eq(conversation_id))
-        .filter(assignments::Column::AgentId.eq(agent_id))
+        .filter(assignments::Column::ConversationId.is_in(released.keys().copied()))
         .filter(assignments::Column::ReleasedAt.is_null())
         .exec(txn)
         .await?;
@@ -579,7 +587,7 @@ pub async fn requeue(
     if moved.rows_affected != 1 {
         return Ok(None);
     }
-    release_agent(txn, conversation_id, agent_id, reason, now).await?;
+    release_agents(txn, &[(conversation_id, agent_id)].into(), reason, now).await?;
     close_thread(txn, conversation_id, ClosedBy::System, reason, now).await?;
     let conversation = conversations::Entity::find_by_id(conversation_id)
         .one(txn)
@@ -650,7 +658,7 @@ pub async fn close_many(
     txn: &impl ConnectionTrait,
     closing: &[Closing],
 ) -> Result<Vec<Option<Closed>>, DbErr> {
-    use std::collections::{BTreeMap, HashMap, HashSet};
+    use std::collections::{HashMap, HashSet};
     let now = Utc::now();
     let ids: Vec<i64> = closing.iter().map(|c| c.conversation_id).collect();
     // The holders' agent rows first (PostgreSQL), the order every claim uses. The conditional
@@ -707,32 +715,7 @@ pub async fn close_many(
         .iter()
         .filter_map(|(c, b)| Some((c.conversation_id, b.assigned_agent_id?)))
         .collect();
-    if !released.is_empty() {
-        let mut per_agent: BTreeMap<i64, i32> = BTreeMap::new();
-        for agent in released.values() {
-            *per_agent.entry(*agent).or_default() += 1;
-        }
-        let freed = || by_id(agents::Column::Id, per_agent.iter().map(|(a, k)| (*a, *k)));
-        agents::Entity::update_many()
-            .col_expr(
-                agents::Column::ActiveChats,
-                Expr::col(agents::Column::ActiveChats).sub(freed()),
-            )
-            .filter(agents::Column::Id.is_in(per_agent.keys().copied()))
-            .filter(Expr::col(agents::Column::ActiveChats).gte(freed()))
-            .exec(txn)
-            .await?;
-        assignments::Entity::update_many()
-            .col_expr(assignments::Column::ReleasedAt, Expr::value(Some(now)))
-            .col_expr(
-                assignments::Column::ReleaseReason,
-                Expr::value(Some("closed".to_owned())),
-            )
-            .filter(assignments::Column::ConversationId.is_in(released.keys().copied()))
-            .filter(assignments::Column::ReleasedAt.is_null())
-            .exec(txn)
-            .await?;
-    }
+    release_agents(txn, &released, "closed", now).await?;
     let notes: Vec<events::ActiveModel> = todo
         .iter()
         .filter_map(|(c, b)| {

@@ -48,8 +48,16 @@ struct World {
     events: Vec<events::Model>,
 }
 
+/// Every row, as of one moment: the tables are read in one transaction (repeatable read on
+/// PostgreSQL; a SQLite read transaction sees one snapshot), so jobs committing meanwhile cannot
+/// make a counter and the rows it counts disagree.
 async fn world(db: &DatabaseConnection) -> World {
-    World {
+    use sea_orm::{IsolationLevel, TransactionTrait};
+    let isolation = (db.get_database_backend() == sea_orm::DatabaseBackend::Postgres)
+        .then_some(IsolationLevel::RepeatableRead);
+    let txn = db.begin_with_config(isolation, None).await.unwrap();
+    let db = &txn;
+    let world = World {
         conversations: conversations::Entity::find()
             .order_by_asc(conversations::Column::Id)
             .all(db)
@@ -75,7 +83,9 @@ async fn world(db: &DatabaseConnection) -> World {
             .all(db)
             .await
             .unwrap(),
-    }
+    };
+    txn.commit().await.unwrap();
+    world
 }
 
 impl World {
