@@ -7,7 +7,11 @@
 //! - an agent's `active_chats` changes only in the transaction that moves one of its conversations
 //!   into or out of `active`, so the counter always equals the rows it counts;
 //! - locks are taken agents first, then conversations, so two transactions never wait on each
-//!   other in a cycle.
+//!   other in a cycle;
+//! - rows are locked `FOR NO KEY UPDATE` (what an `UPDATE` of non-key columns takes): it excludes
+//!   other changes but not the key-share locks that inserting a row which refers to them (an
+//!   event, a thread, an assignment) takes, so those inserts never wait on, or deadlock with, a
+//!   lock held for a change.
 
 use chrono::{DateTime, Utc};
 use entity::{
@@ -20,7 +24,7 @@ use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, JoinType, QueryFilter, QueryOrder,
     QuerySelect, QueryTrait, RelationTrait,
-    sea_query::{Expr, ExprTrait, OnConflict},
+    sea_query::{Expr, ExprTrait, LockType, OnConflict},
 };
 use serde_json::{Value, json};
 
@@ -237,10 +241,12 @@ pub async fn claim(
 /// closes with `agent_assigned`), and an assignment row and an "assigned" system event are
 /// written.
 ///
-/// Six statements for the whole batch. Conversations that no longer wait (another worker took or
-/// closed them) are left out of the result and nothing is written for them. `AgentUnavailable`
-/// when an agent lacks the capacity for its picks; the caller must then drop (roll back) the
-/// transaction. Each conversation may appear once.
+/// Seven statements for the whole batch, each reaching its rows by primary key (or by a unique
+/// index), so the plan stays an index lookup even before the tables have statistics.
+/// Conversations that no longer wait (another worker took or closed them) are left out of the
+/// result and nothing is written for them. `AgentUnavailable` when an agent lacks the capacity
+/// for its picks; the caller must then drop (roll back) the transaction. Each conversation may
+/// appear once.
 pub async fn claim_many(
     txn: &impl ConnectionTrait,
     picks: &[Pick],
@@ -250,7 +256,17 @@ pub async fn claim_many(
         return Ok(Ok(Vec::new()));
     }
     let now = Utc::now();
-    // A new thread for every pick; those whose claim misses are deleted again.
+    // The conversations that still wait, locked (PostgreSQL; after the agents, the order every
+    // claim uses), with the threads they wait in: those close below, by id.
+    let waiting: HashMap<i64, Option<i64>> =
+        lock_waiting(txn, picks.iter().map(|p| p.conversation_id)).await?;
+    let picks: Vec<&Pick> = picks
+        .iter()
+        .filter(|p| waiting.contains_key(&p.conversation_id))
+        .collect();
+    if picks.is_empty() {
+        return Ok(Ok(Vec::new()));
+    }
     let opened = threads::Entity::insert_many(picks.iter().map(|pick| threads::ActiveModel {
         account_id: Set(pick.account_id),
         conversation_id: Set(pick.conversation_id),
@@ -296,26 +312,13 @@ pub async fn claim_many(
         .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
         .exec_with_returning(txn)
         .await?;
+    if taken.len() != picks.len() {
+        // Locked as pending above: only a transaction that broke the lock order gets here.
+        return Err(DbErr::Custom(
+            "a locked waiting conversation changed during its claim".to_owned(),
+        ));
+    }
     let taken: HashMap<i64, conversations::Model> = taken.into_iter().map(|c| (c.id, c)).collect();
-    let missed: Vec<i64> = opened
-        .iter()
-        .filter(|t| !taken.contains_key(&t.conversation_id))
-        .map(|t| t.id)
-        .collect();
-    if !missed.is_empty() {
-        // Claimed elsewhere since the line was read: the threads opened for them go.
-        threads::Entity::delete_many()
-            .filter(threads::Column::Id.is_in(missed))
-            .exec(txn)
-            .await?;
-    }
-    let picks: Vec<&Pick> = picks
-        .iter()
-        .filter(|p| taken.contains_key(&p.conversation_id))
-        .collect();
-    if picks.is_empty() {
-        return Ok(Ok(Vec::new()));
-    }
     // Each agent's slots taken and the time of its last pick: picks are a microsecond apart, so
     // round-robin rotation in this batch is what the rows say afterwards.
     let mut per_agent: BTreeMap<i64, (i32, DateTime<Utc>)> = BTreeMap::new();
@@ -370,9 +373,8 @@ pub async fn claim_many(
             Expr::value(Some("agent_assigned".to_owned())),
         )
         .col_expr(threads::Column::ClosedAt, Expr::value(Some(now)))
-        .filter(threads::Column::ConversationId.is_in(picks.iter().map(|p| p.conversation_id)))
+        .filter(threads::Column::Id.is_in(waiting.values().flatten().copied()))
         .filter(threads::Column::Status.eq(ThreadStatus::Active))
-        .filter(threads::Column::Id.is_not_in(picks.iter().map(|p| thread_of[&p.conversation_id])))
         .exec(txn)
         .await?;
     let assignments =
@@ -422,6 +424,30 @@ pub async fn claim_many(
     }
     write_events_once(txn, notes).await?;
     Ok(Ok(done))
+}
+
+/// The conversations of `ids` that still wait, each with the thread it waits in, locked for the
+/// claim (PostgreSQL, in id order; SQLite's write transactions run one at a time).
+async fn lock_waiting(
+    txn: &impl ConnectionTrait,
+    ids: impl IntoIterator<Item = i64>,
+) -> Result<std::collections::HashMap<i64, Option<i64>>, DbErr> {
+    let mut read = conversations::Entity::find()
+        .select_only()
+        .column(conversations::Column::Id)
+        .column(conversations::Column::ActiveThreadId)
+        .filter(conversations::Column::Id.is_in(ids))
+        .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
+        .order_by_asc(conversations::Column::Id);
+    if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        read = read.lock(LockType::NoKeyUpdate);
+    }
+    Ok(read
+        .into_tuple::<(i64, Option<i64>)>()
+        .all(txn)
+        .await?
+        .into_iter()
+        .collect())
 }
 
 /// A system event row on the conversation's active thread, keyed by what caused it (`key`); `None`
@@ -500,7 +526,7 @@ pub async fn lock_agents(txn: &impl ConnectionTrait, mut agents: Vec<i64>) -> Re
     agents::Entity::find()
         .filter(agents::Column::Id.is_in(agents))
         .order_by_asc(agents::Column::Id)
-        .lock_exclusive()
+        .lock(LockType::NoKeyUpdate)
         .all(txn)
         .await?;
     Ok(())
@@ -531,15 +557,17 @@ async fn release_agents(
         .filter(Expr::col(agents::Column::ActiveChats).gte(freed()))
         .exec(txn)
         .await?;
-    // A conversation has one unreleased assignment at most: its current agent's.
+    // A conversation has one unreleased assignment at most: its current agent's. Naming the
+    // agents lets the (agent, released) index find them even before the table has statistics.
     assignments::Entity::update_many()
         .col_expr(assignments::Column::ReleasedAt, Expr::value(Some(now)))
         .col_expr(
             assignments::Column::ReleaseReason,
             Expr::value(Some(reason.to_owned())),
         )
-        .filter(assignments::Column::ConversationId.is_in(released.keys().copied()))
+        .filter(assignments::Column::AgentId.is_in(per_agent.keys().copied()))
         .filter(assignments::Column::ReleasedAt.is_null())
+        .filter(assignments::Column::ConversationId.is_in(released.keys().copied()))
         .exec(txn)
         .await?;
     Ok(())
@@ -735,26 +763,33 @@ pub async fn close_many(
         })
         .collect();
     write_events_once(txn, notes).await?;
+    // Each conversation's active thread closes, reached by its id (a close keeps the thread).
+    let ending: Vec<(&Closing, i64)> = todo
+        .iter()
+        .filter_map(|(c, b)| Some((*c, b.active_thread_id?)))
+        .collect();
     threads::Entity::update_many()
         .col_expr(threads::Column::Status, Expr::value(ThreadStatus::Closed))
         .col_expr(
             threads::Column::ClosedBy,
             by_id(
-                threads::Column::ConversationId,
-                todo.iter()
-                    .map(|(c, _)| (c.conversation_id, Some(c.closed_by))),
+                threads::Column::Id,
+                ending
+                    .iter()
+                    .map(|(c, thread)| (*thread, Some(c.closed_by))),
             ),
         )
         .col_expr(
             threads::Column::ClosedReason,
             by_id(
-                threads::Column::ConversationId,
-                todo.iter()
-                    .map(|(c, _)| (c.conversation_id, Some(c.reason.clone()))),
+                threads::Column::Id,
+                ending
+                    .iter()
+                    .map(|(c, thread)| (*thread, Some(c.reason.clone()))),
             ),
         )
         .col_expr(threads::Column::ClosedAt, Expr::value(Some(now)))
-        .filter(threads::Column::ConversationId.is_in(todo.iter().map(|(c, _)| c.conversation_id)))
+        .filter(threads::Column::Id.is_in(ending.iter().map(|(_, thread)| *thread)))
         .filter(threads::Column::Status.eq(ThreadStatus::Active))
         .exec(txn)
         .await?;
@@ -804,7 +839,7 @@ async fn lock_conversations(
         // If a holder changed meanwhile, its new agent row is locked by the update that follows.
         read = read
             .order_by_asc(conversations::Column::Id)
-            .lock_exclusive();
+            .lock(LockType::NoKeyUpdate);
     }
     Ok(read
         .all(txn)
@@ -831,7 +866,7 @@ async fn lock_holders(txn: &impl ConnectionTrait, ids: &[i64]) -> Result<(), DbE
         .column(agents::Column::Id)
         .filter(agents::Column::Id.in_subquery(holders))
         .order_by_asc(agents::Column::Id)
-        .lock_exclusive()
+        .lock(LockType::NoKeyUpdate)
         .into_tuple::<i64>()
         .all(txn)
         .await?;
@@ -1030,11 +1065,11 @@ pub async fn lock_candidates(
     txn: &impl ConnectionTrait,
     group_id: i64,
 ) -> Result<Vec<Candidate>, DbErr> {
-    use sea_orm::sea_query::{LockBehavior, LockType};
+    use sea_orm::sea_query::LockBehavior;
     let mut query = eligible(group_id).order_by_asc(agents::Column::Id);
     if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
         QuerySelect::query(&mut query).lock_with_tables_behavior(
-            LockType::Update,
+            LockType::NoKeyUpdate,
             [agents::Entity],
             LockBehavior::SkipLocked,
         );

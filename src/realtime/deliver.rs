@@ -35,6 +35,8 @@ const LINE_WATCHED: u64 = 1_000;
 const LINE_SHOWN: usize = 100;
 /// The window over which the group's serving rate is measured for wait estimates.
 const RATE_WINDOW_SECONDS: i64 = 900;
+/// How long a group's counted serving rate is used for its pushes before it is counted again.
+const RATE_REFRESH: Duration = Duration::from_secs(10);
 
 /// Pushes outcomes to Socket.IO rooms.
 #[derive(Debug)]
@@ -123,6 +125,10 @@ struct Lines {
     changed: HashSet<(i64, i64)>,
     /// The place each watched visitor was last told, per group.
     told: HashMap<i64, HashMap<i64, u64>>,
+    /// Each group's recent serving rate and when it was counted: a rate over
+    /// [`RATE_WINDOW_SECONDS`] moves slowly, and counting it at every push would read the
+    /// window's rows four times a second.
+    rates: HashMap<i64, (tokio::time::Instant, u64)>,
 }
 
 impl Delivery {
@@ -338,6 +344,7 @@ impl Lines {
             db,
             changed: HashSet::new(),
             told: HashMap::new(),
+            rates: HashMap::new(),
         }
     }
 
@@ -367,7 +374,17 @@ impl Lines {
     /// visitor whose place changed.
     async fn push_line(&mut self, account_id: i64, group_id: i64) -> Result<(), DbErr> {
         let line = waiting_line(&self.db, group_id, LINE_WATCHED).await?;
-        let served = served_recently(&self.db, group_id).await?;
+        let served = match self.rates.get(&group_id) {
+            // An empty window is counted again at every push (cheaply: it is empty), so the
+            // first chat served gives the visitors an estimate at once.
+            Some((at, served)) if *served > 0 && at.elapsed() < RATE_REFRESH => *served,
+            _ => {
+                let served = served_recently(&self.db, group_id).await?;
+                self.rates
+                    .insert(group_id, (tokio::time::Instant::now(), served));
+                served
+            }
+        };
         let waiting = Waiting::head(&line, LINE_SHOWN);
         let waiting_count = if (line.len() as u64) < LINE_WATCHED {
             line.len() as u64
