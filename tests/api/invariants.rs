@@ -850,3 +850,40 @@ both_backends! {
         assert!(now.assignments.iter().all(|a| a.released_at.is_some()), "every assignment ended");
     }
 }
+
+/// A conversation locked for a change (a claim or a close holds it) still takes the rows that
+/// refer to it: the lock is `FOR NO KEY UPDATE`, which the key-share lock of an insert with a
+/// foreign key does not wait for. Under `FOR UPDATE` a visitor's message would wait for the
+/// change to end, and an enqueue batch writing events deadlocked with the assigner's claims.
+/// PostgreSQL only: SQLite's write transactions run one at a time anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_locked_for_a_change_still_takes_new_messages() {
+    let app = api_node_without_workers(Backend::Distributed).await;
+    let (conversation, visitor) = app.visitor(json!({})).await;
+    let txn = sea_orm::TransactionTrait::begin(app.db()).await.unwrap();
+    let locked = jobs::conversation::lock_conversation(&txn, conversation)
+        .await
+        .unwrap();
+    assert_eq!(locked.map(|c| c.id), Some(conversation));
+
+    let sent = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.request(
+            Method::POST,
+            "/v1/widget/messages",
+            Some(&visitor),
+            Some(json!({ "content": "still there?" })),
+        ),
+    )
+    .await
+    .expect("the message waited for the lock");
+    assert_eq!(sent.status, StatusCode::CREATED, "{:?}", sent.body);
+    txn.rollback().await.unwrap();
+    let stored = events::Entity::find()
+        .filter(events::Column::ConversationId.eq(conversation))
+        .filter(events::Column::Content.eq("still there?"))
+        .count(app.db())
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
+}
