@@ -9,11 +9,7 @@
 //! The cache is dropped for an account when its webhooks change here
 //! ([`Notifier::subscriptions_changed`]) and expires after [`CACHE_TTL`] (other nodes).
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, RwLock},
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use entity::{
@@ -50,33 +46,30 @@ struct Subscription {
     kinds: u8,
 }
 
-#[derive(Debug)]
-struct Cached {
-    loaded: Instant,
-    hooks: Arc<[Subscription]>,
-}
-
 /// Accounts' active webhook subscriptions, briefly cached.
-#[derive(Debug, Default)]
-struct Cache(RwLock<HashMap<i64, Cached>>);
+#[derive(Debug)]
+struct Cache(moka::sync::Cache<i64, Arc<[Subscription]>>);
+
+impl Default for Cache {
+    fn default() -> Self {
+        Self(
+            moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(CACHE_TTL)
+                .build(),
+        )
+    }
+}
 
 impl Cache {
     /// `Some(true/false)` when a fresh entry says whether `bit` is subscribed; `None` when unknown.
     fn subscribed(&self, account_id: i64, bit: u8) -> Option<bool> {
-        let map = self
-            .0
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let entry = map.get(&account_id)?;
-        (entry.loaded.elapsed() < CACHE_TTL).then(|| entry.hooks.iter().any(|h| h.kinds & bit != 0))
+        let hooks = self.0.get(&account_id)?;
+        Some(hooks.iter().any(|h| h.kinds & bit != 0))
     }
 
     fn forget(&self, account_id: i64) {
-        let mut map = self
-            .0
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        map.remove(&account_id);
+        self.0.invalidate(&account_id);
     }
 
     /// The account's subscriptions, from the cache or the database.
@@ -85,18 +78,9 @@ impl Cache {
         db: &DatabaseConnection,
         account_id: i64,
     ) -> Result<Arc<[Subscription]>, sea_orm::DbErr> {
-        {
-            let map = self
-                .0
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Some(entry) = map.get(&account_id)
-                && entry.loaded.elapsed() < CACHE_TTL
-            {
-                return Ok(entry.hooks.clone());
-            }
+        if let Some(hooks) = self.0.get(&account_id) {
+            return Ok(hooks);
         }
-        let loaded = Instant::now();
         let rows = webhooks::Entity::find()
             .filter(webhooks::Column::AccountId.eq(account_id))
             .filter(webhooks::Column::DeletedAt.is_null())
@@ -110,17 +94,7 @@ impl Cache {
                 kinds: subscription_mask(&row.events),
             })
             .collect();
-        let mut map = self
-            .0
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        map.insert(
-            account_id,
-            Cached {
-                loaded,
-                hooks: hooks.clone(),
-            },
-        );
+        self.0.insert(account_id, hooks.clone());
         Ok(hooks)
     }
 }

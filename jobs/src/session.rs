@@ -74,23 +74,27 @@ type Place = Result<(i64, i64), OpenRefused>;
 /// Where sessions go, (account, group) by what was asked, remembered for [`PLACE_TTL`]: every
 /// session of a busy site asks the same, and a group deleted or an account added meanwhile is
 /// seen that much later, as if the session had come a moment earlier. Refusals are not kept.
-#[derive(Debug, Default)]
-pub struct Places(std::sync::Mutex<HashMap<Asked, (std::time::Instant, Place)>>);
+#[derive(Debug)]
+pub struct Places(moka::sync::Cache<Asked, (i64, i64)>);
 
 /// How long a looked-up place is reused.
 const PLACE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
+impl Default for Places {
+    fn default() -> Self {
+        Self(
+            moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(PLACE_TTL)
+                .build(),
+        )
+    }
+}
+
 impl Places {
     async fn get(&self, db: &impl ConnectionTrait, asked: Asked) -> Result<Place, DbErr> {
-        let lock = || {
-            self.0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        };
-        if let Some((at, place)) = lock().get(&asked)
-            && at.elapsed() < PLACE_TTL
-        {
-            return Ok(*place);
+        if let Some(place) = self.0.get(&asked) {
+            return Ok(Ok(place));
         }
         let place = match pick_account(db, asked.0).await? {
             Ok(account) => pick_group(db, account, asked.1)
@@ -99,10 +103,8 @@ impl Places {
             Err(refused) => Err(refused),
         };
         // Refusals are not kept: a group created a moment later is found at once.
-        if place.is_ok() {
-            let mut known = lock();
-            known.retain(|_, (at, _)| at.elapsed() < PLACE_TTL);
-            known.insert(asked, (std::time::Instant::now(), place));
+        if let Ok(found) = place {
+            self.0.insert(asked, found);
         }
         Ok(place)
     }

@@ -125,10 +125,10 @@ struct Lines {
     changed: HashSet<(i64, i64)>,
     /// The place each watched visitor was last told, per group.
     told: HashMap<i64, HashMap<i64, u64>>,
-    /// Each group's recent serving rate and when it was counted: a rate over
+    /// Each group's recent serving rate, kept for [`RATE_REFRESH`]: a rate over
     /// [`RATE_WINDOW_SECONDS`] moves slowly, and counting it at every push would read the
     /// window's rows four times a second.
-    rates: HashMap<i64, (tokio::time::Instant, u64)>,
+    rates: moka::sync::Cache<i64, u64>,
 }
 
 impl Delivery {
@@ -344,7 +344,10 @@ impl Lines {
             db,
             changed: HashSet::new(),
             told: HashMap::new(),
-            rates: HashMap::new(),
+            rates: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(RATE_REFRESH)
+                .build(),
         }
     }
 
@@ -375,13 +378,14 @@ impl Lines {
     async fn push_line(&mut self, account_id: i64, group_id: i64) -> Result<(), DbErr> {
         let line = waiting_line(&self.db, group_id, LINE_WATCHED).await?;
         let served = match self.rates.get(&group_id) {
-            // An empty window is counted again at every push (cheaply: it is empty), so the
-            // first chat served gives the visitors an estimate at once.
-            Some((at, served)) if *served > 0 && at.elapsed() < RATE_REFRESH => *served,
-            _ => {
+            Some(served) => served,
+            None => {
                 let served = served_recently(&self.db, group_id).await?;
-                self.rates
-                    .insert(group_id, (tokio::time::Instant::now(), served));
+                // An empty window is not kept but counted again at every push (cheaply: it is
+                // empty), so the first chat served gives the visitors an estimate at once.
+                if served > 0 {
+                    self.rates.insert(group_id, served);
+                }
                 served
             }
         };
