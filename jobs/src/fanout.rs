@@ -48,16 +48,11 @@ struct Subscription {
 
 /// Accounts' active webhook subscriptions, briefly cached.
 #[derive(Debug)]
-struct Cache(moka::sync::Cache<i64, Arc<[Subscription]>>);
+struct Cache(crate::cache::Cache<i64, Arc<[Subscription]>>);
 
 impl Default for Cache {
     fn default() -> Self {
-        Self(
-            moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(CACHE_TTL)
-                .build(),
-        )
+        Self(crate::cache::short_lived(100_000, CACHE_TTL))
     }
 }
 

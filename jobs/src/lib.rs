@@ -17,6 +17,7 @@ pub mod audit;
 pub mod backlog;
 pub mod batch;
 pub mod board;
+pub mod cache;
 pub mod channels;
 pub mod close_conversation;
 mod context;

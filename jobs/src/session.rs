@@ -75,19 +75,14 @@ type Place = Result<(i64, i64), OpenRefused>;
 /// session of a busy site asks the same, and a group deleted or an account added meanwhile is
 /// seen that much later, as if the session had come a moment earlier. Refusals are not kept.
 #[derive(Debug)]
-pub struct Places(moka::sync::Cache<Asked, (i64, i64)>);
+pub struct Places(crate::cache::Cache<Asked, (i64, i64)>);
 
 /// How long a looked-up place is reused.
 const PLACE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Default for Places {
     fn default() -> Self {
-        Self(
-            moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(PLACE_TTL)
-                .build(),
-        )
+        Self(crate::cache::short_lived(10_000, PLACE_TTL))
     }
 }
 

@@ -128,7 +128,7 @@ struct Lines {
     /// Each group's recent serving rate, kept for [`RATE_REFRESH`]: a rate over
     /// [`RATE_WINDOW_SECONDS`] moves slowly, and counting it at every push would read the
     /// window's rows four times a second.
-    rates: moka::sync::Cache<i64, u64>,
+    rates: jobs::cache::Cache<i64, u64>,
 }
 
 impl Delivery {
@@ -344,10 +344,7 @@ impl Lines {
             db,
             changed: HashSet::new(),
             told: HashMap::new(),
-            rates: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(RATE_REFRESH)
-                .build(),
+            rates: jobs::cache::short_lived(100_000, RATE_REFRESH),
         }
     }
 
