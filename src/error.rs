@@ -49,13 +49,17 @@ pub enum ApiError {
     /// 429: too many requests from this client.
     #[error("too many requests, retry in {0} s")]
     TooManyRequests(u64),
-    /// 503: a dependency (job storage) is unavailable; the request changed nothing.
+    /// 503: a dependency (the database, the job storage) is unavailable; the request changed
+    /// nothing. Answered with `Retry-After`.
     #[error("{0} unavailable, try again")]
     Unavailable(&'static str),
     /// 500: anything else; logged, never shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
+
+/// What a 503 asks clients to wait: a database restart or a Redis failover takes seconds.
+const UNAVAILABLE_RETRY_SECONDS: u64 = 2;
 
 /// The hidden cause of a 500, for the logging middleware.
 #[derive(Debug, Clone)]
@@ -122,6 +126,10 @@ impl ApiError {
 
 impl From<DbErr> for ApiError {
     fn from(err: DbErr) -> Self {
+        if jobs::db::is_unavailable(&err) {
+            tracing::warn!(%err, "database unavailable; answering 503");
+            return Self::Unavailable("database");
+        }
         Self::Internal(err.into())
     }
 }
@@ -167,6 +175,11 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(axum::http::header::RETRY_AFTER, seconds.into());
+            }
+            Self::Unavailable(_) => {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, UNAVAILABLE_RETRY_SECONDS.into());
             }
             _ => {}
         }

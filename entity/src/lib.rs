@@ -17,6 +17,7 @@ pub mod deliveries;
 pub mod enums;
 pub mod events;
 pub mod groups;
+pub mod intents;
 pub mod tags;
 pub mod threads;
 pub mod visitors;

@@ -176,6 +176,54 @@ pub async fn reclaim_silent(
     Ok(reclaimed)
 }
 
+/// Agents whose last recorded drop is older than `stale` (the grace, and some) with no sign of
+/// life since (no later connect, no node vouching for them) but that are still not offline: their
+/// presence job was never submitted (the process died between recording the drop and submitting
+/// it) or was lost with the job storage. Each is handled as its presence job would have, here and
+/// now. Returns how many went offline.
+pub async fn reclaim_lapsed(
+    ctx: &JobContext,
+    stale: std::time::Duration,
+) -> Result<usize, JobError> {
+    let cutoff = Utc::now() - chrono::Duration::from_std(stale).unwrap_or(chrono::Duration::MAX);
+    let dropped_at = || Expr::col(agents::Column::DisconnectedAt);
+    let lapsed: Vec<(i64, DateTime<Utc>)> = agents::Entity::find()
+        .select_only()
+        .column(agents::Column::Id)
+        .column(agents::Column::DisconnectedAt)
+        .filter(agents::Column::DisconnectedAt.lte(cutoff))
+        .filter(
+            Condition::any()
+                .add(agents::Column::ConnectedAt.is_null())
+                .add(ExprTrait::lte(Expr::col(agents::Column::ConnectedAt), dropped_at())),
+        )
+        .filter(
+            Condition::any()
+                .add(agents::Column::LastSeenAt.is_null())
+                .add(ExprTrait::lte(Expr::col(agents::Column::LastSeenAt), dropped_at())),
+        )
+        .filter(
+            Condition::any()
+                .add(agents::Column::Status.ne(AgentStatus::Offline))
+                .add(agents::Column::AcceptingChats.eq(true)),
+        )
+        .into_tuple()
+        .all(&ctx.db)
+        .await?;
+    let mut reclaimed = 0;
+    for (agent_id, disconnected_at) in lapsed {
+        tracing::warn!(agent_id, %disconnected_at, "an agent's drop outlived its grace without its presence job; taking it offline");
+        AgentDisconnected {
+            agent_id,
+            disconnected_at,
+        }
+        .run(ctx)
+        .await?;
+        reclaimed += 1;
+    }
+    Ok(reclaimed)
+}
+
 /// Why a hand-over could not be completed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
@@ -202,6 +250,7 @@ pub async fn release_all(
                 reason: reason.to_owned(),
                 to_group_id: None,
                 detail: None,
+                intent: None,
             })
             .await?;
     }

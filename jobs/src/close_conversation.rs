@@ -27,6 +27,19 @@ pub struct CloseConversation {
     pub closed_by: ClosedBy,
     /// Why, in a few words (`resolved`, `visitor_left`, `visitor_idle`).
     pub reason: String,
+    /// The intent an acknowledged request left (see `intent`); the close acts only if it is still
+    /// there, and consumes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<i64>,
+}
+
+impl crate::intent::Intended for CloseConversation {
+    fn with_intent(self, id: i64) -> Self {
+        Self {
+            intent: Some(id),
+            ..self
+        }
+    }
 }
 
 impl Job for CloseConversation {
@@ -45,6 +58,7 @@ impl Job for CloseConversation {
             conversation_id: self.conversation_id,
             closed_by: self.closed_by,
             reason: self.reason.clone(),
+            intent: self.intent,
         };
         let Some(closed) = ctx.batches.closes.run(closing).await? else {
             return Ok("already closed".into());

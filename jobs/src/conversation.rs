@@ -661,6 +661,9 @@ pub struct Closing {
     pub closed_by: ClosedBy,
     /// Why, in a few words (`resolved`, `visitor_left`, `visitor_idle`).
     pub reason: String,
+    /// The intent of the request (see `intent`): consumed by the close, which does nothing when
+    /// it is already gone.
+    pub intent: Option<i64>,
 }
 
 /// Resolves (closed by an agent) or closes (by the visitor or the system) a pending or active
@@ -675,6 +678,7 @@ pub async fn close(
         conversation_id,
         closed_by,
         reason: reason.to_owned(),
+        intent: None,
     };
     Ok(close_many(txn, &[closing]).await?.pop().flatten())
 }
@@ -683,6 +687,38 @@ pub async fn close(
 /// a fixed number of statements for the whole batch. One output per input, in order: `None` when
 /// that conversation was already resolved or closed (or named earlier in the batch).
 pub async fn close_many(
+    txn: &impl ConnectionTrait,
+    closing: &[Closing],
+) -> Result<Vec<Option<Closed>>, DbErr> {
+    // A close that carries an intent acts only if the intent is still there (see `intent`).
+    let taken = crate::intent::consume(txn, closing.iter().filter_map(|c| c.intent)).await?;
+    let acts: Vec<bool> = closing
+        .iter()
+        .map(|c| c.intent.is_none_or(|id| taken.contains(&id)))
+        .collect();
+    if acts.iter().all(|acts| *acts) {
+        return close_acting(txn, closing).await;
+    }
+    let acting: Vec<Closing> = closing
+        .iter()
+        .zip(&acts)
+        .filter(|(_, acts)| **acts)
+        .map(|(c, _)| c.clone())
+        .collect();
+    let mut outputs = if acting.is_empty() {
+        Vec::new()
+    } else {
+        close_acting(txn, &acting).await?
+    }
+    .into_iter();
+    Ok(acts
+        .into_iter()
+        .map(|acts| if acts { outputs.next().flatten() } else { None })
+        .collect())
+}
+
+/// [`close_many`] for closes that may act.
+async fn close_acting(
     txn: &impl ConnectionTrait,
     closing: &[Closing],
 ) -> Result<Vec<Option<Closed>>, DbErr> {

@@ -17,3 +17,32 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction,
     })
     .await
 }
+
+/// Whether `err` says the database cannot be reached right now (down, restarting, out of
+/// connections, or SQLite busy past its timeout), as opposed to refusing a statement: the caller
+/// may try again shortly (HTTP 503, socket `unavailable`, a job's transient error).
+pub fn is_unavailable(err: &DbErr) -> bool {
+    match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(sea_orm::RuntimeErr::SqlxError(err))
+        | DbErr::Query(sea_orm::RuntimeErr::SqlxError(err)) => sqlx_unavailable(err),
+        _ => false,
+    }
+}
+
+fn sqlx_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // PostgreSQL: connection exceptions (08…), shutdown or start-up in progress (57P01–57P03),
+        // too many connections (53300). SQLite: busy (5) or locked (6) past the busy timeout.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("57P") || ["53300", "5", "6"].contains(&&*code)
+        }),
+        _ => false,
+    }
+}

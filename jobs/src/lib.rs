@@ -27,6 +27,7 @@ pub mod deliveries;
 pub mod email;
 pub mod enqueue_conversation;
 pub mod fanout;
+pub mod intent;
 mod job;
 pub mod messages;
 pub mod notify;

@@ -32,6 +32,19 @@ pub struct ReassignConversation {
     /// What the "reassigned" system event says instead of the reason's usual words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The intent an acknowledged request left (a transfer; see `intent`): the reassignment acts
+    /// only if it is still there, and consumes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<i64>,
+}
+
+impl crate::intent::Intended for ReassignConversation {
+    fn with_intent(self, id: i64) -> Self {
+        Self {
+            intent: Some(id),
+            ..self
+        }
+    }
 }
 
 impl Job for ReassignConversation {
@@ -46,6 +59,9 @@ impl Job for ReassignConversation {
     #[tracing::instrument(name = "job.reassign_conversation", skip_all, fields(conversation_id = self.conversation_id), err)]
     async fn run(self, ctx: &JobContext) -> Result<String, JobError> {
         let txn = begin_write(&ctx.db).await?;
+        if !crate::intent::take(&txn, self.intent).await? {
+            return Ok("already done (its intent is gone)".into());
+        }
         let requeued = requeue(
             &txn,
             self.conversation_id,

@@ -46,6 +46,45 @@ pub struct Repairs {
     pub agents_dropped: usize,
 }
 
+/// What one fast pass recovered (see [`recover`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Acknowledged requests whose job was resubmitted (see `intent`).
+    pub intents: usize,
+    /// Agents taken offline whose presence job never ran.
+    pub drops: usize,
+}
+
+/// The repairs that must not wait for the reconciler, run with every sweep (seconds apart): what
+/// a lost job storage (Redis restarted empty, a worker killed mid-task) leaves behind.
+/// - Intents that fell due: the job of an acknowledged close, end or transfer is resubmitted.
+/// - Drops past their grace with no presence job: the agent goes offline, its chats back to the
+///   line.
+/// - Every waiting line is asked to be served. Requests coalesce (see `assign_agent`), so a line
+///   whose assigner is on its way costs one conditional update; one whose job was lost gets a new
+///   one once the request's mark has expired.
+pub async fn recover(ctx: &JobContext) -> Result<Recovered, JobError> {
+    let intents = crate::intent::resubmit_due(ctx).await?;
+    let drops = crate::agent_presence::reclaim_lapsed(ctx, ctx.presence_stale).await?;
+    for (account_id, group_id) in waiting_groups(ctx).await? {
+        crate::assign_agent::request_assign(ctx, account_id, group_id).await?;
+    }
+    Ok(Recovered { intents, drops })
+}
+
+/// The groups with conversations waiting, and their accounts.
+async fn waiting_groups(ctx: &JobContext) -> Result<Vec<(i64, i64)>, JobError> {
+    Ok(conversations::Entity::find()
+        .select_only()
+        .column(conversations::Column::AccountId)
+        .column(conversations::Column::GroupId)
+        .distinct()
+        .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
+        .into_tuple()
+        .all(&ctx.db)
+        .await?)
+}
+
 /// Agents whose counter disagrees with their active conversations.
 const COUNTER_DRIFT: &str = "SELECT id, account_id, active_chats FROM agents WHERE active_chats <> \
     (SELECT COUNT(*) FROM conversations c WHERE c.assigned_agent_id = agents.id AND c.status = 'active')";
@@ -133,6 +172,7 @@ pub async fn reconcile(ctx: &JobContext) -> Result<Repairs, JobError> {
                 reason: "agent_offline".into(),
                 to_group_id: None,
                 detail: Some("repaired: its agent was offline or deleted and still held it".into()),
+                intent: None,
             },
         )
         .await?;
@@ -163,16 +203,7 @@ pub async fn reconcile(ctx: &JobContext) -> Result<Repairs, JobError> {
         submit(ctx, EnqueueConversation::new(conversation_id)).await?;
         repairs.conversations_enqueued += 1;
     }
-    let waiting: Vec<(i64, i64)> = conversations::Entity::find()
-        .select_only()
-        .column(conversations::Column::AccountId)
-        .column(conversations::Column::GroupId)
-        .distinct()
-        .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
-        .into_tuple()
-        .all(&ctx.db)
-        .await?;
-    for (account_id, group_id) in waiting {
+    for (account_id, group_id) in waiting_groups(ctx).await? {
         submit(ctx, AssignAgent::new(account_id, group_id)).await?;
         repairs.groups_offered += 1;
     }

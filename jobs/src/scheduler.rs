@@ -1,6 +1,7 @@
 //! The scheduler: apalis-cron workers that run on every worker process.
 //!
-//! - `sweep` (every `sweep_period`): finds expired timers and submits their jobs (see `timers`).
+//! - `sweep` (every `sweep_period`): finds expired timers and submits their jobs (see `timers`),
+//!   and recovers what a lost job storage leaves (see `reconcile::recover`).
 //! - `reconcile` (every `reconcile_period`): repairs what a crash can leave (see `reconcile`).
 //! - `redeliver` (every [`REDELIVER_PERIOD`]): resubmits webhook and e-mail deliveries whose job
 //!   was lost, and every [`PRUNE_EVERY`]th tick deletes finished ones past their retention (see
@@ -83,7 +84,11 @@ impl Pass {
                 if swept.total() > 0 {
                     tracing::info!(expired = ?swept.expired, "timers expired");
                 }
-                format!("{} expired", swept.total())
+                let recovered = reconcile::recover(ctx).await?;
+                if recovered != reconcile::Recovered::default() {
+                    tracing::info!(?recovered, "recovered lost jobs");
+                }
+                format!("{} expired, {recovered:?}", swept.total())
             }
             Pass::Reconcile => {
                 let repairs = reconcile::reconcile(ctx).await?;

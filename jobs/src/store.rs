@@ -10,6 +10,14 @@ use apalis_sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteS
 
 use crate::Job;
 
+/// How often each apalis-redis worker says it is alive (and looks for other workers' orphans).
+const HEARTBEAT: Duration = Duration::from_secs(3);
+/// Heartbeats a worker may miss before its in-flight tasks go back to the queue for others: a
+/// worker killed with -9 holds its tasks at most `HEARTBEAT × (MISSED_HEARTBEATS + 1)`, about
+/// 12 s (apalis-redis's default is 30 s × 10, five minutes). The heartbeat runs beside the tasks,
+/// so a busy worker never looks dead.
+const MISSED_HEARTBEATS: usize = 3;
+
 /// A handle on the job storage; cloning shares the connection pool.
 #[derive(Clone)]
 pub enum JobStore {
@@ -104,7 +112,10 @@ impl JobStore {
     }
 
     pub(crate) fn redis_storage<J: Job>(conn: &ConnectionManager, prefix: &str) -> RedisStorage<J> {
-        let config = apalis_redis::Config::default().queue(format!("{prefix}:{}", J::QUEUE));
+        let config = apalis_redis::Config::default()
+            .queue(format!("{prefix}:{}", J::QUEUE))
+            .heartbeat_interval(HEARTBEAT)
+            .missed_heartbeats(MISSED_HEARTBEATS);
         RedisStorage::new(conn.clone()).with_config(config)
     }
 

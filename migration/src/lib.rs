@@ -12,6 +12,7 @@ mod m20261121_000005_create_deliveries;
 mod m20261121_000006_index_deliveries_status_updated_at;
 mod m20261121_000007_index_conversations_line;
 mod m20261121_000008_index_conversations_group_assigned_at;
+mod m20261207_000009_create_intents;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000006_index_deliveries_status_updated_at::Migration),
             Box::new(m20261121_000007_index_conversations_line::Migration),
             Box::new(m20261121_000008_index_conversations_group_assigned_at::Migration),
+            Box::new(m20261207_000009_create_intents::Migration),
         ]
     }
 }

@@ -30,7 +30,7 @@ use sea_orm_migration::sea_orm::{
 
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-const TABLES: [&str; 14] = [
+const TABLES: [&str; 15] = [
     "accounts",
     "agent_groups",
     "agents",
@@ -41,6 +41,7 @@ const TABLES: [&str; 14] = [
     "deliveries",
     "events",
     "groups",
+    "intents",
     "tags",
     "threads",
     "visitors",

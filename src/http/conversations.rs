@@ -24,6 +24,7 @@ use jobs::{
         ClaimError, Pick, claim, groups_of_agent, lock_agents, reopen, requeue, waiting_line,
     },
     enqueue_conversation::EnqueueConversation,
+    intent,
     notify::Outcome,
     reassign_conversation::ReassignConversation,
 };
@@ -395,17 +396,16 @@ pub(crate) async fn transfer_as(
                 .one(&state.db)
                 .await?
                 .ok_or(ApiError::NotFound("group"))?;
-            state
-                .jobs
-                .submit(ReassignConversation {
-                    conversation_id: id,
-                    from_agent_id: holder,
-                    reason: "transferred".into(),
-                    to_group_id: Some(group_id),
-                    detail: None,
-                })
-                .await
-                .map_err(|_| ApiError::Unavailable("job storage"))?;
+            // Accepted once the intent is stored: the job may be lost, the intent is not.
+            let job = ReassignConversation {
+                conversation_id: id,
+                from_agent_id: holder,
+                reason: "transferred".into(),
+                to_group_id: Some(group_id),
+                detail: None,
+                intent: None,
+            };
+            intent::submit(&state.db, &state.jobs, caller.account_id(), Some(id), job).await?;
             Ok(Transferred::Accepted(Accepted::new(id)))
         }
         _ => Err(ApiError::Unprocessable(
@@ -456,15 +456,14 @@ pub(crate) async fn close_as(
     let reason = body
         .reason
         .map_or_else(|| "resolved".to_owned(), String::from);
-    state
-        .jobs
-        .submit(CloseConversation {
-            conversation_id: id,
-            closed_by: ClosedBy::Agent,
-            reason,
-        })
-        .await
-        .map_err(|_| ApiError::Unavailable("job storage"))?;
+    // Accepted once the intent is stored: the job may be lost, the intent is not.
+    let job = CloseConversation {
+        conversation_id: id,
+        closed_by: ClosedBy::Agent,
+        reason,
+        intent: None,
+    };
+    intent::submit(&state.db, &state.jobs, caller.account_id(), Some(id), job).await?;
     Ok(Accepted::new(id))
 }
 
@@ -479,6 +478,8 @@ async fn reopen_conversation(
     let reopened = reopen(&txn, conversation.id)
         .await?
         .ok_or_else(|| ApiError::Conflict("only a resolved conversation can be reopened".into()))?;
+    // A close asked for before the reopen must not land after it.
+    intent::cancel(&txn, conversation.id, <CloseConversation as jobs::Job>::QUEUE).await?;
     txn.commit().await?;
     if let Err(err) = state.jobs.submit(EnqueueConversation::new(id)).await {
         tracing::warn!(conversation_id = id, %err, "enqueue not submitted; the reconciler will offer it");
@@ -703,7 +704,7 @@ struct Line {
 }
 
 #[derive(Debug, Serialize)]
-struct Lines {
+pub(crate) struct Lines {
     groups: Vec<Line>,
 }
 
@@ -714,21 +715,24 @@ async fn queue(
     State(state): State<AppState>,
     caller: CurrentAgent,
 ) -> Result<Json<Lines>, ApiError> {
+    Ok(Json(lines_for(&state.db, &caller).await?))
+}
+
+/// The waiting lines `caller` may see: its groups' (supervisors: every group of the account).
+pub(crate) async fn lines_for(
+    db: &impl ConnectionTrait,
+    caller: &CurrentAgent,
+) -> Result<Lines, ApiError> {
     let mut query = groups::Entity::find()
         .filter(groups::Column::AccountId.eq(caller.account_id()))
         .filter(groups::Column::DeletedAt.is_null());
-    if !is_supervisor(&caller) {
-        query =
-            query.filter(groups::Column::Id.is_in(groups_of_agent(&state.db, caller.id()).await?));
+    if !is_supervisor(caller) {
+        query = query.filter(groups::Column::Id.is_in(groups_of_agent(db, caller.id()).await?));
     }
     let mut lines = Vec::new();
-    for group in query
-        .order_by_asc(groups::Column::Id)
-        .all(&state.db)
-        .await?
-    {
-        let waiting_count = waiting_count(&state.db, group.id).await?;
-        let line = waiting_line(&state.db, group.id, LINE_SHOWN).await?;
+    for group in query.order_by_asc(groups::Column::Id).all(db).await? {
+        let waiting_count = waiting_count(db, group.id).await?;
+        let line = waiting_line(db, group.id, LINE_SHOWN).await?;
         let waiting = Waiting::head(&line, LINE_SHOWN as usize);
         lines.push(Line {
             group_id: group.id,
@@ -737,5 +741,5 @@ async fn queue(
             waiting,
         });
     }
-    Ok(Json(Lines { groups: lines }))
+    Ok(Lines { groups: lines })
 }

@@ -20,6 +20,7 @@ use jobs::{
     close_conversation::CloseConversation,
     conversation::queue_position,
     enqueue_conversation::EnqueueConversation,
+    intent,
     session::{OpenRefused, Opening},
 };
 use sea_orm::{
@@ -218,8 +219,8 @@ struct AgentCard {
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct VisitorConversation {
-    conversation_id: i64,
+pub(crate) struct VisitorConversation {
+    pub(crate) conversation_id: i64,
     status: ConversationStatus,
     queue_position: Option<u64>,
     agent: Option<AgentCard>,
@@ -231,34 +232,49 @@ async fn show(
     visitor: CurrentVisitor,
     Query(params): Query<ShowParams>,
 ) -> Result<Json<VisitorConversation>, ApiError> {
-    let conversation =
-        current_conversation(&state.db, &visitor.visitor, params.conversation_id).await?;
+    let view = visitor_view(
+        &state.db,
+        &visitor.visitor,
+        params.conversation_id,
+        params.after,
+    )
+    .await?;
+    Ok(Json(view))
+}
+
+/// What a visitor sees of its conversation (`requested`, or its current one): status, place in
+/// line, its agent, and the messages after event `after` (REST and the socket's `sync`).
+pub(crate) async fn visitor_view(
+    db: &impl ConnectionTrait,
+    visitor: &visitors::Model,
+    requested: Option<i64>,
+    after: Option<i64>,
+) -> Result<VisitorConversation, ApiError> {
+    let conversation = current_conversation(db, visitor, requested).await?;
     let queue_position = match conversation.status {
-        ConversationStatus::Pending => Some(queue_position(&state.db, &conversation).await?),
+        ConversationStatus::Pending => Some(queue_position(db, &conversation).await?),
         _ => None,
     };
     let agent = match conversation.assigned_agent_id {
-        Some(id) if conversation.status == ConversationStatus::Active => {
-            agents::Entity::find_by_id(id)
-                .one(&state.db)
-                .await?
-                .map(|agent| AgentCard {
-                    name: agent.name,
-                    avatar_url: agent.avatar_url,
-                })
-        }
+        Some(id) if conversation.status == ConversationStatus::Active => agents::Entity::find_by_id(id)
+            .one(db)
+            .await?
+            .map(|agent| AgentCard {
+                name: agent.name,
+                avatar_url: agent.avatar_url,
+            }),
         _ => None,
     };
     // Visitors see the conversation's messages; routing notes (who was busy, why a chat moved)
     // are for agents.
-    let events = events_since(&state.db, conversation.id, params.after, None, true).await?;
-    Ok(Json(VisitorConversation {
+    let events = events_since(db, conversation.id, after, None, true).await?;
+    Ok(VisitorConversation {
         conversation_id: conversation.id,
         status: conversation.status,
         queue_position,
         agent,
         events,
-    }))
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -380,14 +396,14 @@ pub(crate) async fn end_as_visitor(
             "the conversation is already closed".into(),
         ));
     }
-    state
-        .jobs
-        .submit(CloseConversation {
-            conversation_id: conversation.id,
-            closed_by: ClosedBy::Visitor,
-            reason: "visitor_left".into(),
-        })
-        .await
-        .map_err(|_| ApiError::Unavailable("job storage"))?;
+    // Accepted once the intent is stored: the job may be lost, the intent is not.
+    let job = CloseConversation {
+        conversation_id: conversation.id,
+        closed_by: ClosedBy::Visitor,
+        reason: "visitor_left".into(),
+        intent: None,
+    };
+    let (account_id, conversation_id) = (conversation.account_id, Some(conversation.id));
+    intent::submit(&state.db, &state.jobs, account_id, conversation_id, job).await?;
     Ok(Accepted::new(conversation.id))
 }

@@ -7,12 +7,15 @@
 use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
-use entity::{agents, enums::AgentRole};
+use entity::{
+    agents, conversations,
+    enums::{AgentRole, ConversationStatus},
+};
 use jobs::{
     agent_presence::{AgentDisconnected, held_by},
     conversation::groups_of_agent,
 };
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, sea_query::Expr};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use socketioxide::{
@@ -25,17 +28,17 @@ use socketioxide_core::adapter::DefinedAdapter;
 
 use super::{
     AGENTS, VISITORS, room,
-    session::{Limiter, Refused, Session, auth_field, limiter, on, on_unknown},
+    session::{Limiter, Nothing, Refused, Session, auth_field, limiter, on, on_unknown},
 };
 use crate::{
     auth::{CurrentAgent, rank},
     domain::{ClientMessageId, MessageContent, Name},
     error::ApiError,
     http::{
-        agents::{StatusBody, set_status_as},
+        agents::{AgentView, StatusBody, set_status_as},
         conversations::{
-            CloseBody, NewEvent, TransferBody, close_as, event_of, events_since, pickup_as,
-            require_holder, send_as_agent, transfer_as, visible,
+            CloseBody, NewEvent, TransferBody, close_as, event_of, events_since, lines_for,
+            pickup_as, require_holder, send_as_agent, transfer_as, visible,
         },
         views::ConversationView,
     },
@@ -109,25 +112,8 @@ async fn handshake<A: Adapter>(
     let agent_id = crate::auth::TokenKeys::agent_id(&claims)?;
     let caller = CurrentAgent::reload(&state.db, agent_id, claims.acc, claims.ver).await?;
     let agent = &caller.agent;
-    let mut rooms = vec![room::agent(agent.id)];
-    if rank(agent.role) >= rank(AgentRole::Supervisor) {
-        rooms.push(room::account(agent.account_id));
-    }
     let db_err = |err| Refused::from(ApiError::from(err));
-    rooms.extend(
-        groups_of_agent(&state.db, agent.id)
-            .await
-            .map_err(db_err)?
-            .into_iter()
-            .map(room::group),
-    );
-    rooms.extend(
-        held_by(&state.db, agent.id)
-            .await
-            .map_err(db_err)?
-            .into_iter()
-            .map(room::conversation),
-    );
+    let rooms = rooms_of(&state.db, agent).await.map_err(db_err)?;
     socket.join(rooms);
     socket.extensions.insert(AgentSession {
         agent_id: agent.id,
@@ -147,6 +133,59 @@ async fn handshake<A: Adapter>(
         .await
         .map_err(db_err)?;
     Ok(())
+}
+
+/// The rooms an agent's socket belongs in: its own, its account's (supervisors and admins), its
+/// groups' and those of the chats it holds.
+async fn rooms_of(
+    db: &impl sea_orm::ConnectionTrait,
+    agent: &agents::Model,
+) -> Result<Vec<String>, sea_orm::DbErr> {
+    let mut rooms = vec![room::agent(agent.id)];
+    if rank(agent.role) >= rank(AgentRole::Supervisor) {
+        rooms.push(room::account(agent.account_id));
+    }
+    rooms.extend(groups_of_agent(db, agent.id).await?.into_iter().map(room::group));
+    rooms.extend(held_by(db, agent.id).await?.into_iter().map(room::conversation));
+    Ok(rooms)
+}
+
+/// The agent's whole picture, for a console that may have missed pushes (after `sync:required`
+/// or a reconnect): the agent, the chats it holds and its groups' waiting lines. The socket also
+/// joins the rooms a lost push should have put it in, and (agents; supervisors join chats at will)
+/// leaves the rooms of chats it no longer holds.
+async fn sync<A: Adapter>(
+    state: &AppState,
+    socket: &SocketRef<A>,
+    caller: &CurrentAgent,
+) -> Result<Value, ApiError> {
+    let agent = &caller.agent;
+    let rooms = rooms_of(&state.db, agent).await?;
+    if rank(agent.role) < rank(AgentRole::Supervisor) {
+        let stale: Vec<String> = socket
+            .rooms()
+            .into_iter()
+            .filter(|room| room.starts_with("conversation:") && !rooms.iter().any(|r| r == room))
+            .map(String::from)
+            .collect();
+        socket.leave(stale);
+    }
+    socket.join(rooms);
+    let held = conversations::Entity::find()
+        .filter(conversations::Column::AssignedAgentId.eq(agent.id))
+        .filter(conversations::Column::Status.eq(ConversationStatus::Active))
+        .order_by_asc(conversations::Column::Id)
+        .all(&state.db)
+        .await?;
+    let mut views = Vec::with_capacity(held.len());
+    for conversation in held {
+        views.push(ConversationView::new(&state.db, conversation).await?);
+    }
+    Ok(json!({
+        "agent": AgentView::one(&state.db, agent.clone()).await?,
+        "conversations": views,
+        "queue": lines_for(&state.db, caller).await?,
+    }))
 }
 
 /// The agents this node has sockets for, to vouch for them (see [`super::heartbeat`]); sockets
@@ -387,6 +426,15 @@ fn attach<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
                     events_since(&state.db, conversation.id, body.after, body.limit, false).await?;
                 Ok(json!({ "conversationId": conversation.id, "events": events }))
             }
+        },
+    );
+    let st = state.clone();
+    on(
+        socket,
+        "sync",
+        move |socket: SocketRef<A>, session: AgentSession, _: Nothing| {
+            let state = st.clone();
+            async move { sync(&state, &socket, &session.caller(&state).await?).await }
         },
     );
     on_unknown::<A, AgentSession>(socket);

@@ -10,21 +10,27 @@
 
 mod agents;
 pub mod deliver;
+mod redis_link;
 mod session;
 mod visitors;
 
 use std::{sync::Arc, time::Duration};
 
 use serde::Serialize;
+use serde_json::json;
 use socketioxide::{
     SocketIo,
     adapter::{Adapter, Emitter, LocalAdapter},
     layer::SocketIoLayer,
 };
 use socketioxide_core::adapter::DefinedAdapter;
-use socketioxide_redis::{RedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
+use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 
 use crate::state::AppState;
+pub use redis_link::Link;
+
+/// The Redis adapter on our own self-healing driver (see `redis_link`).
+type RedisAdapter<E> = CustomRedisAdapter<E, Link>;
 
 /// Agents' namespace.
 pub const AGENTS: &str = "/agents";
@@ -60,23 +66,6 @@ pub mod room {
     }
 }
 
-/// Publishes socketioxide-emitter requests on Redis.
-#[derive(Clone)]
-pub struct EmitterDriver(redis::aio::ConnectionManager);
-
-impl socketioxide_emitter::Driver for EmitterDriver {
-    type Error = redis::RedisError;
-
-    async fn emit(&self, channel: String, data: Vec<u8>) -> Result<(), Self::Error> {
-        redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(data)
-            .query_async::<i64>(&mut self.0.clone())
-            .await
-            .map(drop)
-    }
-}
-
 /// What carries pushes out of this process.
 #[derive(Clone)]
 pub enum Push {
@@ -87,10 +76,7 @@ pub enum Push {
     /// The process's sockets and, through Redis, every other API node's.
     Cluster(SocketIo<RedisAdapter<Emitter>>),
     /// No sockets here: requests are published for the API nodes.
-    Emitter {
-        driver: EmitterDriver,
-        prefix: Arc<str>,
-    },
+    Emitter { driver: Link, prefix: Arc<str> },
 }
 
 impl std::fmt::Debug for Push {
@@ -238,6 +224,17 @@ impl Push {
         }
     }
 
+    /// Emits `event` to every socket of `ns` on this node.
+    pub async fn emit_local_all(&self, ns: &'static str, event: &str, data: &impl Serialize) {
+        let result = with_io!(self, io => match io.of(ns) {
+            Some(ops) => ops.local().emit(event, data).await.map_err(|e| e.to_string()),
+            None => Ok(()),
+        }, _ => Ok(()));
+        if let Err(err) = result {
+            tracing::warn!(event, %err, "push failed");
+        }
+    }
+
     /// Sockets connected to this node, per namespace (for operators).
     pub fn local_sockets(&self, ns: &'static str) -> usize {
         with_io!(self, io => io.of(ns).map_or(0, |ops| ops.sockets().len()), _ => 0)
@@ -322,6 +319,31 @@ pub async fn push_stats(
     }
 }
 
+/// What sockets hear when pushes may have been lost: they re-read their state with `sync`.
+pub const SYNC_REQUIRED: &str = "sync:required";
+
+/// Tells every socket of this node `sync:required` when some process announces that pushes may
+/// have been lost (its Redis link came back, see `redis_link`). Announcements that arrive together
+/// (every process recovers from the same outage) make one.
+async fn tell_to_resync(
+    push: Push,
+    mut announcements: tokio::sync::mpsc::Receiver<socketioxide_redis::drivers::ChanItem>,
+) {
+    while announcements.recv().await.is_some() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        while announcements.try_recv().is_ok() {}
+        let told = json!({ "reason": "pushes_may_have_been_lost" });
+        for ns in [AGENTS, VISITORS] {
+            push.emit_local_all(ns, SYNC_REQUIRED, &told).await;
+        }
+        tracing::info!(
+            agents = push.local_sockets(AGENTS),
+            visitors = push.local_sockets(VISITORS),
+            "told this node's sockets to resync"
+        );
+    }
+}
+
 /// How this process pushes, and the Socket.IO layer to mount when it serves sockets.
 pub struct Realtime {
     /// The push side, for the notifier and handlers.
@@ -369,17 +391,22 @@ impl Realtime {
                 }
             }
             Some(url) => {
-                let client = redis::Client::open(resp3(url)?)?;
+                let channels = format!("{prefix}:sio");
+                let link = Link::connect(&resp3(url)?, &channels).await?;
                 let config = RedisAdapterConfig::new()
-                    .with_prefix(format!("{prefix}:sio"))
+                    .with_prefix(channels)
                     .with_request_timeout(Duration::from_secs(2))
                     // Every node hears every broadcast; the default 1,024 queued ones overflow
                     // (and are dropped) at a few thousand messages a second.
                     .with_stream_buffer(65_536);
-                let ctr = RedisAdapterCtr::new_with_redis_config(&client, config).await?;
+                let ctr = RedisAdapterCtr::new_with_driver(link.clone(), config);
                 let (layer, io) = builder().with_adapter::<RedisAdapter<_>>(ctr).build_layer();
+                let push = Push::Cluster(io);
+                let (tx, rx) = tokio::sync::mpsc::channel(64);
+                link.on_resync(tx).await?;
+                tokio::spawn(tell_to_resync(push.clone(), rx));
                 Self {
-                    push: Push::Cluster(io),
+                    push,
                     layer: Some(Layer::Cluster(layer)),
                 }
             }
@@ -390,10 +417,10 @@ impl Realtime {
     pub async fn emit_only(redis_url: Option<&str>, prefix: &str) -> anyhow::Result<Self> {
         let push = match redis_url {
             Some(url) => {
-                let conn = redis::Client::open(url)?.get_connection_manager().await?;
+                let channels = format!("{prefix}:sio");
                 Push::Emitter {
-                    driver: EmitterDriver(conn),
-                    prefix: format!("{prefix}:sio").into(),
+                    driver: Link::connect(&resp3(url)?, &channels).await?,
+                    prefix: channels.into(),
                 }
             }
             None => Push::Off,

@@ -32,6 +32,11 @@ pub trait Session: Clone + Send + Sync + 'static {
     fn limiter(&self) -> &Limiter;
 }
 
+/// The payload of a request that takes none: `{}` (or nothing).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nothing {}
+
 /// The request's payload as `B`. No payload (or `null`) reads as `{}`, so requests whose fields
 /// are all optional may be sent bare; anything else must match exactly (unknown fields are
 /// refused), and a payload that cannot be decoded runs nothing.

@@ -17,13 +17,13 @@ use socketioxide_core::adapter::DefinedAdapter;
 
 use super::{
     AGENTS, VISITORS, room,
-    session::{Limiter, Refused, Session, auth_field, limiter, on, on_unknown},
+    session::{Limiter, Nothing, Refused, Session, auth_field, limiter, on, on_unknown},
 };
 use crate::{
     auth::visitor::CurrentVisitor,
     http::{
         conversations::{event_of, events_since},
-        widget::{NewMessage, current_conversation, end_as_visitor, send_as_visitor},
+        widget::{NewMessage, current_conversation, end_as_visitor, send_as_visitor, visitor_view},
     },
     state::AppState,
 };
@@ -102,15 +102,18 @@ struct SeenRequest {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SyncRequest {
+    /// Only messages after this event id (those before it the widget has).
+    after: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ListRequest {
     conversation_id: Option<i64>,
     after: Option<i64>,
     limit: Option<u64>,
 }
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Nothing {}
 
 /// Both sides of a conversation hear this: its room, and the agent holding it.
 fn agent_rooms(conversation: &entity::conversations::Model) -> Vec<String> {
@@ -223,6 +226,21 @@ fn attach<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
         move |_, session: VisitorSession, _: Nothing| {
             let state = st.clone();
             async move { end_as_visitor(&state, &session.visitor).await }
+        },
+    );
+    let st = state.clone();
+    on(
+        socket,
+        "sync",
+        move |socket: SocketRef<A>, session: VisitorSession, body: SyncRequest| {
+            let state = st.clone();
+            async move {
+                // The state as it is now, for a widget that may have missed pushes (after
+                // `sync:required` or a reconnect).
+                let view = visitor_view(&state.db, &session.visitor, None, body.after).await?;
+                socket.join(room::conversation(view.conversation_id));
+                Ok(view)
+            }
         },
     );
     on_unknown::<A, VisitorSession>(socket);

@@ -399,7 +399,7 @@ both_backends! {
         assert_eq!(before.agent(agent).active_chats, 3);
 
         // Close: resolved once, one slot back, one "closed" event, its threads closed once.
-        let once = run_twice(&ctx, CloseConversation { conversation_id: first, closed_by: ClosedBy::Agent, reason: "resolved".into() }).await;
+        let once = run_twice(&ctx, CloseConversation { conversation_id: first, closed_by: ClosedBy::Agent, reason: "resolved".into(), intent: None }).await;
         assert_eq!(once.conversation(first).status, ConversationStatus::Resolved);
         assert_eq!(once.agent(agent).active_chats, 2);
         assert_eq!(once.events_of(first, "Closed by the agent: resolved"), 1);
@@ -413,7 +413,7 @@ both_backends! {
         );
 
         // Reassign: counted once, one slot back, one "reassigned" event, back in line.
-        let once = run_twice(&ctx, ReassignConversation { conversation_id: second, from_agent_id: agent, reason: "transferred".into(), to_group_id: None, detail: None }).await;
+        let once = run_twice(&ctx, ReassignConversation { conversation_id: second, from_agent_id: agent, reason: "transferred".into(), to_group_id: None, detail: None, intent: None }).await;
         let moved = once.conversation(second);
         assert_eq!(moved.status, ConversationStatus::Pending);
         assert_eq!(moved.reassignment_count, 1);
@@ -830,7 +830,7 @@ both_backends! {
             for _ in 0..3 {
                 let ctx = ctx.clone();
                 closes.spawn(async move {
-                    CloseConversation { conversation_id: id, closed_by: ClosedBy::Agent, reason: "resolved".into() }
+                    CloseConversation { conversation_id: id, closed_by: ClosedBy::Agent, reason: "resolved".into(), intent: None }
                         .run(&ctx)
                         .await
                         .unwrap()
