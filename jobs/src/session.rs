@@ -11,7 +11,7 @@ use entity::{
 };
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, QuerySelect,
+    QueryFilter, QuerySelect, SqlErr,
 };
 use serde_json::Value;
 
@@ -123,8 +123,37 @@ pub async fn open_many(
         .iter()
         .filter_map(|o| place_of(o).ok().map(|place| (o, place)))
         .collect();
+    let mut opened = if accepted.is_empty() {
+        HashMap::new()
+    } else {
+        match write(db, &accepted).await {
+            Ok(opened) => opened,
+            // The batch's commit reached the database but its answer did not (the connection
+            // dropped), and this is the run again: the sessions are there, by their tokens.
+            Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                already_opened(db, &accepted).await?.ok_or(err)?
+            }
+            Err(err) => return Err(err),
+        }
+    };
+    Ok(openings
+        .iter()
+        .map(|o| {
+            place_of(o)?;
+            opened
+                .remove(&o.session_token_hash)
+                .ok_or(OpenRefused::NoGroup)
+        })
+        .collect())
+}
+
+/// Writes the sessions of `accepted` in one transaction, then reads their places in line.
+async fn write(
+    db: &DatabaseConnection,
+    accepted: &[(&Opening, (i64, i64))],
+) -> Result<HashMap<String, Opened>, DbErr> {
     let mut opened: HashMap<String, Opened> = HashMap::new();
-    if !accepted.is_empty() {
+    {
         let txn = crate::db::begin_write(db).await?;
         let now = Utc::now();
         let visitors = visitors::Entity::insert_many(accepted.iter().map(|(o, (account, _))| {
@@ -195,7 +224,7 @@ pub async fn open_many(
         let by_visitor: HashMap<i64, &conversations::Model> =
             pending.iter().map(|c| (c.visitor_id, c)).collect();
         let mut messages = Vec::new();
-        for (o, _) in &accepted {
+        for (o, _) in accepted {
             let visitor_id = visitor_of[o.session_token_hash.as_str()];
             let conversation = by_visitor[&visitor_id];
             let thread_id = thread_of[&conversation.id];
@@ -227,23 +256,57 @@ pub async fn open_many(
                 .await?;
         }
         txn.commit().await?;
-        let positions = queue_positions(db, &pending).await?;
-        for session in opened.values_mut() {
-            session.position = positions
-                .get(&session.conversation.id)
-                .copied()
-                .unwrap_or(0);
+        // Committed: from here on nothing may fail the sessions (a failure would run them
+        // again). A place that cannot be read now is told over the socket when it connects.
+        match queue_positions(db, &pending).await {
+            Ok(positions) => {
+                for session in opened.values_mut() {
+                    session.position = positions
+                        .get(&session.conversation.id)
+                        .copied()
+                        .unwrap_or(0);
+                }
+            }
+            Err(err) => tracing::warn!(%err, "places in line not read after the sessions were written"),
         }
     }
-    Ok(openings
-        .iter()
-        .map(|o| {
-            place_of(o)?;
-            opened
-                .remove(&o.session_token_hash)
-                .ok_or(OpenRefused::NoGroup)
-        })
-        .collect())
+    Ok(opened)
+}
+
+/// The sessions of `accepted` as they were written, found by their token hashes; `None` unless
+/// every one of them is there.
+async fn already_opened(
+    db: &DatabaseConnection,
+    accepted: &[(&Opening, (i64, i64))],
+) -> Result<Option<HashMap<String, Opened>>, DbErr> {
+    let hashes = accepted.iter().map(|(o, _)| o.session_token_hash.clone());
+    let found = visitors::Entity::find()
+        .filter(visitors::Column::SessionTokenHash.is_in(hashes))
+        .find_also_related(conversations::Entity)
+        .all(db)
+        .await?;
+    let mut opened = HashMap::new();
+    for (visitor, conversation) in found {
+        let Some(conversation) = conversation else {
+            return Ok(None);
+        };
+        let position = match conversation.status {
+            ConversationStatus::Pending => {
+                crate::conversation::queue_position(db, &conversation).await?
+            }
+            _ => 0,
+        };
+        opened.insert(
+            visitor.session_token_hash,
+            Opened {
+                visitor_id: visitor.id,
+                thread_id: conversation.active_thread_id.unwrap_or_default(),
+                conversation,
+                position,
+            },
+        );
+    }
+    Ok((opened.len() == accepted.len()).then_some(opened))
 }
 
 async fn pick_account(

@@ -18,6 +18,9 @@ const HEARTBEAT: Duration = Duration::from_secs(3);
 /// so a busy worker never looks dead.
 const MISSED_HEARTBEATS: usize = 3;
 
+/// Longest wait for Redis to take one task.
+const SUBMIT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A handle on the job storage; cloning shares the connection pool.
 #[derive(Clone)]
 pub enum JobStore {
@@ -137,10 +140,16 @@ impl JobStore {
                 .push_task(task)
                 .await
                 .map_err(StoreError::new),
-            Self::Redis { conn, prefix } => Self::redis_storage::<J>(conn, prefix)
-                .push_task(task)
-                .await
-                .map_err(StoreError::new),
+            // While Redis is down its connection retries for seconds; callers would wait that
+            // long for an answer the database already made durable (intents, state the sweep
+            // reads), so a push gives up sooner.
+            Self::Redis { conn, prefix } => tokio::time::timeout(
+                SUBMIT_TIMEOUT,
+                Self::redis_storage::<J>(conn, prefix).push_task(task),
+            )
+            .await
+            .map_err(|_| StoreError::new("timed out"))
+            .and_then(|pushed| pushed.map_err(StoreError::new)),
         };
         if pushed.is_ok() {
             crate::poll::wake(&self.wake_key::<J>());
