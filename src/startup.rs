@@ -169,6 +169,7 @@ impl Application {
                 anyhow::Ok(())
             }
         };
+        let link = realtime.link();
         let ctx = state.job_context();
         let options = WorkerOptions {
             concurrency: state.settings.worker_concurrency.max(1),
@@ -231,6 +232,10 @@ impl Application {
             anyhow::Ok(())
         };
         tokio::try_join!(http, workers, ops)?;
+        // Stopped cleanly, every push sent: others must not take this for a silent death.
+        if let Some(link) = link {
+            link.leave().await;
+        }
         Ok(())
     }
 }

@@ -41,7 +41,13 @@ fn sqlx_unavailable(err: &sqlx::Error) -> bool {
         // PostgreSQL: connection exceptions (08…), shutdown or start-up in progress (57P01–57P03),
         // too many connections (53300). SQLite: busy (5) or locked (6) past the busy timeout.
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08") || code.starts_with("57P") || ["53300", "5", "6"].contains(&&*code)
+            // SQLite's codes are numbers under five digits (PostgreSQL's have five characters),
+            // often extended (517 is BUSY_SNAPSHOT): the primary code is the low byte.
+            let sqlite_busy = code.len() < 5
+                && code
+                    .parse::<i32>()
+                    .is_ok_and(|code| matches!(code & 0xff, 5 | 6));
+            code.starts_with("08") || code.starts_with("57P") || code == "53300" || sqlite_busy
         }),
         _ => false,
     }

@@ -160,7 +160,17 @@ pub async fn resubmit_due(ctx: &JobContext) -> Result<usize, JobError> {
                     .exec(&ctx.db)
                     .await?;
             }
-            Err(err) => return Err(err),
+            Err(err) => {
+                // The storage is down: this was no attempt. Try again at the next sweep, so the
+                // job goes out as soon as the storage is back, however long the outage.
+                intents::Entity::update_many()
+                    .col_expr(intents::Column::DueAt, Expr::value(now))
+                    .col_expr(intents::Column::Attempts, Expr::value(intent.attempts))
+                    .filter(intents::Column::Id.eq(intent.id))
+                    .exec(&ctx.db)
+                    .await?;
+                return Err(err);
+            }
         }
     }
     Ok(resubmitted)

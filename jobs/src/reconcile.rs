@@ -60,9 +60,10 @@ pub struct Recovered {
 /// - Intents that fell due: the job of an acknowledged close, end or transfer is resubmitted.
 /// - Drops past their grace with no presence job: the agent goes offline, its chats back to the
 ///   line.
-/// - Every waiting line is asked to be served. Requests coalesce (see `assign_agent`), so a line
-///   whose assigner is on its way costs one conditional update; one whose job was lost gets a new
-///   one once the request's mark has expired.
+/// - Every waiting line is asked to be served. Requests coalesce (see `assign_agent`): a line
+///   whose assigner is on its way costs one conditional update, any other one assigner run (a
+///   cheap no-op when no agent is free), and a request whose job was lost is replaced once its
+///   mark has expired.
 pub async fn recover(ctx: &JobContext) -> Result<Recovered, JobError> {
     let intents = crate::intent::resubmit_due(ctx).await?;
     let drops = crate::agent_presence::reclaim_lapsed(ctx, ctx.presence_stale).await?;
@@ -80,6 +81,8 @@ async fn waiting_groups(ctx: &JobContext) -> Result<Vec<(i64, i64)>, JobError> {
         .column(conversations::Column::GroupId)
         .distinct()
         .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
+        // Every waiting conversation is in line; saying so lets the line's partial index serve.
+        .filter(conversations::Column::QueuedAt.is_not_null())
         .into_tuple()
         .all(&ctx.db)
         .await?)

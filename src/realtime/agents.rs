@@ -141,12 +141,22 @@ async fn rooms_of(
     db: &impl sea_orm::ConnectionTrait,
     agent: &agents::Model,
 ) -> Result<Vec<String>, sea_orm::DbErr> {
+    let held = held_by(db, agent.id).await?;
+    rooms_with(db, agent, &held).await
+}
+
+/// [`rooms_of`], with the chats it holds already read.
+async fn rooms_with(
+    db: &impl sea_orm::ConnectionTrait,
+    agent: &agents::Model,
+    held: &[i64],
+) -> Result<Vec<String>, sea_orm::DbErr> {
     let mut rooms = vec![room::agent(agent.id)];
     if rank(agent.role) >= rank(AgentRole::Supervisor) {
         rooms.push(room::account(agent.account_id));
     }
     rooms.extend(groups_of_agent(db, agent.id).await?.into_iter().map(room::group));
-    rooms.extend(held_by(db, agent.id).await?.into_iter().map(room::conversation));
+    rooms.extend(held.iter().copied().map(room::conversation));
     Ok(rooms)
 }
 
@@ -160,23 +170,34 @@ async fn sync<A: Adapter>(
     caller: &CurrentAgent,
 ) -> Result<Value, ApiError> {
     let agent = &caller.agent;
-    let rooms = rooms_of(&state.db, agent).await?;
-    if rank(agent.role) < rank(AgentRole::Supervisor) {
-        let stale: Vec<String> = socket
-            .rooms()
-            .into_iter()
-            .filter(|room| room.starts_with("conversation:") && !rooms.iter().any(|r| r == room))
-            .map(String::from)
-            .collect();
-        socket.leave(stale);
-    }
-    socket.join(rooms);
     let held = conversations::Entity::find()
         .filter(conversations::Column::AssignedAgentId.eq(agent.id))
         .filter(conversations::Column::Status.eq(ConversationStatus::Active))
         .order_by_asc(conversations::Column::Id)
         .all(&state.db)
         .await?;
+    let ids: Vec<i64> = held.iter().map(|c| c.id).collect();
+    let rooms = rooms_with(&state.db, agent, &ids).await?;
+    if rank(agent.role) < rank(AgentRole::Supervisor) {
+        let stale: Vec<i64> = socket
+            .rooms()
+            .into_iter()
+            .filter(|room| !rooms.iter().any(|r| r == room))
+            .filter_map(|room| room.strip_prefix("conversation:")?.parse().ok())
+            .collect();
+        if !stale.is_empty() {
+            // A chat assigned since the read above has joined its room meanwhile: it stays.
+            let now_held = held_by(&state.db, agent.id).await?;
+            socket.leave(
+                stale
+                    .into_iter()
+                    .filter(|id| !now_held.contains(id))
+                    .map(room::conversation)
+                    .collect::<Vec<_>>(),
+            );
+        }
+    }
+    socket.join(rooms);
     let mut views = Vec::with_capacity(held.len());
     for conversation in held {
         views.push(ConversationView::new(&state.db, conversation).await?);

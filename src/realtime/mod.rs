@@ -321,6 +321,8 @@ pub async fn push_stats(
 
 /// What sockets hear when pushes may have been lost: they re-read their state with `sync`.
 pub const SYNC_REQUIRED: &str = "sync:required";
+/// Over how long clients told `sync:required` should spread their `sync` requests.
+const SYNC_SPREAD_MS: u64 = 1_000;
 
 /// Tells every socket of this node `sync:required` when some process announces that pushes may
 /// have been lost (its Redis link came back, see `redis_link`). Announcements that arrive together
@@ -330,9 +332,11 @@ async fn tell_to_resync(
     mut announcements: tokio::sync::mpsc::Receiver<socketioxide_redis::drivers::ChanItem>,
 ) {
     while announcements.recv().await.is_some() {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // After an outage every process announces its own recovery within a second or so.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         while announcements.try_recv().is_ok() {}
-        let told = json!({ "reason": "pushes_may_have_been_lost" });
+        // Every client asks at once otherwise: they spread their `sync` over `withinMs`.
+        let told = json!({ "reason": "pushes_may_have_been_lost", "withinMs": SYNC_SPREAD_MS });
         for ns in [AGENTS, VISITORS] {
             push.emit_local_all(ns, SYNC_REQUIRED, &told).await;
         }
@@ -349,6 +353,8 @@ pub struct Realtime {
     /// The push side, for the notifier and handlers.
     pub push: Push,
     layer: Option<Layer>,
+    /// The Redis link, when there is one (see `redis_link`).
+    link: Option<Link>,
 }
 
 enum Layer {
@@ -388,6 +394,7 @@ impl Realtime {
                 Self {
                     push: Push::Local(io),
                     layer: Some(Layer::Local(layer)),
+                    link: None,
                 }
             }
             Some(url) => {
@@ -408,6 +415,7 @@ impl Realtime {
                 Self {
                     push,
                     layer: Some(Layer::Cluster(layer)),
+                    link: Some(link),
                 }
             }
         })
@@ -415,17 +423,28 @@ impl Realtime {
 
     /// No sockets here: pushes are published on Redis for the API nodes (or dropped without it).
     pub async fn emit_only(redis_url: Option<&str>, prefix: &str) -> anyhow::Result<Self> {
-        let push = match redis_url {
+        let (push, link) = match redis_url {
             Some(url) => {
                 let channels = format!("{prefix}:sio");
-                Push::Emitter {
-                    driver: Link::connect(&resp3(url)?, &channels).await?,
+                let link = Link::connect(&resp3(url)?, &channels).await?;
+                let push = Push::Emitter {
+                    driver: link.clone(),
                     prefix: channels.into(),
-                }
+                };
+                (push, Some(link))
             }
-            None => Push::Off,
+            None => (Push::Off, None),
         };
-        Ok(Self { push, layer: None })
+        Ok(Self {
+            push,
+            layer: None,
+            link,
+        })
+    }
+
+    /// The Redis link, to leave the set of live processes on a clean stop.
+    pub fn link(&self) -> Option<Link> {
+        self.link.clone()
     }
 
     /// Registers the namespaces (their handlers get `state`) and wraps `router` in the layer.

@@ -37,13 +37,18 @@ const PING_PERIOD: Duration = Duration::from_secs(1);
 const SILENT: Duration = Duration::from_secs(5);
 /// A command that takes longer than this counts as a lost connection.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Failed pings in a row after which the connection is replaced: a connection that times out
+/// (a failover to another address, a path that drops packets) is not one redis-rs reconnects.
+const REBUILD_AFTER: u32 = 3;
 
 type Handlers = HashMap<String, mpsc::Sender<ChanItem>>;
 
 /// A shared, self-healing Redis connection for publishing and subscribing.
 #[derive(Clone)]
 pub struct Link {
-    conn: ConnectionManager,
+    /// The current connection; replaced when it stops answering (see [`watch`]).
+    conn: Arc<RwLock<ConnectionManager>>,
+    client: redis::Client,
     handlers: Arc<RwLock<Handlers>>,
     health: Arc<Health>,
 }
@@ -83,31 +88,38 @@ impl Link {
             nodes_key: format!("{prefix}:nodes"),
             node: format!("{}-{}", std::process::id(), ulid::Ulid::new()),
         });
-        let pushes = {
-            let (handlers, health) = (handlers.clone(), health.clone());
-            move |push: PushInfo| {
-                deliver(&handlers, &health, push);
-                Ok::<(), std::convert::Infallible>(())
-            }
-        };
-        let config = ConnectionManagerConfig::new()
-            .set_push_sender(pushes)
-            .set_automatic_resubscription()
-            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            // Each attempt is retried by the watcher's next ping; a long retry chain inside the
-            // manager would only delay noticing that Redis is back.
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn =
-            ConnectionManager::new_with_config(redis::Client::open(url)?, config).await?;
+        let client = redis::Client::open(url)?;
+        let conn = manager(&client, &handlers, &health)?;
         let link = Self {
-            conn,
+            conn: Arc::new(RwLock::new(conn)),
+            client,
             handlers,
             health,
         };
+        // Connected now, so a wrong URL or an unreachable Redis stops the start.
+        redis::cmd("PING")
+            .query_async::<String>(&mut link.conn())
+            .await?;
         tokio::spawn(watch(link.clone()));
         Ok(link)
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Takes this process out of the set of live ones (a clean stop is not a silent death).
+    pub async fn leave(&self) {
+        let left = self
+            .conn()
+            .zrem::<_, _, i64>(self.health.nodes_key.as_str(), self.health.node.as_str())
+            .await;
+        if let Err(err) = left {
+            tracing::debug!(%err, "could not leave the set of live processes");
+        }
     }
 
     /// Hands every message of the resync channel to `tx` (an API node's sockets are told).
@@ -120,8 +132,7 @@ impl Link {
     /// announced.
     pub async fn publish(&self, channel: String, payload: Vec<u8>) -> Result<(), LinkError> {
         let published = self
-            .conn
-            .clone()
+            .conn()
             .publish::<_, _, redis::Value>(channel, payload)
             .await;
         if let Err(err) = &published {
@@ -135,8 +146,8 @@ impl Link {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(channel.clone(), tx);
-        // Recorded first: should this fail, the manager's resubscription covers it on reconnect.
-        let subscribed = self.conn.clone().subscribe(channel).await;
+        // Recorded first: should this fail, the watcher subscribes it when the link is back.
+        let subscribed = self.conn().subscribe(channel).await;
         if let Err(err) = &subscribed {
             self.suspect(err);
         }
@@ -149,6 +160,32 @@ impl Link {
         }
         self.health.suspect.notify_one();
     }
+}
+
+/// A connection manager on `client` whose pushes go to `handlers` (messages) and `health` (a
+/// dropped connection). Lazy: it connects on first use.
+fn manager(
+    client: &redis::Client,
+    handlers: &Arc<RwLock<Handlers>>,
+    health: &Arc<Health>,
+) -> redis::RedisResult<ConnectionManager> {
+    let pushes = {
+        let (handlers, health) = (handlers.clone(), health.clone());
+        move |push: PushInfo| {
+            deliver(&handlers, &health, push);
+            Ok::<(), std::convert::Infallible>(())
+        }
+    };
+    let config = ConnectionManagerConfig::new()
+        .set_push_sender(pushes)
+        .set_automatic_resubscription()
+        .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        // Each attempt is retried by the watcher's next ping; a long retry chain inside the
+        // manager would only delay noticing that Redis is back.
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client.clone(), config)
 }
 
 /// Routes one push from Redis: a message to its channel's handler; a dropped connection marks the
@@ -187,10 +224,14 @@ fn deliver(handlers: &RwLock<Handlers>, health: &Health, push: PushInfo) {
 }
 
 /// Pings the link every [`PING_PERIOD`] (at once when something failed): a ping through the
-/// manager reconnects it and re-subscribes; the first that succeeds after a loss is logged and
-/// announced. Runs for as long as the process.
+/// manager reconnects it; [`REBUILD_AFTER`] failures in a row replace it. The first ping that
+/// succeeds after a loss re-subscribes every channel (the manager's own resubscription only
+/// knows what the server confirmed, and ignores its failures), then is logged and announced.
+/// While the link is up it also says this process is alive and mourns silent ones. Runs for as
+/// long as the process.
 async fn watch(link: Link) {
     let mut lost_at: Option<Instant> = None;
+    let mut failures = 0u32;
     loop {
         tokio::select! {
             () = tokio::time::sleep(PING_PERIOD) => {}
@@ -199,67 +240,103 @@ async fn watch(link: Link) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        let pinged = redis::cmd("PING")
-            .query_async::<String>(&mut link.conn.clone())
-            .await;
-        match pinged {
+        let pinged = redis::cmd("PING").query_async::<String>(&mut link.conn()).await;
+        let down = !link.health.up.load(Ordering::SeqCst) || lost_at.is_some();
+        let step = match pinged {
+            Err(err) => Err(err),
+            Ok(_) if down => recovered(&link).await,
+            Ok(_) => mourn(&link).await.or_else(|err| {
+                tracing::debug!(%err, "could not check on the other processes");
+                Ok(())
+            }),
+        };
+        match step {
+            Ok(()) => {
+                failures = 0;
+                let lost_for = lost_at.take().map(|at| at.elapsed().as_millis() as u64);
+                link.health.up.store(true, Ordering::SeqCst);
+                if down {
+                    tracing::info!(
+                        down_ms = lost_for,
+                        "Redis connection restored: subscriptions renewed, clients told to resync"
+                    );
+                }
+            }
             Err(err) => {
                 if link.health.up.swap(false, Ordering::SeqCst) {
                     tracing::warn!(%err, "Redis connection lost: pushes between nodes pause until it is back");
                 }
                 lost_at.get_or_insert_with(Instant::now);
-            }
-            Ok(_) if !link.health.up.load(Ordering::SeqCst) || lost_at.is_some() => {
-                let announced = link
-                    .conn
-                    .clone()
-                    .publish::<_, _, i64>(
-                        link.health.resync_channel.as_str(),
-                        link.health.node.as_str(),
-                    )
-                    .await;
-                match announced {
-                    Ok(_) => {
-                        let down = lost_at.take().map(|at| at.elapsed());
-                        link.health.up.store(true, Ordering::SeqCst);
-                        tracing::info!(
-                            down_ms = down.map(|d| d.as_millis() as u64),
-                            "Redis connection restored: subscriptions renewed, clients told to resync"
-                        );
+                failures += 1;
+                if failures >= REBUILD_AFTER {
+                    failures = 0;
+                    match manager(&link.client, &link.handlers, &link.health) {
+                        Ok(fresh) => {
+                            *link
+                                .conn
+                                .write()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+                            tracing::debug!("replaced the Redis connection");
+                        }
+                        Err(err) => tracing::debug!(%err, "could not build a Redis connection"),
                     }
-                    Err(err) => {
-                        tracing::debug!(%err, "resync announcement failed; retrying");
-                        lost_at.get_or_insert_with(Instant::now);
-                    }
-                }
-            }
-            Ok(_) => {
-                if let Err(err) = mourn(&link).await {
-                    tracing::debug!(%err, "could not check on the other processes");
                 }
             }
         }
     }
 }
 
-/// Says this process is alive, and announces a resync for each process that fell silent (it
-/// died between committing a change and pushing it, perhaps). Of several processes noticing the
-/// same death, the one whose removal succeeds announces it.
+/// The link answers again: subscribe every channel (again), then announce the resync.
+async fn recovered(link: &Link) -> redis::RedisResult<()> {
+    let channels: Vec<String> = link
+        .handlers
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .keys()
+        .cloned()
+        .collect();
+    let mut conn = link.conn();
+    for channel in channels {
+        conn.subscribe(channel).await?;
+    }
+    conn.publish::<_, _, i64>(
+        link.health.resync_channel.as_str(),
+        link.health.node.as_str(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Says this process is alive, takes out the processes silent for [`SILENT`] (by Redis's clock,
+/// so hosts' clocks need not agree; in one script, so of several processes noticing the same
+/// death one removes it) and announces a resync for each: it may have died between committing a
+/// change and pushing it.
 async fn mourn(link: &Link) -> redis::RedisResult<()> {
-    let mut conn = link.conn.clone();
-    let now = chrono::Utc::now().timestamp_millis();
-    let key = link.health.nodes_key.as_str();
-    conn.zadd::<_, _, _, ()>(key, link.health.node.as_str(), now)
+    static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+        redis::Script::new(
+            r"
+            local time = redis.call('TIME')
+            local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+            redis.call('ZADD', KEYS[1], now, ARGV[1])
+            local silent = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+            for _, node in ipairs(silent) do
+                redis.call('ZREM', KEYS[1], node)
+            end
+            return silent
+            ",
+        )
+    });
+    let mut conn = link.conn();
+    let silent: Vec<String> = SCRIPT
+        .key(link.health.nodes_key.as_str())
+        .arg(link.health.node.as_str())
+        .arg(u64::try_from(SILENT.as_millis()).unwrap_or(u64::MAX))
+        .invoke_async(&mut conn)
         .await?;
-    let cutoff = now - i64::try_from(SILENT.as_millis()).unwrap_or(i64::MAX);
-    let silent: Vec<String> = conn.zrangebyscore(key, "-inf", cutoff).await?;
     for node in silent {
-        let removed: i64 = conn.zrem(key, &node).await?;
-        if removed == 1 {
-            tracing::warn!(node, "a process fell silent; clients told to resync");
-            conn.publish::<_, _, i64>(link.health.resync_channel.as_str(), node.as_str())
-                .await?;
-        }
+        tracing::warn!(node, "a process fell silent; clients told to resync");
+        conn.publish::<_, _, i64>(link.health.resync_channel.as_str(), node.as_str())
+            .await?;
     }
     Ok(())
 }
@@ -286,7 +363,7 @@ impl Driver for Link {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&chan);
-        self.conn.clone().unsubscribe(chan).await?;
+        self.conn().unsubscribe(chan).await?;
         Ok(())
     }
 
@@ -294,7 +371,7 @@ impl Driver for Link {
         let (_, count): (String, u16) = redis::cmd("PUBSUB")
             .arg("NUMSUB")
             .arg(chan)
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn())
             .await?;
         Ok(count)
     }

@@ -22,6 +22,7 @@ mod notify;
 mod notify_rows;
 mod realtime;
 mod realtime_input;
+mod recovery;
 mod receivers;
 mod resources;
 mod scheduler;
