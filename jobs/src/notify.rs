@@ -88,6 +88,15 @@ pub enum Outcome {
         visitor_id: i64,
         waited_seconds: i64,
     },
+    /// A conversation's clients may have missed what happened to it: a job found its change
+    /// already made by an earlier run that may not have told anyone (it died after committing,
+    /// or its commit's answer was lost). Its agents and visitor are told `sync:required`; no
+    /// webhook or e-mail goes out again.
+    SyncRequired {
+        account_id: i64,
+        conversation_id: i64,
+        agent_id: Option<i64>,
+    },
     /// An agent's presence changed.
     AgentStatusChanged {
         account_id: i64,

@@ -95,6 +95,9 @@ fn order_key(outcome: &Outcome) -> i64 {
         }
         | Outcome::QueueWaitExceeded {
             conversation_id, ..
+        }
+        | Outcome::SyncRequired {
+            conversation_id, ..
         } => *conversation_id,
         Outcome::QueueChanged { group_id, .. } => *group_id,
         Outcome::AgentStatusChanged { agent_id, .. } => *agent_id,
@@ -265,6 +268,18 @@ impl Delivery {
                     )
                     .await;
                 }
+            }
+            Outcome::SyncRequired {
+                conversation_id,
+                agent_id,
+                ..
+            } => {
+                let told = json!({ "reason": "conversation_changed", "conversationId": conversation_id, "withinMs": 0 });
+                let mut rooms = vec![room::conversation(*conversation_id)];
+                rooms.extend(agent_id.map(room::agent));
+                push.emit(AGENTS, rooms, super::SYNC_REQUIRED, &told).await;
+                let rooms = vec![room::conversation(*conversation_id)];
+                push.emit(VISITORS, rooms, super::SYNC_REQUIRED, &told).await;
             }
             Outcome::MessageCreated {
                 conversation_id,
