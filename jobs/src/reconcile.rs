@@ -67,25 +67,26 @@ pub struct Recovered {
 pub async fn recover(ctx: &JobContext) -> Result<Recovered, JobError> {
     let intents = crate::intent::resubmit_due(ctx).await?;
     let drops = crate::agent_presence::reclaim_lapsed(ctx, ctx.presence_stale).await?;
-    for (account_id, group_id) in waiting_groups(ctx).await? {
+    for (account_id, group_id) in waiting_groups(ctx, true).await? {
         crate::assign_agent::request_assign(ctx, account_id, group_id).await?;
     }
     Ok(Recovered { intents, drops })
 }
 
-/// The groups with conversations waiting, and their accounts.
-async fn waiting_groups(ctx: &JobContext) -> Result<Vec<(i64, i64)>, JobError> {
-    Ok(conversations::Entity::find()
+/// The groups with conversations waiting, and their accounts: those in line (`in_line`: read
+/// through the line's partial index, for the sweep's frequent pass), or any pending one (the
+/// reconciler's, which also finds those never put in line).
+async fn waiting_groups(ctx: &JobContext, in_line: bool) -> Result<Vec<(i64, i64)>, JobError> {
+    let mut query = conversations::Entity::find()
         .select_only()
         .column(conversations::Column::AccountId)
         .column(conversations::Column::GroupId)
         .distinct()
-        .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
-        // Every waiting conversation is in line; saying so lets the line's partial index serve.
-        .filter(conversations::Column::QueuedAt.is_not_null())
-        .into_tuple()
-        .all(&ctx.db)
-        .await?)
+        .filter(conversations::Column::Status.eq(ConversationStatus::Pending));
+    if in_line {
+        query = query.filter(conversations::Column::QueuedAt.is_not_null());
+    }
+    Ok(query.into_tuple().all(&ctx.db).await?)
 }
 
 /// Agents whose counter disagrees with their active conversations.
@@ -206,7 +207,7 @@ pub async fn reconcile(ctx: &JobContext) -> Result<Repairs, JobError> {
         submit(ctx, EnqueueConversation::new(conversation_id)).await?;
         repairs.conversations_enqueued += 1;
     }
-    for (account_id, group_id) in waiting_groups(ctx).await? {
+    for (account_id, group_id) in waiting_groups(ctx, false).await? {
         submit(ctx, AssignAgent::new(account_id, group_id)).await?;
         repairs.groups_offered += 1;
     }
