@@ -177,6 +177,9 @@ pub struct Batches {
     >,
     /// Close jobs.
     pub(crate) closes: Batcher<crate::conversation::Closing, Option<crate::conversation::Closed>>,
+    /// Intents of acknowledged requests (closes, ends, transfers): one commit for those that
+    /// arrive together.
+    pub(crate) intents: Batcher<crate::intent::NewIntent, i64>,
     /// Widget sessions (the HTTP layer's one hot write).
     pub sessions: Batcher<
         crate::session::Opening,
@@ -233,11 +236,19 @@ impl Batches {
                 Box::pin(async move { crate::session::open_many(&db, &places, items).await })
             })
         };
+        let intents = {
+            let db = db.clone();
+            Batcher::start("intent", lanes, move |items| {
+                let db = db.clone();
+                Box::pin(async move { crate::intent::record_many(&db, items).await })
+            })
+        };
         Self {
             requests,
             enqueues,
             closes,
             sessions,
+            intents,
         }
     }
 }

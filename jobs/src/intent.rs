@@ -10,17 +10,20 @@
 //! - a reopen drops the conversation's outstanding closes ([`cancel`]), so a close requested
 //!   before it cannot land after it.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use chrono::Utc;
 use entity::intents;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, Set, sea_query::Expr,
 };
 
 use crate::{
-    Job, JobContext, JobError, JobStore, close_conversation::CloseConversation,
+    Job, JobContext, JobError, JobStore, batch::Batches, close_conversation::CloseConversation,
     reassign_conversation::ReassignConversation,
 };
 
@@ -40,32 +43,72 @@ pub trait Intended: Job {
     fn with_intent(self, id: i64) -> Self;
 }
 
+/// An intent to record: the job's queue and arguments, and what it concerns.
+#[derive(Debug, Clone)]
+pub struct NewIntent {
+    account_id: i64,
+    conversation_id: Option<i64>,
+    queue: &'static str,
+    job: serde_json::Value,
+}
+
 /// Records the intent to run `job` and submits it. Returns once the intent is stored: a
-/// submission that fails is only logged, since the sweep submits it when it falls due.
+/// submission that fails is only logged, since the sweep submits it when it falls due. Intents
+/// recorded at once share a commit (see `batch`).
 pub async fn submit<J: Intended>(
-    db: &impl ConnectionTrait,
+    batches: &Batches,
     jobs: &JobStore,
     account_id: i64,
     conversation_id: Option<i64>,
     job: J,
 ) -> Result<(), DbErr> {
+    let intent = NewIntent {
+        account_id,
+        conversation_id,
+        queue: J::QUEUE,
+        job: serde_json::to_value(&job).map_err(|err| DbErr::Json(err.to_string()))?,
+    };
+    let id = batches.intents.run(intent).await?;
+    if let Err(err) = jobs.submit(job.with_intent(id)).await {
+        tracing::warn!(intent = id, queue = J::QUEUE, %err, "job not submitted; the sweep submits it when its intent falls due");
+    }
+    Ok(())
+}
+
+/// Inserts `intents` in one transaction; their ids, in order.
+pub(crate) async fn record_many(
+    db: &DatabaseConnection,
+    intents: Vec<NewIntent>,
+) -> Result<Vec<i64>, DbErr> {
     let now = Utc::now();
-    let row = intents::ActiveModel {
-        account_id: Set(account_id),
-        conversation_id: Set(conversation_id),
-        queue: Set(J::QUEUE.to_owned()),
-        job: Set(serde_json::to_value(&job).map_err(|err| DbErr::Json(err.to_string()))?),
+    let rows = intents::Entity::insert_many(intents.iter().map(|intent| intents::ActiveModel {
+        account_id: Set(intent.account_id),
+        conversation_id: Set(intent.conversation_id),
+        queue: Set(intent.queue.to_owned()),
+        job: Set(intent.job.clone()),
         attempts: Set(0),
         created_at: Set(now),
         due_at: Set(now + GRACE),
         ..Default::default()
-    }
-    .insert(db)
+    }))
+    .exec_with_returning(db)
     .await?;
-    if let Err(err) = jobs.submit(job.with_intent(row.id)).await {
-        tracing::warn!(intent = row.id, queue = J::QUEUE, %err, "job not submitted; the sweep submits it when its intent falls due");
+    // Rows come back in the order inserted; matched by what they concern all the same, in that
+    // order, so an input never takes the id of another conversation's or queue's intent.
+    let mut ids: HashMap<(Option<i64>, String), Vec<i64>> = HashMap::new();
+    for row in rows.into_iter().rev() {
+        ids.entry((row.conversation_id, row.queue))
+            .or_default()
+            .push(row.id);
     }
-    Ok(())
+    intents
+        .iter()
+        .map(|intent| {
+            ids.get_mut(&(intent.conversation_id, intent.queue.to_owned()))
+                .and_then(Vec::pop)
+                .ok_or_else(|| DbErr::Custom("an inserted intent did not come back".into()))
+        })
+        .collect()
 }
 
 /// Deletes the intents `ids` (inside the transaction that makes their jobs' change) and returns

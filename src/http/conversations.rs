@@ -405,7 +405,7 @@ pub(crate) async fn transfer_as(
                 detail: None,
                 intent: None,
             };
-            intent::submit(&state.db, &state.jobs, caller.account_id(), Some(id), job).await?;
+            intent::submit(&state.batches, &state.jobs, caller.account_id(), Some(id), job).await?;
             Ok(Transferred::Accepted(Accepted::new(id)))
         }
         _ => Err(ApiError::Unprocessable(
@@ -463,7 +463,7 @@ pub(crate) async fn close_as(
         reason,
         intent: None,
     };
-    intent::submit(&state.db, &state.jobs, caller.account_id(), Some(id), job).await?;
+    intent::submit(&state.batches, &state.jobs, caller.account_id(), Some(id), job).await?;
     Ok(Accepted::new(id))
 }
 

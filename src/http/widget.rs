@@ -404,6 +404,6 @@ pub(crate) async fn end_as_visitor(
         intent: None,
     };
     let (account_id, conversation_id) = (conversation.account_id, Some(conversation.id));
-    intent::submit(&state.db, &state.jobs, account_id, conversation_id, job).await?;
+    intent::submit(&state.batches, &state.jobs, account_id, conversation_id, job).await?;
     Ok(Accepted::new(conversation.id))
 }
