@@ -177,9 +177,10 @@ impl IntoResponse for ApiError {
                     .insert(axum::http::header::RETRY_AFTER, seconds.into());
             }
             Self::Unavailable(_) => {
-                response
-                    .headers_mut()
-                    .insert(axum::http::header::RETRY_AFTER, UNAVAILABLE_RETRY_SECONDS.into());
+                response.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    UNAVAILABLE_RETRY_SECONDS.into(),
+                );
             }
             _ => {}
         }

@@ -195,12 +195,18 @@ pub async fn reclaim_lapsed(
         .filter(
             Condition::any()
                 .add(agents::Column::ConnectedAt.is_null())
-                .add(ExprTrait::lte(Expr::col(agents::Column::ConnectedAt), dropped_at())),
+                .add(ExprTrait::lte(
+                    Expr::col(agents::Column::ConnectedAt),
+                    dropped_at(),
+                )),
         )
         .filter(
             Condition::any()
                 .add(agents::Column::LastSeenAt.is_null())
-                .add(ExprTrait::lte(Expr::col(agents::Column::LastSeenAt), dropped_at())),
+                .add(ExprTrait::lte(
+                    Expr::col(agents::Column::LastSeenAt),
+                    dropped_at(),
+                )),
         )
         .filter(
             Condition::any()

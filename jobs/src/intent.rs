@@ -184,7 +184,9 @@ pub async fn resubmit_due(ctx: &JobContext) -> Result<usize, JobError> {
         let submitted = match intent.queue.as_str() {
             CloseConversation::QUEUE => resubmit::<CloseConversation>(ctx, &intent).await,
             ReassignConversation::QUEUE => resubmit::<ReassignConversation>(ctx, &intent).await,
-            other => Err(JobError::Permanent(format!("no job type for queue {other}"))),
+            other => Err(JobError::Permanent(format!(
+                "no job type for queue {other}"
+            ))),
         };
         match submitted {
             Ok(()) => {

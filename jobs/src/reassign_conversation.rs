@@ -62,9 +62,10 @@ impl Job for ReassignConversation {
         let txn = begin_write(&ctx.db).await?;
         if !crate::intent::take(&txn, self.intent).await? {
             // An earlier run made the change and may have died before telling anyone.
-            if let Some(conversation) = entity::conversations::Entity::find_by_id(self.conversation_id)
-                .one(&ctx.db)
-                .await?
+            if let Some(conversation) =
+                entity::conversations::Entity::find_by_id(self.conversation_id)
+                    .one(&ctx.db)
+                    .await?
             {
                 ctx.notifier.notify(Outcome::SyncRequired {
                     account_id: conversation.account_id,

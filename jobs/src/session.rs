@@ -267,7 +267,9 @@ async fn write(
                         .unwrap_or(0);
                 }
             }
-            Err(err) => tracing::warn!(%err, "places in line not read after the sessions were written"),
+            Err(err) => {
+                tracing::warn!(%err, "places in line not read after the sessions were written")
+            }
         }
     }
     Ok(opened)

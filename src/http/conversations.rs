@@ -405,7 +405,14 @@ pub(crate) async fn transfer_as(
                 detail: None,
                 intent: None,
             };
-            intent::submit(&state.batches, &state.jobs, caller.account_id(), Some(id), job).await?;
+            intent::submit(
+                &state.batches,
+                &state.jobs,
+                caller.account_id(),
+                Some(id),
+                job,
+            )
+            .await?;
             Ok(Transferred::Accepted(Accepted::new(id)))
         }
         _ => Err(ApiError::Unprocessable(
@@ -463,7 +470,14 @@ pub(crate) async fn close_as(
         reason,
         intent: None,
     };
-    intent::submit(&state.batches, &state.jobs, caller.account_id(), Some(id), job).await?;
+    intent::submit(
+        &state.batches,
+        &state.jobs,
+        caller.account_id(),
+        Some(id),
+        job,
+    )
+    .await?;
     Ok(Accepted::new(id))
 }
 
@@ -479,7 +493,12 @@ async fn reopen_conversation(
         .await?
         .ok_or_else(|| ApiError::Conflict("only a resolved conversation can be reopened".into()))?;
     // A close asked for before the reopen must not land after it.
-    intent::cancel(&txn, conversation.id, <CloseConversation as jobs::Job>::QUEUE).await?;
+    intent::cancel(
+        &txn,
+        conversation.id,
+        <CloseConversation as jobs::Job>::QUEUE,
+    )
+    .await?;
     txn.commit().await?;
     if let Err(err) = state.jobs.submit(EnqueueConversation::new(id)).await {
         tracing::warn!(conversation_id = id, %err, "enqueue not submitted; the reconciler will offer it");

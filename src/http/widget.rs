@@ -256,13 +256,15 @@ pub(crate) async fn visitor_view(
         _ => None,
     };
     let agent = match conversation.assigned_agent_id {
-        Some(id) if conversation.status == ConversationStatus::Active => agents::Entity::find_by_id(id)
-            .one(db)
-            .await?
-            .map(|agent| AgentCard {
-                name: agent.name,
-                avatar_url: agent.avatar_url,
-            }),
+        Some(id) if conversation.status == ConversationStatus::Active => {
+            agents::Entity::find_by_id(id)
+                .one(db)
+                .await?
+                .map(|agent| AgentCard {
+                    name: agent.name,
+                    avatar_url: agent.avatar_url,
+                })
+        }
         _ => None,
     };
     // Visitors see the conversation's messages; routing notes (who was busy, why a chat moved)
@@ -404,6 +406,13 @@ pub(crate) async fn end_as_visitor(
         intent: None,
     };
     let (account_id, conversation_id) = (conversation.account_id, Some(conversation.id));
-    intent::submit(&state.batches, &state.jobs, account_id, conversation_id, job).await?;
+    intent::submit(
+        &state.batches,
+        &state.jobs,
+        account_id,
+        conversation_id,
+        job,
+    )
+    .await?;
     Ok(Accepted::new(conversation.id))
 }

@@ -155,7 +155,12 @@ async fn rooms_with(
     if rank(agent.role) >= rank(AgentRole::Supervisor) {
         rooms.push(room::account(agent.account_id));
     }
-    rooms.extend(groups_of_agent(db, agent.id).await?.into_iter().map(room::group));
+    rooms.extend(
+        groups_of_agent(db, agent.id)
+            .await?
+            .into_iter()
+            .map(room::group),
+    );
     rooms.extend(held.iter().copied().map(room::conversation));
     Ok(rooms)
 }

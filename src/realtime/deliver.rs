@@ -279,7 +279,8 @@ impl Delivery {
                 rooms.extend(agent_id.map(room::agent));
                 push.emit(AGENTS, rooms, super::SYNC_REQUIRED, &told).await;
                 let rooms = vec![room::conversation(*conversation_id)];
-                push.emit(VISITORS, rooms, super::SYNC_REQUIRED, &told).await;
+                push.emit(VISITORS, rooms, super::SYNC_REQUIRED, &told)
+                    .await;
             }
             Outcome::MessageCreated {
                 conversation_id,

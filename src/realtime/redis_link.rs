@@ -215,7 +215,9 @@ fn deliver(handlers: &RwLock<Handlers>, health: &Health, push: PushInfo) {
         }
         PushKind::Disconnection => {
             if health.up.swap(false, Ordering::SeqCst) {
-                tracing::warn!("Redis connection lost: pushes between nodes pause until it is back");
+                tracing::warn!(
+                    "Redis connection lost: pushes between nodes pause until it is back"
+                );
             }
             health.suspect.notify_one();
         }
@@ -240,7 +242,9 @@ async fn watch(link: Link) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        let pinged = redis::cmd("PING").query_async::<String>(&mut link.conn()).await;
+        let pinged = redis::cmd("PING")
+            .query_async::<String>(&mut link.conn())
+            .await;
         let down = !link.health.up.load(Ordering::SeqCst) || lost_at.is_some();
         let step = match pinged {
             Err(err) => Err(err),

@@ -17,7 +17,10 @@ use crate::{both_backends, helpers::*, sio};
 
 /// A chat of `agent`'s, active; returns its id.
 async fn active_chat(app: &TestApp, admin: &str) -> i64 {
-    let id = app.widget_session(json!({ "initialMessage": "hello" })).await.body["conversationId"]
+    let id = app
+        .widget_session(json!({ "initialMessage": "hello" }))
+        .await
+        .body["conversationId"]
         .as_i64()
         .unwrap();
     app.conversation_becomes(admin, id, "active").await;
@@ -70,10 +73,20 @@ async fn a_close_acknowledged_and_then_lost_with_redis_still_takes_effect() {
 
     // Nobody works while the close is accepted, and then Redis loses every task it held.
     worker.stop().await;
-    let reply = api.post(&format!("/v1/conversations/{id}/close"), &agent, json!({})).await;
+    let reply = api
+        .post(&format!("/v1/conversations/{id}/close"), &agent, json!({}))
+        .await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
-    let outstanding = || intents::Entity::find().filter(intents::Column::ConversationId.eq(id)).count(api.db());
-    assert_eq!(outstanding().await.unwrap(), 1, "the acknowledged close left its intent");
+    let outstanding = || {
+        intents::Entity::find()
+            .filter(intents::Column::ConversationId.eq(id))
+            .count(api.db())
+    };
+    assert_eq!(
+        outstanding().await.unwrap(),
+        1,
+        "the acknowledged close left its intent"
+    );
     let mut redis = redis::Client::open(storage.settings().redis_url.unwrap())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -85,9 +98,16 @@ async fn a_close_acknowledged_and_then_lost_with_redis_still_takes_effect() {
         .await
         .unwrap();
     assert!(!keys.is_empty(), "the close job was in Redis");
-    let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
     let left: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:close-conversation*", storage.settings().redis_prefix))
+        .arg(format!(
+            "{}:close-conversation*",
+            storage.settings().redis_prefix
+        ))
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -95,13 +115,21 @@ async fn a_close_acknowledged_and_then_lost_with_redis_still_takes_effect() {
 
     // A worker comes back: its sweep finds the intent due and submits the close again.
     let _worker = spawn_with(storage.clone(), Command::Work, |_| {}).await;
-    let closed = eventually(Duration::from_secs(30), "the lost close to take effect", || async {
-        let reply = api.get(&format!("/v1/conversations/{id}"), &admin).await;
-        (reply.body["status"] == "resolved").then_some(reply.body)
-    })
+    let closed = eventually(
+        Duration::from_secs(30),
+        "the lost close to take effect",
+        || async {
+            let reply = api.get(&format!("/v1/conversations/{id}"), &admin).await;
+            (reply.body["status"] == "resolved").then_some(reply.body)
+        },
+    )
     .await;
     assert!(closed["assignedAgentId"].is_number());
-    assert_eq!(outstanding().await.unwrap(), 0, "the close consumed its intent");
+    assert_eq!(
+        outstanding().await.unwrap(),
+        0,
+        "the close consumed its intent"
+    );
     let me = api.get("/v1/auth/me", &agent).await;
     assert_eq!(me.body["activeChats"], 0, "the slot came back");
 }
