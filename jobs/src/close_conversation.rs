@@ -62,38 +62,13 @@ impl Job for CloseConversation {
         };
         let Some(closed) = ctx.batches.closes.run(closing).await? else {
             if self.intent.is_some() {
-                resync_if_closed(ctx, self.conversation_id).await?;
+                crate::intent::resync_after_done(ctx, self.conversation_id, None).await?;
             }
             return Ok("already closed".into());
         };
         after_close(ctx, &closed, self.closed_by, &self.reason).await?;
         Ok(format!("{:?}", closed.conversation.status).to_lowercase())
     }
-}
-
-/// A close delivered again found its intent consumed: an earlier run closed the conversation
-/// and may have died before telling anyone (or its commit's answer was lost and the batch ran
-/// again). Its clients re-read it; webhooks and e-mails are not sent twice.
-async fn resync_if_closed(ctx: &JobContext, conversation_id: i64) -> Result<(), JobError> {
-    use entity::{conversations, enums::ConversationStatus};
-    use sea_orm::EntityTrait;
-    let Some(conversation) = conversations::Entity::find_by_id(conversation_id)
-        .one(&ctx.db)
-        .await?
-    else {
-        return Ok(());
-    };
-    if matches!(
-        conversation.status,
-        ConversationStatus::Resolved | ConversationStatus::Closed
-    ) {
-        ctx.notifier.notify(Outcome::SyncRequired {
-            account_id: conversation.account_id,
-            conversation_id,
-            agent_id: conversation.assigned_agent_id,
-        });
-    }
-    Ok(())
 }
 
 /// What follows a committed close: clients hear it, and the freed agent's lines are served.

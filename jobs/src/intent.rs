@@ -140,6 +140,29 @@ pub async fn take(txn: &impl ConnectionTrait, intent: Option<i64>) -> Result<boo
     }
 }
 
+/// A job delivered again found its intent consumed: an earlier run made the change and may have
+/// died before telling anyone (or its commit's answer was lost and its batch ran again). The
+/// conversation's sockets re-read it (`agent_id`: the agent to tell, else its holder); webhooks
+/// and e-mails are not sent twice.
+pub async fn resync_after_done(
+    ctx: &JobContext,
+    conversation_id: i64,
+    agent_id: Option<i64>,
+) -> Result<(), JobError> {
+    let Some(conversation) = entity::conversations::Entity::find_by_id(conversation_id)
+        .one(&ctx.db)
+        .await?
+    else {
+        return Ok(());
+    };
+    ctx.notifier.notify(crate::notify::Outcome::SyncRequired {
+        account_id: conversation.account_id,
+        conversation_id,
+        agent_id: agent_id.or(conversation.assigned_agent_id),
+    });
+    Ok(())
+}
+
 /// Drops the outstanding intents of `queue` for `conversation_id` (a reopen drops its closes).
 pub async fn cancel(
     txn: &impl ConnectionTrait,

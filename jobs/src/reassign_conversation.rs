@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use sea_orm::EntityTrait;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -61,18 +60,8 @@ impl Job for ReassignConversation {
     async fn run(self, ctx: &JobContext) -> Result<String, JobError> {
         let txn = begin_write(&ctx.db).await?;
         if !crate::intent::take(&txn, self.intent).await? {
-            // An earlier run made the change and may have died before telling anyone.
-            if let Some(conversation) =
-                entity::conversations::Entity::find_by_id(self.conversation_id)
-                    .one(&ctx.db)
-                    .await?
-            {
-                ctx.notifier.notify(Outcome::SyncRequired {
-                    account_id: conversation.account_id,
-                    conversation_id: conversation.id,
-                    agent_id: Some(self.from_agent_id),
-                });
-            }
+            let agent = Some(self.from_agent_id);
+            crate::intent::resync_after_done(ctx, self.conversation_id, agent).await?;
             return Ok("already done (its intent is gone)".into());
         }
         let requeued = requeue(

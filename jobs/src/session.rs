@@ -153,123 +153,120 @@ async fn write(
     accepted: &[(&Opening, (i64, i64))],
 ) -> Result<HashMap<String, Opened>, DbErr> {
     let mut opened: HashMap<String, Opened> = HashMap::new();
-    {
-        let txn = crate::db::begin_write(db).await?;
-        let now = Utc::now();
-        let visitors = visitors::Entity::insert_many(accepted.iter().map(|(o, (account, _))| {
-            visitors::ActiveModel {
+    let txn = crate::db::begin_write(db).await?;
+    let now = Utc::now();
+    let visitors = visitors::Entity::insert_many(accepted.iter().map(|(o, (account, _))| {
+        visitors::ActiveModel {
+            account_id: Set(*account),
+            name: Set(o.name.clone()),
+            email: Set(o.email.clone()),
+            phone: Set(o.phone.clone()),
+            user_agent: Set(o.user_agent.clone()),
+            ip: Set(o.ip.clone()),
+            referrer: Set(o.referrer.clone()),
+            metadata: Set(o.metadata.clone()),
+            session_token_hash: Set(o.session_token_hash.clone()),
+            created_at: Set(now),
+            last_seen_at: Set(now),
+            ..Default::default()
+        }
+    }))
+    .exec_with_returning(&txn)
+    .await?;
+    let visitor_of: HashMap<&str, i64> = visitors
+        .iter()
+        .map(|v| (v.session_token_hash.as_str(), v.id))
+        .collect();
+    // In line at once (`queued_at`), so the answer can say where it stands; the enqueue job
+    // announces it. One time for the batch: FIFO follows the ids, which follow the order here.
+    let pending =
+        conversations::Entity::insert_many(accepted.iter().map(|(o, (account, group))| {
+            conversations::ActiveModel {
                 account_id: Set(*account),
-                name: Set(o.name.clone()),
-                email: Set(o.email.clone()),
-                phone: Set(o.phone.clone()),
-                user_agent: Set(o.user_agent.clone()),
-                ip: Set(o.ip.clone()),
-                referrer: Set(o.referrer.clone()),
-                metadata: Set(o.metadata.clone()),
-                session_token_hash: Set(o.session_token_hash.clone()),
+                visitor_id: Set(visitor_of[o.session_token_hash.as_str()]),
+                group_id: Set(*group),
+                status: Set(ConversationStatus::Pending),
+                priority: Set(o.priority),
+                queued_at: Set(Some(now)),
+                // Only a message is activity that waits for an answer (the agent response timer).
+                last_visitor_activity_at: Set(o.initial_message.is_some().then_some(now)),
+                reassignment_count: Set(0),
                 created_at: Set(now),
-                last_seen_at: Set(now),
+                updated_at: Set(now),
                 ..Default::default()
             }
         }))
         .exec_with_returning(&txn)
         .await?;
-        let visitor_of: HashMap<&str, i64> = visitors
-            .iter()
-            .map(|v| (v.session_token_hash.as_str(), v.id))
-            .collect();
-        // In line at once (`queued_at`), so the answer can say where it stands; the enqueue job
-        // announces it. One time for the batch: FIFO follows the ids, which follow the order here.
-        let pending =
-            conversations::Entity::insert_many(accepted.iter().map(|(o, (account, group))| {
-                conversations::ActiveModel {
-                    account_id: Set(*account),
-                    visitor_id: Set(visitor_of[o.session_token_hash.as_str()]),
-                    group_id: Set(*group),
-                    status: Set(ConversationStatus::Pending),
-                    priority: Set(o.priority),
-                    queued_at: Set(Some(now)),
-                    // Only a message is activity that waits for an answer (the agent response timer).
-                    last_visitor_activity_at: Set(o.initial_message.is_some().then_some(now)),
-                    reassignment_count: Set(0),
-                    created_at: Set(now),
-                    updated_at: Set(now),
-                    ..Default::default()
-                }
-            }))
-            .exec_with_returning(&txn)
-            .await?;
-        let threads = threads::Entity::insert_many(pending.iter().map(|c| threads::ActiveModel {
-            account_id: Set(c.account_id),
-            conversation_id: Set(c.id),
-            status: Set(ThreadStatus::Active),
-            created_at: Set(now),
-            ..Default::default()
-        }))
+    let threads = threads::Entity::insert_many(pending.iter().map(|c| threads::ActiveModel {
+        account_id: Set(c.account_id),
+        conversation_id: Set(c.id),
+        status: Set(ThreadStatus::Active),
+        created_at: Set(now),
+        ..Default::default()
+    }))
+    .exec_with_returning(&txn)
+    .await?;
+    let thread_of: HashMap<i64, i64> = threads.iter().map(|t| (t.conversation_id, t.id)).collect();
+    let pending = conversations::Entity::update_many()
+        .col_expr(
+            conversations::Column::ActiveThreadId,
+            by_id(
+                conversations::Column::Id,
+                thread_of.iter().map(|(c, t)| (*c, Some(*t))),
+            ),
+        )
+        .filter(conversations::Column::Id.is_in(thread_of.keys().copied()))
         .exec_with_returning(&txn)
         .await?;
-        let thread_of: HashMap<i64, i64> =
-            threads.iter().map(|t| (t.conversation_id, t.id)).collect();
-        let pending = conversations::Entity::update_many()
-            .col_expr(
-                conversations::Column::ActiveThreadId,
-                by_id(
-                    conversations::Column::Id,
-                    thread_of.iter().map(|(c, t)| (*c, Some(*t))),
-                ),
-            )
-            .filter(conversations::Column::Id.is_in(thread_of.keys().copied()))
-            .exec_with_returning(&txn)
+    let by_visitor: HashMap<i64, &conversations::Model> =
+        pending.iter().map(|c| (c.visitor_id, c)).collect();
+    let mut messages = Vec::new();
+    for (o, _) in accepted {
+        let visitor_id = visitor_of[o.session_token_hash.as_str()];
+        let conversation = by_visitor[&visitor_id];
+        let thread_id = thread_of[&conversation.id];
+        if let Some(message) = &o.initial_message {
+            messages.push(events::ActiveModel {
+                account_id: Set(conversation.account_id),
+                conversation_id: Set(conversation.id),
+                thread_id: Set(thread_id),
+                kind: Set(EventKind::Message),
+                author_type: Set(AuthorType::Visitor),
+                content: Set(message.clone()),
+                created_at: Set(now),
+                ..Default::default()
+            });
+        }
+        opened.insert(
+            o.session_token_hash.clone(),
+            Opened {
+                visitor_id,
+                conversation: conversation.clone(),
+                thread_id,
+                position: 0,
+            },
+        );
+    }
+    if !messages.is_empty() {
+        events::Entity::insert_many(messages)
+            .exec_without_returning(&txn)
             .await?;
-        let by_visitor: HashMap<i64, &conversations::Model> =
-            pending.iter().map(|c| (c.visitor_id, c)).collect();
-        let mut messages = Vec::new();
-        for (o, _) in accepted {
-            let visitor_id = visitor_of[o.session_token_hash.as_str()];
-            let conversation = by_visitor[&visitor_id];
-            let thread_id = thread_of[&conversation.id];
-            if let Some(message) = &o.initial_message {
-                messages.push(events::ActiveModel {
-                    account_id: Set(conversation.account_id),
-                    conversation_id: Set(conversation.id),
-                    thread_id: Set(thread_id),
-                    kind: Set(EventKind::Message),
-                    author_type: Set(AuthorType::Visitor),
-                    content: Set(message.clone()),
-                    created_at: Set(now),
-                    ..Default::default()
-                });
+    }
+    txn.commit().await?;
+    // Committed: from here on nothing may fail the sessions (a failure would run them
+    // again). A place that cannot be read now is told over the socket when it connects.
+    match queue_positions(db, &pending).await {
+        Ok(positions) => {
+            for session in opened.values_mut() {
+                session.position = positions
+                    .get(&session.conversation.id)
+                    .copied()
+                    .unwrap_or(0);
             }
-            opened.insert(
-                o.session_token_hash.clone(),
-                Opened {
-                    visitor_id,
-                    conversation: conversation.clone(),
-                    thread_id,
-                    position: 0,
-                },
-            );
         }
-        if !messages.is_empty() {
-            events::Entity::insert_many(messages)
-                .exec_without_returning(&txn)
-                .await?;
-        }
-        txn.commit().await?;
-        // Committed: from here on nothing may fail the sessions (a failure would run them
-        // again). A place that cannot be read now is told over the socket when it connects.
-        match queue_positions(db, &pending).await {
-            Ok(positions) => {
-                for session in opened.values_mut() {
-                    session.position = positions
-                        .get(&session.conversation.id)
-                        .copied()
-                        .unwrap_or(0);
-                }
-            }
-            Err(err) => {
-                tracing::warn!(%err, "places in line not read after the sessions were written")
-            }
+        Err(err) => {
+            tracing::warn!(%err, "places in line not read after the sessions were written")
         }
     }
     Ok(opened)
