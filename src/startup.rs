@@ -94,20 +94,22 @@ impl Application {
         let channels = jobs::channels::Channels::new(&settings.channel_settings())
             .context("setting up webhooks and e-mail")?;
         let rooms = RoomNotifier::start(realtime.push.clone(), db.clone());
-        let batches = jobs::batch::Batches::start(&db, &jobs);
+        let outbox = jobs::outbox::Outbox::new(channels.email_on());
+        let batches = jobs::batch::Batches::start(&db, &jobs, &outbox);
         let notifier = jobs::fanout::Notifications::start(
             rooms.clone(),
             jobs::JobContext {
                 db: db.clone(),
                 jobs: jobs.clone(),
                 notifier: rooms,
+                outbox: outbox.clone(),
                 presence_stale: settings.presence_stale(),
                 channels: channels.clone(),
                 batches: batches.clone(),
             },
         );
         let activity = jobs::activity::Activity::start(db.clone());
-        let messages = jobs::messages::Messages::start(db.clone());
+        let messages = jobs::messages::Messages::start(db.clone(), outbox.clone());
         Ok(Self {
             state: AppState {
                 db,
@@ -115,6 +117,7 @@ impl Application {
                 tokens: tokens.into(),
                 settings: settings.into(),
                 notifier,
+                outbox,
                 activity,
                 messages,
                 push: realtime.push.clone(),

@@ -20,6 +20,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Where outcomes of what the HTTP layer did itself go (the same seam jobs use).
     pub notifier: Arc<dyn Notifier>,
+    /// Where changes stage the outcomes webhooks and e-mail may want (see `jobs::outbox`).
+    pub outbox: jobs::outbox::Outbox,
     /// Where messages are written (grouped into shared commits on SQLite).
     pub messages: jobs::messages::Messages,
     /// Conversation activity timestamps, written in batches.
@@ -39,6 +41,7 @@ impl AppState {
             db: self.db.clone(),
             jobs: self.jobs.clone(),
             notifier: self.notifier.clone(),
+            outbox: self.outbox.clone(),
             presence_stale: self.settings.presence_stale(),
             channels: self.channels.clone(),
             batches: self.batches.clone(),

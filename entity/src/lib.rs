@@ -18,6 +18,7 @@ pub mod enums;
 pub mod events;
 pub mod groups;
 pub mod intents;
+pub mod outbox;
 pub mod tags;
 pub mod threads;
 pub mod visitors;

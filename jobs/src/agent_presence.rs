@@ -55,6 +55,7 @@ impl Job for AgentDisconnected {
             return Ok(why.into());
         }
         // Conditional on the same facts, so a reconnect or heartbeat racing this job wins.
+        let txn = crate::db::begin_write(&ctx.db).await?;
         let changed = agents::Entity::update_many()
             .col_expr(agents::Column::Status, Expr::value(AgentStatus::Offline))
             .col_expr(agents::Column::AcceptingChats, Expr::value(false))
@@ -68,17 +69,18 @@ impl Job for AgentDisconnected {
                     .add(agents::Column::Status.ne(AgentStatus::Offline))
                     .add(agents::Column::AcceptingChats.eq(true)),
             )
-            .exec(&ctx.db)
+            .exec(&txn)
             .await?
             .rows_affected;
-        if changed == 1 {
-            ctx.notifier.notify(Outcome::AgentStatusChanged {
-                account_id: agent.account_id,
-                agent_id: agent.id,
-                status: AgentStatus::Offline,
-                accepting_chats: false,
-            });
-        }
+        let told = (changed == 1).then_some(Outcome::AgentStatusChanged {
+            account_id: agent.account_id,
+            agent_id: agent.id,
+            status: AgentStatus::Offline,
+            accepting_chats: false,
+        });
+        let staged = ctx.outbox.stage(&txn, told).await?;
+        txn.commit().await?;
+        ctx.tell(staged);
         // Hand the chats over only if the agent is (still) offline for this very drop; also when
         // an earlier run set the status, so a retry completes an interrupted hand-over.
         let Some(now) = agents::Entity::find_by_id(agent.id).one(&ctx.db).await? else {

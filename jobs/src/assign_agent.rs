@@ -27,6 +27,7 @@ use crate::{
     },
     db::begin_write,
     notify::Outcome,
+    outbox::Staged,
     routing::choose,
 };
 
@@ -180,8 +181,8 @@ impl Job for AssignAgent {
         while assigned < ASSIGNMENTS_PER_RUN {
             let step = assign_batch(ctx, &group).await?;
             assigned += step.assigned.len();
-            for done in &step.assigned {
-                announce(ctx, done);
+            for (done, staged) in step.assigned {
+                announce(ctx, &done, staged);
             }
             if !step.more {
                 break;
@@ -200,8 +201,8 @@ impl Job for AssignAgent {
 
 /// What one batch did.
 struct Step {
-    /// The conversations it assigned.
-    assigned: Vec<Assigned>,
+    /// The conversations it assigned, and what each tells.
+    assigned: Vec<(Assigned, Staged)>,
     /// Whether another batch may find work: the line went on past what this one read, and
     /// agents still had room.
     more: bool,
@@ -297,7 +298,10 @@ async fn assign_batch(ctx: &JobContext, group: &groups::Model) -> Result<Step, J
         }
         Err(ClaimError::NotPending) => Vec::new(),
     };
+    let told = assigned.iter().map(assigned_outcomes).collect();
+    let staged = ctx.outbox.stage_each(&txn, told).await?;
     txn.commit().await?;
+    let assigned: Vec<_> = assigned.into_iter().zip(staged).collect();
     let room_left = agents.iter().any(|agent| agent.free_slots() > 0);
     Ok(Step {
         // Conversations taken by a pick-up or another node meanwhile were skipped: read again.
@@ -306,8 +310,31 @@ async fn assign_batch(ctx: &JobContext, group: &groups::Model) -> Result<Step, J
     })
 }
 
-/// Tells the agent, the visitor and the group what an assignment changed.
-pub fn announce(ctx: &JobContext, done: &Assigned) {
+/// What an assignment tells: the agent, the visitor, webhooks and e-mail that the conversation
+/// has an agent, and the group that its line moved.
+pub fn assigned_outcomes(done: &Assigned) -> Vec<Outcome> {
+    let conversation = &done.conversation;
+    vec![
+        Outcome::ConversationAssigned {
+            account_id: conversation.account_id,
+            conversation_id: conversation.id,
+            group_id: conversation.group_id,
+            visitor_id: conversation.visitor_id,
+            agent_id: done.agent.id,
+            agent_name: done.agent.name.clone(),
+            agent_avatar_url: done.agent.avatar_url.clone(),
+            reason: done.why.clone(),
+        },
+        Outcome::QueueChanged {
+            account_id: conversation.account_id,
+            group_id: conversation.group_id,
+        },
+    ]
+}
+
+/// Tells what a committed assignment staged (see [`assigned_outcomes`]), and records how long
+/// the conversation waited.
+pub fn announce(ctx: &JobContext, done: &Assigned, staged: Staged) {
     let conversation = &done.conversation;
     if let (Some(queued), Some(assigned)) = (conversation.queued_at, conversation.assigned_at) {
         let waited = (assigned - queued)
@@ -316,18 +343,5 @@ pub fn announce(ctx: &JobContext, done: &Assigned) {
             .max(0);
         metrics::histogram!("switchboard_assignment_latency_seconds").record(waited as f64 / 1e6);
     }
-    ctx.notifier.notify(Outcome::ConversationAssigned {
-        account_id: conversation.account_id,
-        conversation_id: conversation.id,
-        group_id: conversation.group_id,
-        visitor_id: conversation.visitor_id,
-        agent_id: done.agent.id,
-        agent_name: done.agent.name.clone(),
-        agent_avatar_url: done.agent.avatar_url.clone(),
-        reason: done.why.clone(),
-    });
-    ctx.notifier.notify(Outcome::QueueChanged {
-        account_id: conversation.account_id,
-        group_id: conversation.group_id,
-    });
+    ctx.tell(staged);
 }

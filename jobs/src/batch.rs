@@ -176,7 +176,10 @@ pub struct Batches {
         crate::enqueue_conversation::Placed,
     >,
     /// Close jobs.
-    pub(crate) closes: Batcher<crate::conversation::Closing, Option<crate::conversation::Closed>>,
+    pub(crate) closes: Batcher<
+        crate::conversation::Closing,
+        Option<(crate::conversation::Closed, crate::outbox::Staged)>,
+    >,
     /// Intents of acknowledged requests (closes, ends, transfers): one commit for those that
     /// arrive together.
     pub(crate) intents: Batcher<crate::intent::NewIntent, i64>,
@@ -188,8 +191,13 @@ pub struct Batches {
 }
 
 impl Batches {
-    /// Starts the batching tasks for `db`, submitting follow-up jobs to `jobs`.
-    pub fn start(db: &sea_orm::DatabaseConnection, jobs: &crate::JobStore) -> Self {
+    /// Starts the batching tasks for `db`, submitting follow-up jobs to `jobs` and staging
+    /// outcomes in `outbox`.
+    pub fn start(
+        db: &sea_orm::DatabaseConnection,
+        jobs: &crate::JobStore,
+        outbox: &crate::outbox::Outbox,
+    ) -> Self {
         let lanes = LANES;
         let requests = {
             let (db, jobs) = (db.clone(), jobs.clone());
@@ -199,22 +207,27 @@ impl Batches {
             })
         };
         let enqueues = {
-            let db = db.clone();
+            let (db, outbox) = (db.clone(), outbox.clone());
             Batcher::start("enqueue", lanes, move |items| {
-                let db = db.clone();
-                Box::pin(async move { crate::enqueue_conversation::place_many(&db, items).await })
+                let (db, outbox) = (db.clone(), outbox.clone());
+                Box::pin(async move {
+                    crate::enqueue_conversation::place_many(&db, &outbox, items).await
+                })
             })
         };
         let closes = {
-            let db = db.clone();
+            let (db, outbox) = (db.clone(), outbox.clone());
             Batcher::start(
                 "close",
                 lanes,
                 move |items: Vec<crate::conversation::Closing>| {
-                    let db = db.clone();
+                    let (db, outbox) = (db.clone(), outbox.clone());
                     Box::pin(async move {
                         let txn = crate::db::begin_write(&db).await?;
                         let mut closed = crate::conversation::close_many(&txn, &items).await?;
+                        let staged =
+                            crate::close_conversation::stage_closes(&outbox, &txn, &items, &closed)
+                                .await?;
                         txn.commit().await?;
                         // Committed: a failure here must not fail (and re-run) the closes. Without
                         // the groups, the freed capacity waits for the next request or reconcile.
@@ -223,7 +236,11 @@ impl Batches {
                         {
                             tracing::warn!(%err, "could not read the freed agents' groups");
                         }
-                        Ok(closed)
+                        Ok(closed
+                            .into_iter()
+                            .zip(staged)
+                            .map(|(closed, staged)| closed.map(|closed| (closed, staged)))
+                            .collect())
                     })
                 },
             )

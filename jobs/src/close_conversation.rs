@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use entity::enums::ClosedBy;
+use sea_orm::{ConnectionTrait, DbErr};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -15,6 +16,7 @@ use crate::{
     assign_agent::request_assign,
     conversation::{Closed, Closing, groups_of_agent},
     notify::Outcome,
+    outbox::{Outbox, Staged},
 };
 
 /// Closes one conversation.
@@ -60,37 +62,62 @@ impl Job for CloseConversation {
             reason: self.reason.clone(),
             intent: self.intent,
         };
-        let Some(closed) = ctx.batches.closes.run(closing).await? else {
+        let Some((closed, staged)) = ctx.batches.closes.run(closing).await? else {
             if self.intent.is_some() {
                 crate::intent::resync_after_done(ctx, self.conversation_id, None).await?;
             }
             return Ok("already closed".into());
         };
-        after_close(ctx, &closed, self.closed_by, &self.reason).await?;
+        after_close(ctx, &closed, staged).await?;
         Ok(format!("{:?}", closed.conversation.status).to_lowercase())
     }
 }
 
-/// What follows a committed close: clients hear it, and the freed agent's lines are served.
+/// Stages, in the transaction of the closes of `closing`, what each one that took effect tells
+/// (`closed`: one output per input, as [`crate::conversation::close_many`] gives them): the
+/// conversation closed (clients, webhooks, e-mail) and its line moved. One [`Staged`] per input.
+pub async fn stage_closes(
+    outbox: &Outbox,
+    txn: &impl ConnectionTrait,
+    closing: &[Closing],
+    closed: &[Option<Closed>],
+) -> Result<Vec<Staged>, DbErr> {
+    let changes = closing
+        .iter()
+        .zip(closed)
+        .map(|(c, closed)| {
+            let Some(closed) = closed else {
+                return Vec::new();
+            };
+            let conversation = &closed.conversation;
+            vec![
+                Outcome::ConversationClosed {
+                    account_id: conversation.account_id,
+                    conversation_id: conversation.id,
+                    visitor_id: conversation.visitor_id,
+                    agent_id: closed.released_agent,
+                    closed_by: c.closed_by,
+                    reason: c.reason.clone(),
+                },
+                Outcome::QueueChanged {
+                    account_id: conversation.account_id,
+                    group_id: conversation.group_id,
+                },
+            ]
+        })
+        .collect();
+    outbox.stage_each(txn, changes).await
+}
+
+/// What follows a committed close: clients hear what it staged, and the freed agent's lines are
+/// served.
 pub async fn after_close(
     ctx: &JobContext,
     closed: &Closed,
-    closed_by: ClosedBy,
-    reason: &str,
+    staged: Staged,
 ) -> Result<(), JobError> {
     let conversation = &closed.conversation;
-    ctx.notifier.notify(Outcome::ConversationClosed {
-        account_id: conversation.account_id,
-        conversation_id: conversation.id,
-        visitor_id: conversation.visitor_id,
-        agent_id: closed.released_agent,
-        closed_by,
-        reason: reason.to_owned(),
-    });
-    ctx.notifier.notify(Outcome::QueueChanged {
-        account_id: conversation.account_id,
-        group_id: conversation.group_id,
-    });
+    ctx.tell(staged);
     for group_id in &closed.freed_groups {
         request_assign(ctx, conversation.account_id, *group_id).await?;
     }

@@ -16,6 +16,8 @@ pub struct JobContext {
     pub jobs: JobStore,
     /// Where outcomes go.
     pub notifier: Arc<dyn Notifier>,
+    /// Where a change stages the outcomes webhooks and e-mail may want, in its transaction.
+    pub outbox: crate::outbox::Outbox,
     /// An agent that looks connected but no API node has vouched for (heartbeat) for this long
     /// lost its sockets without a word (a node crashed): the reconciler treats it as dropped.
     pub presence_stale: Duration,
@@ -23,4 +25,11 @@ pub struct JobContext {
     pub channels: Channels,
     /// Group commit of the lifecycle's hot paths in this process.
     pub batches: Batches,
+}
+
+impl JobContext {
+    /// Tells what a committed change staged (see [`crate::outbox`]).
+    pub fn tell(&self, staged: crate::outbox::Staged) {
+        staged.tell(&*self.notifier);
+    }
 }

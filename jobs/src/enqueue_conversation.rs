@@ -19,6 +19,7 @@ use crate::{
     assign_agent::request_assign,
     conversation::{queue_positions, system_event_row, write_events_once},
     notify::Outcome,
+    outbox::{Outbox, Staged},
 };
 
 /// Puts one conversation in line.
@@ -79,19 +80,12 @@ impl Job for EnqueueConversation {
             Placed::InLine {
                 conversation,
                 position,
-            } => (conversation, position),
+                staged,
+            } => {
+                ctx.tell(staged);
+                (conversation, position)
+            }
         };
-        ctx.notifier.notify(Outcome::ConversationQueued {
-            account_id: conversation.account_id,
-            conversation_id: conversation.id,
-            group_id: conversation.group_id,
-            visitor_id: conversation.visitor_id,
-            position,
-        });
-        ctx.notifier.notify(Outcome::QueueChanged {
-            account_id: conversation.account_id,
-            group_id: conversation.group_id,
-        });
         request_assign(ctx, conversation.account_id, conversation.group_id).await?;
         Ok(format!("queued at position {position}"))
     }
@@ -106,6 +100,9 @@ pub enum Placed {
         conversation: Box<conversations::Model>,
         /// Its place in its group's line.
         position: u64,
+        /// What it tells (staged with its "queued" event): it waits at `position`, and the line
+        /// moved.
+        staged: Staged,
     },
     /// The conversation is no longer waiting (assigned, resolved or closed meanwhile).
     NotPending(ConversationStatus),
@@ -118,6 +115,7 @@ pub enum Placed {
 /// `key`). Three statements for the whole batch, each safe to repeat.
 pub(crate) async fn place_many(
     db: &DatabaseConnection,
+    outbox: &Outbox,
     enqueues: Vec<EnqueueConversation>,
 ) -> Result<Vec<Placed>, DbErr> {
     let ids: Vec<i64> = enqueues.iter().map(|e| e.conversation_id).collect();
@@ -158,6 +156,7 @@ pub(crate) async fn place_many(
         .collect();
     let positions = queue_positions(db, &uncounted).await?;
     let mut notes = Vec::new();
+    let mut told = Vec::new();
     let mut placed = Vec::with_capacity(enqueues.len());
     for enqueue in &enqueues {
         let Some(conversation) = rows.get(&enqueue.conversation_id) else {
@@ -184,11 +183,33 @@ pub(crate) async fn place_many(
         ) {
             notes.push(row);
         }
+        told.push(vec![
+            Outcome::ConversationQueued {
+                account_id: conversation.account_id,
+                conversation_id: conversation.id,
+                group_id: conversation.group_id,
+                visitor_id: conversation.visitor_id,
+                position,
+            },
+            Outcome::QueueChanged {
+                account_id: conversation.account_id,
+                group_id: conversation.group_id,
+            },
+        ]);
         placed.push(Placed::InLine {
             conversation: Box::new(conversation.clone()),
             position,
+            staged: Staged::default(),
         });
     }
-    write_events_once(db, notes).await?;
+    let txn = crate::db::begin_write(db).await?;
+    write_events_once(&txn, notes).await?;
+    let mut staged = outbox.stage_each(&txn, told).await?.into_iter();
+    txn.commit().await?;
+    for place in &mut placed {
+        if let Placed::InLine { staged: slot, .. } = place {
+            *slot = staged.next().unwrap_or_default();
+        }
+    }
     Ok(placed)
 }

@@ -1,24 +1,25 @@
-//! Fan-out: outcomes become webhook deliveries and e-mails (one `deliveries` row and one job
-//! each), beside the Socket.IO pushes of the wrapped notifier.
+//! Fan-out: staged outcomes become webhook deliveries and e-mails (one `deliveries` row and one
+//! job each), beside the Socket.IO pushes of the wrapped notifier.
 //!
-//! [`Notifications::notify`] never blocks and never touches the database: it decides from a
-//! short-lived in-memory cache of the account's webhook subscriptions whether the outcome may be
-//! wanted at all (an account without webhooks costs a map lookup per message), and hands wanted
-//! ones to a delivery task. Tasks are sharded by conversation (or agent), so one conversation's
-//! rows are inserted in the order its outcomes happened; that row order is the delivery order.
-//! The cache is dropped for an account when its webhooks change here
-//! ([`Notifier::subscriptions_changed`]) and expires after [`CACHE_TTL`] (other nodes).
+//! An outcome reaches the fan-out only when its change staged it in the outbox (see
+//! [`crate::outbox`]): [`Notifications::notify_staged`] never blocks and never touches the
+//! database; it hands the staged outcome to a delivery task, which records its rows and deletes
+//! its outbox row in one transaction. Tasks are sharded by conversation (or agent), so one
+//! conversation's rows are inserted in the order its outcomes happened; that row order is the
+//! delivery order. What a task never got to (the process died, its backlog was full) is fanned
+//! out by the sweep ([`left_behind`]) from the outbox rows themselves.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use chrono::Utc;
 use entity::{
-    agents, conversations, deliveries,
+    agents, assignments, conversations, deliveries,
     enums::{AgentRole, AuthorType, EventKind},
-    events, visitors, webhooks,
+    events, outbox, visitors,
 };
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
 };
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -28,192 +29,172 @@ use crate::{
     deliveries::{EMAIL, PENDING, WEBHOOK, submit},
     email,
     notify::{Notifier, Outcome},
+    outbox::{LEFT_BEHIND, Outbox},
     webhook::{data_of, kind_bit, kind_of, scope_of},
 };
 
-/// How long an account's subscriptions are trusted without reading them again.
-pub const CACHE_TTL: Duration = Duration::from_secs(5);
 /// Parallel fan-out tasks.
 const SHARDS: usize = 8;
-/// Outcomes waiting per task before new ones are dropped (and logged).
+/// Staged outcomes waiting per task before new ones are left to the sweep (and logged).
 const BACKLOG: usize = 8192;
-
-/// One active webhook, as the fan-out needs it.
-#[derive(Debug, Clone, Copy)]
-struct Subscription {
-    id: i64,
-    /// Bits of the subscribed kinds ([`kind_bit`]).
-    kinds: u8,
-}
-
-/// Accounts' active webhook subscriptions, briefly cached.
-#[derive(Debug)]
-struct Cache(crate::cache::Cache<i64, Arc<[Subscription]>>);
-
-impl Default for Cache {
-    fn default() -> Self {
-        Self(crate::cache::short_lived(100_000, CACHE_TTL))
-    }
-}
-
-impl Cache {
-    /// `Some(true/false)` when a fresh entry says whether `bit` is subscribed; `None` when unknown.
-    fn subscribed(&self, account_id: i64, bit: u8) -> Option<bool> {
-        let hooks = self.0.get(&account_id)?;
-        Some(hooks.iter().any(|h| h.kinds & bit != 0))
-    }
-
-    fn forget(&self, account_id: i64) {
-        self.0.invalidate(&account_id);
-    }
-
-    /// The account's subscriptions, from the cache or the database.
-    async fn load(
-        &self,
-        db: &DatabaseConnection,
-        account_id: i64,
-    ) -> Result<Arc<[Subscription]>, sea_orm::DbErr> {
-        if let Some(hooks) = self.0.get(&account_id) {
-            return Ok(hooks);
-        }
-        let rows = webhooks::Entity::find()
-            .filter(webhooks::Column::AccountId.eq(account_id))
-            .filter(webhooks::Column::DeletedAt.is_null())
-            .filter(webhooks::Column::Active.eq(true))
-            .all(db)
-            .await?;
-        let hooks: Arc<[Subscription]> = rows
-            .into_iter()
-            .map(|row| Subscription {
-                id: row.id,
-                kinds: subscription_mask(&row.events),
-            })
-            .collect();
-        self.0.insert(account_id, hooks.clone());
-        Ok(hooks)
-    }
-}
-
-/// The kind bits of a webhook's `events` column (a JSON array of kind names).
-fn subscription_mask(events: &serde_json::Value) -> u8 {
-    events
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|kind| kind.as_str().and_then(kind_bit))
-        .fold(0, |mask, bit| mask | bit)
-}
+/// Outbox rows the sweep fans out per pass at most.
+const SWEEP_BATCH: u64 = 500;
 
 /// The process's notifier: the wrapped one (Socket.IO) plus webhooks and e-mail.
 pub struct Notifications {
     inner: Arc<dyn Notifier>,
-    cache: Arc<Cache>,
-    shards: Vec<mpsc::Sender<Outcome>>,
-    email_on: bool,
+    outbox: Outbox,
+    shards: Vec<mpsc::Sender<(String, Outcome)>>,
 }
 
 impl std::fmt::Debug for Notifications {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Notifications")
             .field("inner", &self.inner)
-            .field("email_on", &self.email_on)
+            .field("outbox", &self.outbox)
             .finish()
     }
 }
 
 impl Notifications {
     /// Wraps `inner` and starts the fan-out tasks (they end when the last handle is dropped).
-    /// `ctx` supplies the database, job store and channels; its notifier is not used.
+    /// `ctx` supplies the database, job store, channels and outbox; its notifier is not used.
     pub fn start(inner: Arc<dyn Notifier>, ctx: JobContext) -> Arc<Self> {
-        let cache = Arc::new(Cache::default());
-        let email_on = ctx.channels.email_on();
+        let outbox = ctx.outbox.clone();
         let shards = (0..SHARDS)
             .map(|_| {
                 let (outcomes, inbox) = mpsc::channel(BACKLOG);
-                let task = FanOut {
-                    ctx: ctx.clone(),
-                    cache: cache.clone(),
-                };
-                tokio::spawn(task.run(inbox));
+                tokio::spawn(FanOut { ctx: ctx.clone() }.run(inbox));
                 outcomes
             })
             .collect();
         Arc::new(Self {
             inner,
-            cache,
+            outbox,
             shards,
-            email_on,
         })
-    }
-
-    /// Whether anything besides Socket.IO may want `outcome`.
-    fn wanted(&self, outcome: &Outcome) -> bool {
-        if self.email_on
-            && matches!(
-                outcome,
-                Outcome::ConversationAssigned { .. }
-                    | Outcome::ConversationClosed { .. }
-                    | Outcome::SlaBreached { .. }
-            )
-        {
-            return true;
-        }
-        let (Some(kind), Some((account_id, _))) = (kind_of(outcome), scope_of(outcome)) else {
-            return false;
-        };
-        let bit = kind_bit(kind).unwrap_or(0);
-        self.cache.subscribed(account_id, bit).unwrap_or(true)
     }
 }
 
 impl Notifier for Notifications {
     fn notify(&self, outcome: Outcome) {
-        if self.wanted(&outcome) {
-            let key = scope_of(&outcome).map(|(_, key)| key).unwrap_or_default();
-            let shard = key
+        self.inner.notify(outcome);
+    }
+
+    fn notify_staged(&self, outcome: Outcome, staged: Option<String>) {
+        if let Some(key) = staged {
+            let order = scope_of(&outcome).map(|(_, key)| key).unwrap_or_default();
+            let shard = order
                 .bytes()
                 .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
                 % self.shards.len();
-            if let Err(err) = self.shards[shard].try_send(outcome.clone()) {
-                tracing::warn!(%err, "notification dropped: the fan-out backlog is full");
+            if let Err(err) = self.shards[shard].try_send((key, outcome.clone())) {
+                metrics::counter!("switchboard_fanout_left_to_sweep_total").increment(1);
+                tracing::warn!(%err, "fan-out backlog full: the sweep will record this outcome's deliveries");
             }
         }
         self.inner.notify(outcome);
     }
 
     fn subscriptions_changed(&self, account_id: i64) {
-        self.cache.forget(account_id);
+        self.outbox.subscriptions_changed(account_id);
         self.inner.subscriptions_changed(account_id);
     }
 }
 
-/// One fan-out task: turns outcomes into rows and jobs, in order.
+/// Fans out outbox rows older than [`LEFT_BEHIND`]: staged by a process that died, or left by a
+/// full backlog. Oldest first; returns how many rows it took. Safe on any number of nodes: each
+/// row is taken once (its delete decides).
+pub async fn left_behind(ctx: &JobContext) -> Result<usize, JobError> {
+    let before = Utc::now() - chrono::Duration::from_std(LEFT_BEHIND).unwrap_or_default();
+    let rows = outbox::Entity::find()
+        .filter(outbox::Column::CreatedAt.lt(before))
+        .order_by_asc(outbox::Column::CreatedAt)
+        .order_by_asc(outbox::Column::Key)
+        .limit(SWEEP_BATCH)
+        .all(&ctx.db)
+        .await?;
+    let fan_out = FanOut { ctx: ctx.clone() };
+    let mut taken = 0;
+    for row in rows {
+        match serde_json::from_value::<Outcome>(row.outcome) {
+            Ok(outcome) => {
+                if fan_out.record(&row.key, &outcome).await? {
+                    taken += 1;
+                }
+            }
+            Err(err) => {
+                // Written by a build that knew an outcome this one does not: it can never be
+                // delivered by this build, and must not block the sweep.
+                tracing::error!(key = %row.key, %err, "dropping an outbox row this build cannot read");
+                outbox::Entity::delete_by_id(row.key).exec(&ctx.db).await?;
+            }
+        }
+    }
+    Ok(taken)
+}
+
+/// One fan-out task (or the sweep): turns staged outcomes into rows and jobs, in order.
 struct FanOut {
     ctx: JobContext,
-    cache: Arc<Cache>,
 }
 
 impl FanOut {
-    async fn run(self, mut inbox: mpsc::Receiver<Outcome>) {
-        while let Some(outcome) = inbox.recv().await {
-            if let Err(err) = self.webhooks(&outcome).await {
-                tracing::warn!(%err, "webhook deliveries not recorded");
-            }
-            if self.ctx.channels.email_on()
-                && let Err(err) = self.emails(&outcome).await
-            {
-                tracing::warn!(%err, "e-mails not recorded");
+    async fn run(self, mut inbox: mpsc::Receiver<(String, Outcome)>) {
+        while let Some((key, outcome)) = inbox.recv().await {
+            if let Err(err) = self.record(&key, &outcome).await {
+                tracing::warn!(%err, "deliveries not recorded now; the sweep will");
             }
         }
     }
 
-    async fn webhooks(&self, outcome: &Outcome) -> Result<(), JobError> {
+    /// Records the deliveries of the staged row `key` and deletes it, in one transaction, then
+    /// submits their jobs. `false` when the row was gone (another process took it).
+    async fn record(&self, key: &str, outcome: &Outcome) -> Result<bool, JobError> {
+        let txn = crate::db::begin_write(&self.ctx.db).await?;
+        let taken = outbox::Entity::delete_by_id(key.to_owned())
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        if taken == 0 {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        let mut rows = self.webhooks(&txn, outcome).await?;
+        if self.ctx.outbox.email_on() {
+            rows.extend(self.emails(&txn, outcome).await?);
+        }
+        let mut recorded = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id = deliveries::Entity::insert(row.model)
+                .exec(&txn)
+                .await?
+                .last_insert_id;
+            recorded.push((row.channel, id));
+        }
+        txn.commit().await?;
+        for (channel, id) in recorded {
+            // A submission that fails leaves the row pending for `deliveries::redeliver`.
+            if let Err(err) = submit(&self.ctx, channel, id, None).await {
+                tracing::warn!(delivery_id = id, %err, "delivery job not submitted; the sweep will");
+            }
+        }
+        Ok(true)
+    }
+
+    /// The webhook deliveries `outcome` makes: one per subscribed webhook.
+    async fn webhooks(
+        &self,
+        db: &impl ConnectionTrait,
+        outcome: &Outcome,
+    ) -> Result<Vec<NewRow>, JobError> {
         let (Some(kind), Some((account_id, order_key))) = (kind_of(outcome), scope_of(outcome))
         else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let bit = kind_bit(kind).unwrap_or(0);
-        let hooks = self.cache.load(&self.ctx.db, account_id).await?;
+        let hooks = self.ctx.outbox.subscriptions(db, account_id).await?;
+        let mut rows = Vec::new();
         let data = data_of(outcome);
         let attempts = self.ctx.channels.webhook_retries().attempts;
         for hook in hooks.iter().filter(|h| h.kinds & bit != 0) {
@@ -226,13 +207,18 @@ impl FanOut {
                 attempts,
             )
             .with_webhook(hook.id);
-            self.record(row).await?;
+            rows.push(row);
         }
-        Ok(())
+        Ok(rows)
     }
 
-    async fn emails(&self, outcome: &Outcome) -> Result<(), JobError> {
-        let db = &self.ctx.db;
+    /// The e-mails `outcome` makes.
+    async fn emails(
+        &self,
+        db: &impl ConnectionTrait,
+        outcome: &Outcome,
+    ) -> Result<Vec<NewRow>, JobError> {
+        let mut rows = Vec::new();
         let attempts = self.ctx.channels.email_retries().attempts;
         match outcome {
             Outcome::ConversationAssigned {
@@ -244,10 +230,10 @@ impl FanOut {
                 ..
             } => {
                 let Some(agent) = agents::Entity::find_by_id(*agent_id).one(db).await? else {
-                    return Ok(());
+                    return Ok(rows);
                 };
                 if connected(&agent) {
-                    return Ok(());
+                    return Ok(rows);
                 }
                 let payload = json!({
                     "conversationId": conversation_id,
@@ -265,7 +251,7 @@ impl FanOut {
                     attempts,
                 )
                 .to(agent.email);
-                self.record(row).await?;
+                rows.push(row);
             }
             Outcome::ConversationClosed {
                 account_id,
@@ -273,19 +259,26 @@ impl FanOut {
                 visitor_id,
                 ..
             } => {
-                let email = visitors::Entity::find_by_id(*visitor_id)
-                    .one(db)
-                    .await?
-                    .and_then(|v| v.email)
-                    .filter(|e| !e.trim().is_empty());
-                let Some(email) = email else {
-                    return Ok(());
+                let Some(visitor) = visitors::Entity::find_by_id(*visitor_id).one(db).await? else {
+                    return Ok(rows);
+                };
+                let (Some(email), Some(given)) = (
+                    visitor.email.filter(|e| !e.trim().is_empty()),
+                    visitor.email_given_at,
+                ) else {
+                    return Ok(rows);
                 };
                 // The visitor's address is not verified and the visitor writes the text: a
                 // transcript of a chat no agent wrote in would let anyone mail anything to
-                // anyone through this server.
-                if !agent_wrote(db, *conversation_id).await? {
-                    return Ok(());
+                // anyone through this server. And the address must have been given before an
+                // agent joined: one named afterwards would have the agent's words (and the
+                // visitor's own) mailed wherever the visitor likes.
+                if !agent_wrote(db, *conversation_id).await?
+                    || first_joined(db, *conversation_id)
+                        .await?
+                        .is_none_or(|joined| given > joined)
+                {
+                    return Ok(rows);
                 }
                 let payload = json!({ "conversationId": conversation_id });
                 let order = format!("conversation:{conversation_id}");
@@ -298,7 +291,7 @@ impl FanOut {
                     attempts,
                 )
                 .to(email);
-                self.record(row).await?;
+                rows.push(row);
             }
             Outcome::SlaBreached {
                 account_id,
@@ -323,33 +316,19 @@ impl FanOut {
                         attempts,
                     )
                     .to(supervisor.email);
-                    self.record(row).await?;
+                    rows.push(row);
                 }
             }
             _ => {}
         }
-        Ok(())
-    }
-
-    /// Inserts the row and submits its job. A submission that fails leaves the row pending for
-    /// [`crate::deliveries::redeliver`].
-    async fn record(&self, row: NewRow) -> Result<(), JobError> {
-        let channel = row.channel;
-        let id = deliveries::Entity::insert(row.model)
-            .exec(&self.ctx.db)
-            .await?
-            .last_insert_id;
-        if let Err(err) = submit(&self.ctx, channel, id, None).await {
-            tracing::warn!(delivery_id = id, %err, "delivery job not submitted; the sweep will");
-        }
-        Ok(())
+        Ok(rows)
     }
 }
 
 /// Whether an agent wrote in the conversation: its first response is recorded, or (that record
 /// is written in batches, see [`crate::activity`], and may not be there yet) an agent's message
 /// is stored.
-async fn agent_wrote(db: &DatabaseConnection, conversation_id: i64) -> Result<bool, DbErr> {
+async fn agent_wrote(db: &impl ConnectionTrait, conversation_id: i64) -> Result<bool, DbErr> {
     let responded = conversations::Entity::find_by_id(conversation_id)
         .one(db)
         .await?
@@ -367,6 +346,21 @@ async fn agent_wrote(db: &DatabaseConnection, conversation_id: i64) -> Result<bo
         .one(db)
         .await?;
     Ok(message.is_some())
+}
+
+/// When the first agent joined the conversation (its first assignment).
+async fn first_joined(
+    db: &impl ConnectionTrait,
+    conversation_id: i64,
+) -> Result<Option<chrono::DateTime<Utc>>, DbErr> {
+    assignments::Entity::find()
+        .select_only()
+        .column(assignments::Column::AssignedAt)
+        .filter(assignments::Column::ConversationId.eq(conversation_id))
+        .order_by_asc(assignments::Column::AssignedAt)
+        .into_tuple()
+        .one(db)
+        .await
 }
 
 /// An agent with a live socket: its last connect is later than its last drop (as presence

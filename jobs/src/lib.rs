@@ -31,6 +31,7 @@ pub mod intent;
 mod job;
 pub mod messages;
 pub mod notify;
+pub mod outbox;
 mod poll;
 pub mod queues;
 pub mod reassign_conversation;

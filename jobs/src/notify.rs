@@ -1,16 +1,18 @@
 //! The one seam through which job outcomes leave the domain.
 //!
 //! Jobs describe what happened as an [`Outcome`]; the root crate decides where it goes (Socket.IO
-//! rooms in-process, a socketioxide emitter from a worker-only process, logs in tests). Delivery is
-//! best effort and must not block: the database already holds the truth, and clients re-read it.
+//! rooms in-process, a socketioxide emitter from a worker-only process, logs in tests). Pushes are
+//! best effort and must not block: the database already holds the truth, and clients re-read it
+//! (`sync`). Webhooks and e-mails are not: their outcomes are staged in the change's transaction
+//! (see [`crate::outbox`]).
 
 use std::fmt;
 
 use entity::enums::{AgentStatus, ClosedBy};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Something a client may want to hear about.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(
     tag = "kind",
     rename_all = "camelCase",
@@ -120,6 +122,12 @@ pub enum SlaKind {
 pub trait Notifier: Send + Sync + fmt::Debug + 'static {
     /// Hands one outcome over for delivery.
     fn notify(&self, outcome: Outcome);
+
+    /// Hands over an outcome that its change staged in the outbox (`staged` is its row's key,
+    /// `None` when nothing but Socket.IO wants it): see [`crate::outbox`].
+    fn notify_staged(&self, outcome: Outcome, _staged: Option<String>) {
+        self.notify(outcome);
+    }
 
     /// The webhooks of `account_id` changed (created, updated, deleted): forget what was cached
     /// about them.

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use sea_orm::{ConnectionTrait, DbErr};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -15,6 +16,7 @@ use crate::{
     conversation::{Requeued, queue_position, requeue},
     db::begin_write,
     notify::Outcome,
+    outbox::Staged,
 };
 
 /// Takes one conversation from an agent.
@@ -73,39 +75,56 @@ impl Job for ReassignConversation {
             self.detail.as_deref(),
         )
         .await?;
-        txn.commit().await?;
         let Some(requeued) = requeued else {
+            txn.commit().await?;
             return Ok("no longer active with that agent".into());
         };
-        let position = after_requeue(ctx, &requeued, &self.reason).await?;
+        let (outcomes, position) = requeue_outcomes(&txn, &requeued, &self.reason).await?;
+        let staged = ctx.outbox.stage(&txn, outcomes).await?;
+        txn.commit().await?;
+        after_requeue(ctx, &requeued, staged).await?;
         Ok(format!("requeued at position {position}"))
     }
 }
 
-/// What follows a committed requeue: clients hear it, the line is served again, and so are the
-/// released agent's other groups. Returns the conversation's place in line.
+/// What a requeue tells, read in its transaction: the agent lost the conversation, and it waits
+/// again at its place in line (returned too).
+pub async fn requeue_outcomes(
+    txn: &impl ConnectionTrait,
+    requeued: &Requeued,
+    reason: &str,
+) -> Result<(Vec<Outcome>, u64), DbErr> {
+    let conversation = &requeued.conversation;
+    let position = queue_position(txn, conversation).await?;
+    let outcomes = vec![
+        Outcome::ConversationUnassigned {
+            account_id: conversation.account_id,
+            conversation_id: conversation.id,
+            group_id: conversation.group_id,
+            agent_id: requeued.agent_id,
+            reason: reason.to_owned(),
+        },
+        Outcome::ConversationQueued {
+            account_id: conversation.account_id,
+            conversation_id: conversation.id,
+            group_id: conversation.group_id,
+            visitor_id: conversation.visitor_id,
+            position,
+        },
+    ];
+    Ok((outcomes, position))
+}
+
+/// What follows a committed requeue: clients hear what it staged, the line is served again, and
+/// so are the released agent's other groups.
 pub async fn after_requeue(
     ctx: &JobContext,
     requeued: &Requeued,
-    reason: &str,
-) -> Result<u64, JobError> {
+    staged: Staged,
+) -> Result<(), JobError> {
     let conversation = &requeued.conversation;
-    ctx.notifier.notify(Outcome::ConversationUnassigned {
-        account_id: conversation.account_id,
-        conversation_id: conversation.id,
-        group_id: conversation.group_id,
-        agent_id: requeued.agent_id,
-        reason: reason.to_owned(),
-    });
-    let position = queue_position(&ctx.db, conversation).await?;
-    ctx.notifier.notify(Outcome::ConversationQueued {
-        account_id: conversation.account_id,
-        conversation_id: conversation.id,
-        group_id: conversation.group_id,
-        visitor_id: conversation.visitor_id,
-        position,
-    });
+    ctx.tell(staged);
     request_assign(ctx, conversation.account_id, conversation.group_id).await?;
     serve_groups_of(ctx, conversation.account_id, requeued.agent_id).await?;
-    Ok(position)
+    Ok(())
 }

@@ -6,6 +6,9 @@
 //!   HTTP write and the job push, or the job storage lost it) is offered again.
 //!
 //! - An active conversation held by an offline or deleted agent goes back to the line.
+//! - A waiting or active conversation left in a deleted group moves to its account's default
+//!   group (a delete refuses groups with live chats, so only a chat that slipped past that check
+//!   is found here).
 //! - An agent that looks connected but that no API node vouches for any more (its node crashed)
 //!   is treated as dropped: the presence job takes it offline.
 //!
@@ -17,10 +20,11 @@
 use entity::{
     agents, conversations,
     enums::{AgentStatus, ConversationStatus},
+    groups,
 };
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, EntityTrait, JoinType, QueryFilter, QuerySelect,
-    RelationTrait, Statement,
+    RelationTrait, Statement, sea_query::Expr,
 };
 
 use serde_json::json;
@@ -44,6 +48,8 @@ pub struct Repairs {
     pub conversations_released: usize,
     /// Agents that looked connected but whose node stopped vouching for them.
     pub agents_dropped: usize,
+    /// Conversations moved out of a deleted group into their account's default group.
+    pub conversations_rehomed: usize,
 }
 
 /// What one fast pass recovered (see [`recover`]).
@@ -207,11 +213,81 @@ pub async fn reconcile(ctx: &JobContext) -> Result<Repairs, JobError> {
         submit(ctx, EnqueueConversation::new(conversation_id)).await?;
         repairs.conversations_enqueued += 1;
     }
+    repairs.conversations_rehomed = rehome(ctx).await?;
     for (account_id, group_id) in waiting_groups(ctx, false).await? {
         submit(ctx, AssignAgent::new(account_id, group_id)).await?;
         repairs.groups_offered += 1;
     }
     Ok(repairs)
+}
+
+/// Moves the waiting and active conversations of deleted groups to their account's default
+/// group, each with a system event; waiting ones keep their place (`queued_at`), active ones
+/// their agent. Returns how many moved.
+async fn rehome(ctx: &JobContext) -> Result<usize, JobError> {
+    let stranded = conversations::Entity::find()
+        .find_also_related(groups::Entity)
+        .filter(
+            conversations::Column::Status
+                .is_in([ConversationStatus::Pending, ConversationStatus::Active]),
+        )
+        .filter(groups::Column::DeletedAt.is_not_null())
+        .all(&ctx.db)
+        .await?;
+    let mut moved = 0;
+    for (conversation, from) in stranded {
+        let Some(from) = from else { continue };
+        let Some(to) = groups::Entity::find()
+            .filter(groups::Column::AccountId.eq(conversation.account_id))
+            .filter(groups::Column::IsDefault.eq(true))
+            .filter(groups::Column::DeletedAt.is_null())
+            .one(&ctx.db)
+            .await?
+        else {
+            tracing::warn!(
+                account_id = conversation.account_id,
+                "a chat in a deleted group, and no default group to move it to"
+            );
+            continue;
+        };
+        let txn = crate::db::begin_write(&ctx.db).await?;
+        let Some(now) = conversations::Entity::update_many()
+            .col_expr(conversations::Column::GroupId, Expr::value(to.id))
+            .col_expr(
+                conversations::Column::UpdatedAt,
+                Expr::value(chrono::Utc::now()),
+            )
+            .filter(conversations::Column::Id.eq(conversation.id))
+            .filter(conversations::Column::GroupId.eq(from.id))
+            .filter(
+                conversations::Column::Status
+                    .is_in([ConversationStatus::Pending, ConversationStatus::Active]),
+            )
+            .exec_with_returning(&txn)
+            .await?
+            .pop()
+        else {
+            txn.rollback().await?;
+            continue;
+        };
+        system_event(
+            &txn,
+            &now,
+            format!("Moved to {}: its group {} was deleted", to.name, from.name),
+            json!({ "action": "moved", "reason": "group_deleted", "fromGroupId": from.id, "toGroupId": to.id }),
+            Some(format!("rehomed:{}", from.id)),
+        )
+        .await?;
+        txn.commit().await?;
+        tracing::warn!(
+            conversation_id = now.id,
+            from = from.id,
+            to = to.id,
+            "moved a chat out of a deleted group"
+        );
+        moved += 1;
+    }
+    Ok(moved)
 }
 
 async fn submit<J: crate::Job>(ctx: &JobContext, job: J) -> Result<(), JobError> {

@@ -3,8 +3,9 @@
 //! - `sweep` (every `sweep_period`): finds expired timers and submits their jobs (see `timers`),
 //!   and recovers what a lost job storage leaves (see `reconcile::recover`).
 //! - `reconcile` (every `reconcile_period`): repairs what a crash can leave (see `reconcile`).
-//! - `redeliver` (every [`REDELIVER_PERIOD`]): resubmits webhook and e-mail deliveries whose job
-//!   was lost, and every [`PRUNE_EVERY`]th tick deletes finished ones past their retention (see
+//! - `redeliver` (every [`REDELIVER_PERIOD`]): records the deliveries of outcomes left in the
+//!   outbox (see `fanout::left_behind`), resubmits webhook and e-mail deliveries whose job was
+//!   lost, and every [`PRUNE_EVERY`]th tick deletes finished ones past their retention (see
 //!   `deliveries`).
 //!
 //! Neither needs a leader: both only submit idempotent jobs or write what the rows dictate, so two
@@ -98,6 +99,13 @@ impl Pass {
                 format!("{repairs:?}")
             }
             Pass::Redeliver => {
+                let staged = crate::fanout::left_behind(ctx).await?;
+                if staged > 0 {
+                    tracing::info!(
+                        staged,
+                        "recorded the deliveries of outcomes left in the outbox"
+                    );
+                }
                 let count = deliveries::redeliver(ctx).await?;
                 if count > 0 {
                     tracing::info!(count, "resubmitted deliveries whose job was lost");

@@ -11,7 +11,7 @@ use entity::{
 };
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, QuerySelect, SqlErr,
+    QueryFilter, QueryOrder, QuerySelect, SqlErr,
 };
 use serde_json::Value;
 
@@ -154,6 +154,34 @@ async fn write(
 ) -> Result<HashMap<String, Opened>, DbErr> {
     let mut opened: HashMap<String, Opened> = HashMap::new();
     let txn = crate::db::begin_write(db).await?;
+    // A session never opens in a deleted group: its place may have been read before the delete
+    // (or kept a moment, see `Places`). The live groups are read again here, key-share locked on
+    // PostgreSQL, which a group's delete waits for (and which waits for a delete that came first;
+    // it does not conflict with the assigner's updates of the group row). What is left out is
+    // answered `NoGroup`.
+    let asked: Vec<i64> = accepted.iter().map(|(_, (_, group))| *group).collect();
+    let mut live = groups::Entity::find()
+        .select_only()
+        .column(groups::Column::Id)
+        .filter(groups::Column::Id.is_in(asked))
+        .filter(groups::Column::DeletedAt.is_null());
+    if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        live = live
+            .order_by_asc(groups::Column::Id)
+            .lock(sea_orm::sea_query::LockType::KeyShare);
+    }
+    let live: std::collections::HashSet<i64> =
+        live.into_tuple().all(&txn).await?.into_iter().collect();
+    let kept: Vec<(&Opening, (i64, i64))> = accepted
+        .iter()
+        .filter(|(_, (_, group))| live.contains(group))
+        .copied()
+        .collect();
+    let accepted = kept.as_slice();
+    if accepted.is_empty() {
+        txn.rollback().await?;
+        return Ok(opened);
+    }
     let now = Utc::now();
     let visitors = visitors::Entity::insert_many(accepted.iter().map(|(o, (account, _))| {
         visitors::ActiveModel {
@@ -168,6 +196,7 @@ async fn write(
             session_token_hash: Set(o.session_token_hash.clone()),
             created_at: Set(now),
             last_seen_at: Set(now),
+            email_given_at: Set(o.email.is_some().then_some(now)),
             ..Default::default()
         }
     }))

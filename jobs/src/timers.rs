@@ -39,11 +39,13 @@ use serde_json::json;
 
 use crate::{
     Job, JobContext, JobError, RetryBudget,
-    close_conversation::after_close,
-    conversation::{close, find_freed_groups, lock_conversation, requeue, system_event},
+    close_conversation::{after_close, stage_closes},
+    conversation::{
+        Closing, close_many, find_freed_groups, lock_conversation, requeue, system_event,
+    },
     db::begin_write,
     notify::{Outcome, SlaKind},
-    reassign_conversation::after_requeue,
+    reassign_conversation::{after_requeue, requeue_outcomes},
 };
 
 /// What a conversation waits for.
@@ -206,11 +208,9 @@ impl Job for ExpireTimer {
                     )
                     .await?;
                 }
-                txn.commit().await?;
-                // Told before the follow-ups, which may fail: a retry finds nothing expired and
-                // would not raise it again.
+                let mut outcomes = Vec::new();
                 if held {
-                    ctx.notifier.notify(Outcome::SlaBreached {
+                    outcomes.push(Outcome::SlaBreached {
                         account_id: c.account_id,
                         conversation_id: c.id,
                         group_id: c.group_id,
@@ -221,7 +221,11 @@ impl Job for ExpireTimer {
                         actual: i64::from(count - 1),
                     });
                 }
-                let position = after_requeue(ctx, &requeued, "no_response").await?;
+                let (told, position) = requeue_outcomes(&txn, &requeued, "no_response").await?;
+                outcomes.extend(told);
+                let staged = ctx.outbox.stage(&txn, outcomes).await?;
+                txn.commit().await?;
+                after_requeue(ctx, &requeued, staged).await?;
                 if held {
                     return Ok(format!(
                         "held at position {position} after {} reassignments",
@@ -232,14 +236,21 @@ impl Job for ExpireTimer {
             }
             Timer::VisitorIdle => {
                 let reason = "visitor_idle";
-                let Some(closed) = close(&txn, c.id, ClosedBy::System, reason).await? else {
+                let closing = [Closing {
+                    conversation_id: c.id,
+                    closed_by: ClosedBy::System,
+                    reason: reason.to_owned(),
+                    intent: None,
+                }];
+                let mut closed = close_many(&txn, &closing).await?;
+                let [Some(_)] = closed.as_slice() else {
                     return Ok("already closed".into());
                 };
+                let mut staged = stage_closes(&ctx.outbox, &txn, &closing, &closed).await?;
                 txn.commit().await?;
-                let mut closed = [Some(closed)];
                 find_freed_groups(&ctx.db, &mut closed).await?;
-                if let [Some(closed)] = &closed {
-                    after_close(ctx, closed, ClosedBy::System, reason).await?;
+                if let ([Some(closed)], Some(staged)) = (closed.as_slice(), staged.pop()) {
+                    after_close(ctx, closed, staged).await?;
                 }
                 Ok(format!(
                     "closed: no visitor activity in {} s",
@@ -267,8 +278,7 @@ impl Job for ExpireTimer {
                     Some("sla:first_response".into()),
                 )
                 .await?;
-                txn.commit().await?;
-                ctx.notifier.notify(Outcome::SlaBreached {
+                let breach = Outcome::SlaBreached {
                     account_id: c.account_id,
                     conversation_id: c.id,
                     group_id: c.group_id,
@@ -277,7 +287,10 @@ impl Job for ExpireTimer {
                     sla: SlaKind::FirstResponse,
                     limit: i64::from(seconds),
                     actual: waited,
-                });
+                };
+                let staged = ctx.outbox.stage(&txn, [breach]).await?;
+                txn.commit().await?;
+                ctx.tell(staged);
                 Ok(format!("first-response SLA breached after {waited} s"))
             }
             Timer::QueueWait => {

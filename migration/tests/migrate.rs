@@ -30,7 +30,7 @@ use sea_orm_migration::sea_orm::{
 
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-const TABLES: [&str; 15] = [
+const TABLES: [&str; 16] = [
     "accounts",
     "agent_groups",
     "agents",
@@ -42,6 +42,7 @@ const TABLES: [&str; 15] = [
     "events",
     "groups",
     "intents",
+    "outbox",
     "tags",
     "threads",
     "visitors",

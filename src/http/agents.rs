@@ -69,6 +69,7 @@ pub(crate) async fn set_status_as(
         AgentStatus::Online => true,
         AgentStatus::Away | AgentStatus::Offline => false,
     });
+    let txn = jobs::db::begin_write(&state.db).await?;
     let agent = agents::ActiveModel {
         id: Set(before.id),
         status: Set(body.status),
@@ -77,14 +78,17 @@ pub(crate) async fn set_status_as(
         updated_at: Set(Utc::now()),
         ..Default::default()
     }
-    .update(&state.db)
+    .update(&txn)
     .await?;
-    state.notifier.notify(Outcome::AgentStatusChanged {
+    let changed = Outcome::AgentStatusChanged {
         account_id: agent.account_id,
         agent_id: agent.id,
         status: agent.status,
         accepting_chats: agent.accepting_chats,
-    });
+    };
+    let staged = state.outbox.stage(&txn, [changed]).await?;
+    txn.commit().await?;
+    staged.tell(&*state.notifier);
     // Also when it already was offline: a retry after a failed hand-over completes it (the
     // reassign job acts only on chats still held).
     if agent.status == AgentStatus::Offline {

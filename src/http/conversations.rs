@@ -18,7 +18,7 @@ use entity::{
     events, groups, tags,
 };
 use jobs::{
-    assign_agent::announce,
+    assign_agent::{announce, assigned_outcomes},
     close_conversation::CloseConversation,
     conversation::{
         ClaimError, Pick, claim, groups_of_agent, lock_agents, reopen, requeue, waiting_line,
@@ -212,23 +212,24 @@ async fn claim_now(
         why: why.to_owned(),
     };
     let done = claim(&txn, pick).await?.map_err(claim_refused)?;
+    let released = release_from.map(|holder| Outcome::ConversationUnassigned {
+        account_id: conversation.account_id,
+        conversation_id: conversation.id,
+        group_id: conversation.group_id,
+        agent_id: holder,
+        reason: "transferred".into(),
+    });
+    let told = released.into_iter().chain(assigned_outcomes(&done));
+    let staged = state.outbox.stage(&txn, told).await?;
     txn.commit().await?;
     let ctx = state.job_context();
-    if let Some(holder) = release_from {
-        ctx.notifier.notify(Outcome::ConversationUnassigned {
-            account_id: conversation.account_id,
-            conversation_id: conversation.id,
-            group_id: conversation.group_id,
-            agent_id: holder,
-            reason: "transferred".into(),
-        });
-        if let Err(err) =
+    announce(&ctx, &done, staged);
+    if let Some(holder) = release_from
+        && let Err(err) =
             jobs::close_conversation::serve_groups_of(&ctx, conversation.account_id, holder).await
-        {
-            tracing::warn!(%err, "could not offer the freed capacity; the reconciler will");
-        }
+    {
+        tracing::warn!(%err, "could not offer the freed capacity; the reconciler will");
     }
-    announce(&ctx, &done);
     Ok(done.conversation)
 }
 
@@ -702,15 +703,17 @@ pub(crate) async fn send_as_agent(
     require_holder(caller, conversation)?;
     let stored = state
         .messages
-        .post(
-            conversation.id,
-            AuthorType::Agent,
-            Some(caller.id()),
-            body.content.into(),
-            body.client_message_id.as_ref().map(ClientMessageId::as_str),
-        )
+        .post(jobs::messages::NewMessage {
+            account_id: conversation.account_id,
+            conversation_id: conversation.id,
+            author: AuthorType::Agent,
+            agent_id: Some(caller.id()),
+            content: body.content.into(),
+            client_id: body.client_message_id.map(|id| id.as_str().to_owned()),
+            holder: conversation.assigned_agent_id,
+        })
         .await?;
-    published(state, stored, conversation.assigned_agent_id)
+    published(state, stored)
 }
 
 #[derive(Debug, Serialize)]

@@ -16,7 +16,7 @@ use entity::{
 use jobs::assign_agent::request_assign;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait,
-    QueryFilter, sea_query::OnConflict,
+    QueryFilter, QuerySelect, sea_query::OnConflict,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -302,8 +302,17 @@ async fn remove(
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(AgentRole::Supervisor)?;
-    let group =
-        resource::fetch::<groups::Entity>(&state.db, caller.account_id(), id, false).await?;
+    // The check and the delete in one transaction, the group row locked first (PostgreSQL): a
+    // session being opened in the group holds a key-share lock on it until it commits (see
+    // `jobs::session`), so its chat is counted below, or the session finds the group deleted.
+    let txn = jobs::db::begin_write(&state.db).await?;
+    let mut read = groups::Entity::find_by_id(id)
+        .filter(groups::Column::AccountId.eq(caller.account_id()))
+        .filter(groups::Column::DeletedAt.is_null());
+    if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        read = read.lock(sea_orm::sea_query::LockType::Update);
+    }
+    let group = read.one(&txn).await?.ok_or(ApiError::NotFound("group"))?;
     if group.is_default {
         return Err(ApiError::Conflict(
             "the default group cannot be deleted: make another group the default first".into(),
@@ -316,14 +325,16 @@ async fn remove(
             entity::enums::ConversationStatus::Pending,
             entity::enums::ConversationStatus::Active,
         ]))
-        .count(&state.db)
+        .count(&txn)
         .await?;
     if live > 0 {
         return Err(ApiError::Conflict(format!(
             "the group still has {live} waiting or active conversations: transfer or close them first"
         )));
     }
-    resource::soft_delete::<groups::Entity>(&state, &caller, id).await?;
+    resource::set_deleted::<groups::Entity>(&txn, caller.account_id(), id, true).await?;
+    txn.commit().await?;
+    audit::record(&state, &caller, "group.deleted", "group", id, json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -3,8 +3,7 @@
 use chrono::{DateTime, Utc};
 use entity::{
     conversations,
-    enums::{AuthorType, ConversationStatus, EventKind, Priority},
-    events,
+    enums::{ConversationStatus, Priority},
 };
 use sea_orm::ConnectionTrait;
 use serde::Serialize;
@@ -70,78 +69,27 @@ impl ConversationView {
     }
 }
 
-/// One event of a conversation (a message or a system note).
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EventView {
-    pub id: i64,
-    pub conversation_id: i64,
-    pub thread_id: i64,
-    pub kind: EventKind,
-    pub author_type: AuthorType,
-    pub agent_id: Option<i64>,
-    pub content: String,
-    pub metadata: Option<serde_json::Value>,
-    /// The sender's own id for the message, echoed so clients can de-duplicate.
-    pub client_message_id: Option<String>,
-    pub created_at: DateTime<Utc>,
-}
-
-impl From<events::Model> for EventView {
-    fn from(event: events::Model) -> Self {
-        Self {
-            id: event.id,
-            conversation_id: event.conversation_id,
-            thread_id: event.thread_id,
-            kind: event.kind,
-            author_type: event.author_type,
-            agent_id: event.agent_id,
-            content: event.content,
-            metadata: event.metadata,
-            client_message_id: event
-                .client_message_id
-                .as_deref()
-                .and_then(jobs::conversation::client_id_of)
-                .map(str::to_owned),
-            created_at: event.created_at,
-        }
-    }
-}
+pub use jobs::messages::EventView;
 
 /// A stored message's answer for the caller. A new message (not a resent client id) has its
-/// activity recorded and is pushed to both sides of the conversation: its rooms, and the
-/// `holder`'s sockets when the caller knows who holds it. A closed conversation is 409.
+/// activity recorded and is told to both sides of the conversation (and webhooks): see
+/// `jobs::messages`. A closed conversation is 409.
 pub fn published(
     state: &crate::state::AppState,
-    stored: Result<jobs::conversation::Posted, jobs::conversation::MessageError>,
-    holder: Option<i64>,
+    stored: Result<jobs::messages::Stored, jobs::conversation::MessageError>,
 ) -> Result<(EventView, bool), ApiError> {
-    let posted = stored.map_err(|err| match err {
+    let stored = stored.map_err(|err| match err {
         jobs::conversation::MessageError::Closed => {
             ApiError::Conflict("the conversation is closed".into())
         }
     })?;
-    let (account_id, conversation_id, author) = (
-        posted.event.account_id,
-        posted.event.conversation_id,
-        posted.event.author_type,
-    );
-    let view = EventView::from(posted.event);
-    if posted.created {
-        state.activity.record(conversation_id, author);
-        match serde_json::to_value(&view) {
-            Ok(event) => state
-                .notifier
-                .notify(jobs::notify::Outcome::MessageCreated {
-                    account_id,
-                    conversation_id,
-                    assigned_agent_id: holder,
-                    event,
-                }),
-            Err(err) => tracing::warn!(%err, "message not pushed"),
-        }
+    if stored.created {
+        state
+            .activity
+            .record(stored.view.conversation_id, stored.view.author_type);
     }
-    Ok((view, posted.created))
+    stored.staged.tell(&*state.notifier);
+    Ok((stored.view, stored.created))
 }
 
 /// The HTTP answer to a sent message: 201 with the stored event, 200 with the first one when the

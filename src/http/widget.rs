@@ -314,15 +314,17 @@ pub(crate) async fn send_as_visitor(
     };
     let stored = state
         .messages
-        .post(
+        .post(jobs::messages::NewMessage {
+            account_id: visitor.account_id,
             conversation_id,
-            AuthorType::Visitor,
-            None,
-            body.content.into(),
-            body.client_message_id.as_ref().map(ClientMessageId::as_str),
-        )
+            author: AuthorType::Visitor,
+            agent_id: None,
+            content: body.content.into(),
+            client_id: body.client_message_id.map(|id| id.as_str().to_owned()),
+            holder,
+        })
         .await?;
-    published(state, stored, holder)
+    published(state, stored)
 }
 
 /// How a visitor can be reached later: offered when the wait is long (`queue:overdue`), used for
@@ -349,20 +351,43 @@ async fn leave_contact(
     Json(body): Json<Contact>,
 ) -> Result<Json<ContactView>, ApiError> {
     let visitor = visitor.visitor;
+    let email = String::from(body.email);
     let mut update = visitors::Entity::update_many()
-        .col_expr(
-            visitors::Column::Email,
-            Expr::value(Some(String::from(body.email))),
-        )
+        .col_expr(visitors::Column::Email, Expr::value(Some(email.clone())))
         .filter(visitors::Column::Id.eq(visitor.id))
-        .filter(visitors::Column::AccountId.eq(visitor.account_id));
+        .filter(visitors::Column::AccountId.eq(visitor.account_id))
+        // Frozen once the chat is over: the transcript goes to the address it had then.
+        .filter(
+            visitors::Column::Id.not_in_subquery(
+                sea_orm::sea_query::Query::select()
+                    .column(conversations::Column::VisitorId)
+                    .from(conversations::Entity)
+                    .and_where(conversations::Column::VisitorId.eq(visitor.id))
+                    .and_where(
+                        conversations::Column::Status
+                            .is_in([ConversationStatus::Resolved, ConversationStatus::Closed]),
+                    )
+                    .to_owned(),
+            ),
+        );
+    // A new address is given now (see `visitors.email_given_at`); the same one keeps its time.
+    if visitor.email.as_deref() != Some(email.as_str()) {
+        update = update.col_expr(
+            visitors::Column::EmailGivenAt,
+            Expr::value(Some(chrono::Utc::now())),
+        );
+    }
     if let Some(name) = body.name {
         update = update.col_expr(
             visitors::Column::Name,
             Expr::value(Some(String::from(name))),
         );
     }
-    update.exec(&state.db).await?;
+    if update.exec(&state.db).await?.rows_affected == 0 {
+        return Err(ApiError::Conflict(
+            "the conversation is over: its contact address can no longer change".into(),
+        ));
+    }
     let stored = visitors::Entity::find_by_id(visitor.id)
         .one(&state.db)
         .await?

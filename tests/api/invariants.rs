@@ -487,7 +487,7 @@ both_backends! {
         assert_eq!(conversation.status, ConversationStatus::Pending, "nothing knows it waits");
 
         let repairs = reconcile(&worker.state.job_context()).await.expect("reconcile");
-        assert_eq!(repairs, Repairs { groups_offered: 1, conversations_enqueued: 0, counters_fixed: 0, conversations_released: 0, agents_dropped: 0 });
+        assert_eq!(repairs, Repairs { groups_offered: 1, conversations_enqueued: 0, counters_fixed: 0, conversations_released: 0, agents_dropped: 0, conversations_rehomed: 0 });
         let conversation = api.conversation_becomes(&admin, id, "active").await;
         assert_eq!(conversation["assignedAgentId"], agent);
         world(api.db()).await.assert_consistent();
@@ -573,7 +573,7 @@ both_backends! {
             .await
             .unwrap();
         let repairs = reconcile(&ctx).await.expect("reconcile");
-        assert_eq!(repairs, Repairs { groups_offered: 0, conversations_enqueued: 0, counters_fixed: 1, conversations_released: 0, agents_dropped: 0 });
+        assert_eq!(repairs, Repairs { groups_offered: 0, conversations_enqueued: 0, counters_fixed: 1, conversations_released: 0, agents_dropped: 0, conversations_rehomed: 0 });
         world(app.db()).await.assert_consistent();
 
         // A healthy system: nothing to repair.
@@ -638,7 +638,7 @@ both_backends! {
         .id;
 
         let repairs = reconcile(&app.state.job_context()).await.expect("reconcile");
-        assert_eq!(repairs, Repairs { groups_offered: 1, conversations_enqueued: 1, counters_fixed: 0, conversations_released: 0, agents_dropped: 0 });
+        assert_eq!(repairs, Repairs { groups_offered: 1, conversations_enqueued: 1, counters_fixed: 0, conversations_released: 0, agents_dropped: 0, conversations_rehomed: 0 });
         // The enqueue job gives it its place and announces it, once.
         let queued = eventually(Duration::from_secs(10), "the conversation to be queued", || async {
             let now = world(app.db()).await;
@@ -886,4 +886,89 @@ async fn a_conversation_locked_for_a_change_still_takes_new_messages() {
         .await
         .unwrap();
     assert_eq!(stored, 1);
+}
+
+both_backends! {
+    async fn a_session_never_opens_in_a_deleted_group_and_a_chat_left_there_moves_to_the_default(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let admin = app.admin_token().await;
+        let default = app.default_group(&admin).await;
+        let sales = app.post("/v1/groups", &admin, json!({ "name": "Sales" })).await.body["id"].as_i64().unwrap();
+        // A first session: its place (account, Sales) is now remembered for a moment.
+        let (stranded, _) = app.visitor(json!({ "groupId": sales, "initialMessage": "prices?" })).await;
+        // The group is deleted meanwhile, as a delete whose check ran before that session
+        // committed would leave it.
+        groups::Entity::update_many()
+            .col_expr(groups::Column::DeletedAt, sea_orm::sea_query::Expr::value(Some(Utc::now())))
+            .filter(groups::Column::Id.eq(sales))
+            .exec(app.db())
+            .await
+            .unwrap();
+        let refused = app.widget_session(json!({ "groupId": sales, "initialMessage": "hello?" })).await;
+        assert_eq!(refused.status, StatusCode::NOT_FOUND, "{:?}", refused.body);
+        assert_eq!(
+            conversations::Entity::find().filter(conversations::Column::GroupId.eq(sales)).count(app.db()).await.unwrap(),
+            1,
+            "no session opened in the deleted group"
+        );
+
+        // The reconciler moves the chat that slipped in to the default group, and says so.
+        let (agent, _) = app.online_agent(&admin, default, 2).await;
+        let repairs = reconcile(&app.state.job_context()).await.expect("reconcile");
+        assert_eq!(repairs.conversations_rehomed, 1, "{repairs:?}");
+        let moved = app.conversation_becomes(&admin, stranded, "active").await;
+        assert_eq!(moved["groupId"], default);
+        assert_eq!(moved["assignedAgentId"], agent);
+        let notes = events::Entity::find()
+            .filter(events::Column::ConversationId.eq(stranded))
+            .filter(events::Column::Kind.eq(EventKind::System))
+            .all(app.db())
+            .await
+            .unwrap();
+        assert!(
+            notes.iter().any(|e| e.content == "Moved to General: its group Sales was deleted"),
+            "{:?}",
+            notes.iter().map(|e| &e.content).collect::<Vec<_>>()
+        );
+        // A second pass finds nothing left to move.
+        let again = reconcile(&app.state.job_context()).await.expect("reconcile");
+        assert_eq!(again.conversations_rehomed, 0);
+        world(app.db()).await.assert_consistent();
+    }
+}
+
+both_backends! {
+    async fn deleting_a_group_while_sessions_open_in_it_never_strands_a_chat(backend: Backend) {
+        let app = Arc::new(spawn_app(backend).await);
+        let admin = app.admin_token().await;
+        for round in 0..5 {
+            let group = app.post("/v1/groups", &admin, json!({ "name": format!("Race {round}") })).await.body["id"].as_i64().unwrap();
+            let sessions: Vec<_> = (0..20)
+                .map(|i| {
+                    let app = app.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(i * 5)).await;
+                        app.widget_session(json!({ "groupId": group })).await.status
+                    })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            let deleted = app.delete(&format!("/v1/groups/{group}"), &admin).await.status;
+            for session in sessions {
+                let status = session.await.unwrap();
+                assert!(status == StatusCode::CREATED || status == StatusCode::NOT_FOUND, "{status}");
+            }
+            let live = conversations::Entity::find()
+                .filter(conversations::Column::GroupId.eq(group))
+                .filter(conversations::Column::Status.is_in([ConversationStatus::Pending, ConversationStatus::Active]))
+                .count(app.db())
+                .await
+                .unwrap();
+            match deleted {
+                StatusCode::NO_CONTENT => assert_eq!(live, 0, "round {round}: a chat opened in the deleted group"),
+                StatusCode::CONFLICT => assert!(live > 0),
+                other => panic!("round {round}: delete answered {other}"),
+            }
+        }
+    }
 }

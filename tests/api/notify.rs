@@ -65,6 +65,12 @@ pub(crate) async fn finished(app: &TestApp, admin: &str, hook: i64, done: usize)
     .await
 }
 
+/// Raises `outcome` as the change that implies it would: staged in the outbox, then told.
+pub(crate) async fn raise(app: &TestApp, outcome: Outcome) {
+    let staged = app.state.outbox.stage(app.db(), [outcome]).await.unwrap();
+    staged.tell(&*app.state.notifier);
+}
+
 async fn say(app: &TestApp, visitor: &str, content: &str) {
     let reply = app
         .request(
@@ -355,7 +361,7 @@ both_backends! {
         let closed = app.request(Method::POST, &format!("/v1/conversations/{id}/close"), Some(&agent), None).await;
         assert_eq!(closed.status, StatusCode::ACCEPTED, "{:?}", closed.body);
         // The scheduler raises this; the channels must carry it.
-        app.state.notifier.notify(Outcome::SlaBreached {
+        crate::notify::raise(&app, Outcome::SlaBreached {
             account_id: 1,
             conversation_id: id,
             group_id: group,
@@ -364,7 +370,8 @@ both_backends! {
             sla: jobs::notify::SlaKind::FirstResponse,
             limit: 60,
             actual: 75,
-        });
+        })
+        .await;
 
         let mails = eventually(Duration::from_secs(20), "three mails", || async {
             let mails = smtp.mails();

@@ -175,7 +175,7 @@ both_backends! {
         // An outcome of the same conversation after the close: the fan-out handles one
         // conversation's outcomes in order, so once this one's webhook row exists, the close's
         // e-mails have been decided.
-        app.state.notifier.notify(Outcome::SlaBreached {
+        crate::notify::raise(&app, Outcome::SlaBreached {
             account_id: 1,
             conversation_id: id,
             group_id: view["groupId"].as_i64().unwrap(),
@@ -184,7 +184,8 @@ both_backends! {
             sla: jobs::notify::SlaKind::FirstResponse,
             limit: 60,
             actual: 75,
-        });
+        })
+        .await;
         let hooks = finished(&app, &admin, hook, 2).await;
         assert!(hooks.iter().any(|d| d["kind"] == "sla.breached"), "{hooks:?}");
         assert!(hooks.iter().any(|d| d["kind"] == "conversation.closed"), "{hooks:?}");
@@ -239,5 +240,59 @@ both_backends! {
         // Twice is once.
         assert_eq!(jobs::deliveries::prune(&ctx).await.unwrap(), 0);
         assert_eq!(all_rows(&app).await.len(), 3);
+    }
+}
+
+both_backends! {
+    async fn a_transcript_goes_only_to_an_address_given_before_an_agent_joined_and_it_freezes_at_the_close(backend: Backend) {
+        let smtp = SmtpSink::start().await;
+        let receiver = Receiver::start(SECRET).await;
+        let url = smtp.url.clone();
+        let app = app_with(backend, move |s| s.smtp_url = Some(url)).await;
+        let admin = app.admin_token().await;
+        let hook = webhook(&app, &admin, &receiver.url("/ok"), json!(["conversation.closed"])).await;
+        let group = app.default_group(&admin).await;
+        let (_, agent) = app.online_agent(&admin, group, 4).await;
+        // One visitor gives its address at the start, the other once the agent has joined.
+        let (early, _) = app.visitor(json!({ "email": "early@example.com", "initialMessage": "hi" })).await;
+        let (late, late_token) = app.visitor(json!({ "initialMessage": "hi" })).await;
+        for id in [early, late] {
+            let view = app.conversation_becomes(&admin, id, "active").await;
+            let thread = view["activeThreadId"].as_i64().unwrap();
+            let reply = app.post(&format!("/v1/threads/{thread}/events"), &agent, json!({ "content": "Here is our answer." })).await;
+            assert_eq!(reply.status, reqwest::StatusCode::CREATED, "{:?}", reply.body);
+        }
+        let named = app
+            .request(Method::PUT, "/v1/widget/contact", Some(&late_token), Some(json!({ "email": "third.party@example.com" })))
+            .await;
+        assert_eq!(named.status, reqwest::StatusCode::OK, "{:?}", named.body);
+        for id in [early, late] {
+            let closed = app.request(Method::POST, &format!("/v1/conversations/{id}/close"), Some(&agent), None).await;
+            assert_eq!(closed.status, reqwest::StatusCode::ACCEPTED, "{:?}", closed.body);
+            app.conversation_becomes(&admin, id, "resolved").await;
+        }
+        // A close's webhook and e-mail rows are recorded together: once both webhooks are
+        // there, every transcript that will be sent is recorded.
+        finished(&app, &admin, hook, 2).await;
+        let transcripts: Vec<_> = all_rows(&app)
+            .await
+            .into_iter()
+            .filter(|r| r.kind == "email.transcript")
+            .map(|r| r.recipient.unwrap_or_default())
+            .collect();
+        assert_eq!(transcripts, ["early@example.com"]);
+
+        // Once the chat is over, the address stays what it was.
+        let changed = app
+            .request(Method::PUT, "/v1/widget/contact", Some(&late_token), Some(json!({ "email": "someone.else@example.com" })))
+            .await;
+        assert_eq!(changed.status, reqwest::StatusCode::CONFLICT, "{:?}", changed.body);
+        let visitor = app.get(&format!("/v1/conversations/{late}"), &admin).await.body["visitorId"].as_i64().unwrap();
+        let stored = entity::visitors::Entity::find_by_id(visitor).one(app.db()).await.unwrap().unwrap();
+        assert_eq!(stored.email.as_deref(), Some("third.party@example.com"));
+        eventually(Duration::from_secs(20), "the transcript", || async { (!smtp.mails().is_empty()).then_some(()) }).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mails = smtp.mails();
+        assert!(mails.iter().all(|m| !String::from_utf8_lossy(m).contains("third.party@example.com")));
     }
 }

@@ -244,3 +244,62 @@ both_backends! {
         visitor.disconnect().await;
     }
 }
+
+both_backends! {
+    async fn a_webhook_whose_fan_out_was_lost_is_delivered_once_from_the_outbox(backend: Backend) {
+        use crate::{notify::{app_with, finished, webhook}, receivers::Receiver};
+        let receiver = Receiver::start(crate::notify::SECRET).await;
+        let app = app_with(backend, |_| {}).await;
+        let admin = app.admin_token().await;
+        let hook = webhook(&app, &admin, &receiver.url("/in"), json!(["conversation.closed", "message.created"])).await;
+        let (conversation, visitor) = app.visitor(json!({ "name": "Olga" })).await;
+
+        // The ordinary path: the message's outbox row becomes its delivery and goes.
+        let said = app
+            .request(reqwest::Method::POST, "/v1/widget/messages", Some(&visitor), Some(json!({ "content": "hi" })))
+            .await;
+        assert_eq!(said.status, StatusCode::CREATED, "{:?}", said.body);
+        finished(&app, &admin, hook, 1).await;
+        assert_eq!(entity::outbox::Entity::find().count(app.db()).await.unwrap(), 0, "the fan-out took its row");
+
+        // A close whose process loses its fan-out after the commit (it died): a notifier that only
+        // logs stands for it. The outcome's row stays in the outbox and nothing is delivered.
+        let lost = jobs::JobContext {
+            notifier: std::sync::Arc::new(jobs::notify::LogNotifier),
+            ..app.state.job_context()
+        };
+        let close = CloseConversation {
+            conversation_id: conversation,
+            closed_by: entity::enums::ClosedBy::System,
+            reason: "test".into(),
+            intent: None,
+        };
+        close.run(&lost).await.expect("the close ran");
+        let staged = entity::outbox::Entity::find().all(app.db()).await.unwrap();
+        assert_eq!(staged.len(), 1, "{staged:?}");
+        assert_eq!(staged[0].outcome["kind"], "conversationClosed");
+        let closed_hits = || receiver.hits_on("/in").into_iter().filter(|h| h.body["kind"] == "conversation.closed").count();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(closed_hits(), 0);
+
+        // Rows younger than the threshold are left to their own process's fan-out.
+        assert_eq!(jobs::fanout::left_behind(&lost).await.unwrap(), 0);
+        // Once old enough, the sweep of any node records its delivery: once, however many run.
+        entity::outbox::Entity::update_many()
+            .col_expr(entity::outbox::Column::CreatedAt, Expr::value(Utc::now() - chrono::Duration::minutes(1)))
+            .exec(app.db())
+            .await
+            .unwrap();
+        let (a, b) = tokio::join!(jobs::fanout::left_behind(&lost), jobs::fanout::left_behind(&lost));
+        assert_eq!(a.unwrap() + b.unwrap(), 1);
+        let rows = finished(&app, &admin, hook, 2).await;
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        eventually(Duration::from_secs(10), "the closed webhook", || async { (closed_hits() == 1).then_some(()) }).await;
+        let hit = receiver.hits_on("/in").into_iter().find(|h| h.body["kind"] == "conversation.closed").unwrap();
+        assert_eq!(hit.body["data"]["conversationId"], conversation);
+        assert_eq!(hit.body["data"]["closedBy"], "system");
+        assert_eq!(entity::outbox::Entity::find().count(app.db()).await.unwrap(), 0);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(closed_hits(), 1, "delivered once");
+    }
+}
