@@ -259,6 +259,16 @@ pub struct NotifySettings {
         value_parser = clap::value_parser!(u32).range(1..=3650)
     )]
     pub delivery_retention_days: u32,
+
+    /// Seconds of one SLA digest: every supervisor and admin of an account gets at most one
+    /// e-mail listing the service levels broken in each such window, sent at its end.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_SLA_DIGEST_SECONDS",
+        default_value_t = 300,
+        value_parser = clap::value_parser!(u32).range(1..=86_400)
+    )]
+    pub sla_digest_seconds: u32,
 }
 
 impl Default for NotifySettings {
@@ -272,6 +282,7 @@ impl Default for NotifySettings {
             webhook_backoff_ms: 10_000,
             webhook_timeout_ms: 5_000,
             delivery_retention_days: 7,
+            sla_digest_seconds: 300,
         }
     }
 }
@@ -297,6 +308,7 @@ impl Settings {
             delivery_retention: Duration::from_secs(
                 u64::from(notify.delivery_retention_days.max(1)) * 24 * 3600,
             ),
+            sla_digest: Duration::from_secs(u64::from(notify.sla_digest_seconds.max(1))),
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct ChannelSettings {
     pub email_retries: Retries,
     /// How long delivered and dead rows are kept (they hold copies of what was sent).
     pub delivery_retention: Duration,
+    /// The window of one SLA digest e-mail (see `fanout`).
+    pub sla_digest: Duration,
 }
 
 /// The configured channels of this process; cheap to clone.
@@ -59,6 +61,7 @@ struct Inner {
     mailer: Option<Mailer>,
     email_retries: Retries,
     delivery_retention: Duration,
+    sla_digest: Duration,
 }
 
 /// The SMTP transport (a connection pool) and the sender address.
@@ -122,6 +125,7 @@ impl Channels {
             mailer,
             email_retries: settings.email_retries,
             delivery_retention: settings.delivery_retention,
+            sla_digest: settings.sla_digest.max(Duration::from_secs(1)),
         })))
     }
 
@@ -141,6 +145,7 @@ impl Channels {
                 backoff: Duration::from_secs(30),
             },
             delivery_retention: Duration::from_secs(7 * 24 * 3600),
+            sla_digest: Duration::from_secs(300),
         })
     }
 
@@ -174,6 +179,10 @@ impl Channels {
 
     pub(crate) fn delivery_retention(&self) -> Duration {
         self.0.delivery_retention
+    }
+
+    pub(crate) fn sla_digest(&self) -> Duration {
+        self.0.sla_digest
     }
 
     pub(crate) fn http(&self) -> &reqwest::Client {

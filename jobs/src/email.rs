@@ -3,7 +3,9 @@
 //! - `email.assigned`: a new conversation went to an agent who is not connected;
 //! - `email.transcript`: the visitor's copy of a closed conversation (when its e-mail is known
 //!   and an agent wrote in it: the address is not verified);
-//! - `email.sla_breached`: a conversation broke a service level (to supervisors and admins).
+//! - `email.sla_digest`: the service levels an account's conversations broke in one window (to
+//!   supervisors and admins; at most one per window each, listing at most [`DIGEST_LISTED`]);
+//! - `email.sla_breached`: one conversation broke a service level (rows of earlier versions).
 //!
 //! Each mail has a plain-text and an HTML body, the account's name as the sender's display name,
 //! and a Message-ID made from the delivery id, so a receiver can tell a resend from a new mail.
@@ -29,8 +31,13 @@ use crate::{
 pub const ASSIGNED: &str = "email.assigned";
 /// The transcript to the visitor.
 pub const TRANSCRIPT: &str = "email.transcript";
-/// A service level broke.
+/// A service level broke (one mail per breach: rows written before digests).
 pub const SLA_BREACHED: &str = "email.sla_breached";
+/// The service levels broken in one window.
+pub const SLA_DIGEST: &str = "email.sla_digest";
+
+/// Conversations one digest lists at most (it counts the rest).
+pub const DIGEST_LISTED: u64 = 20;
 
 /// Messages of a transcript at most (the rest is summarised in one line).
 const TRANSCRIPT_MESSAGES: u64 = 500;
@@ -125,26 +132,16 @@ async fn compose(ctx: &JobContext, row: &deliveries::Model) -> Result<Option<Mes
     let Some(recipient) = &row.recipient else {
         return Ok(None);
     };
-    let conversation_id = row.payload["conversationId"].as_i64().unwrap_or_default();
-    let Some(conversation) = conversations::Entity::find_by_id(conversation_id)
-        .one(&ctx.db)
-        .await?
-        .filter(|c| c.account_id == row.account_id)
-    else {
-        return Ok(None);
-    };
-    let visitor = visitors::Entity::find_by_id(conversation.visitor_id)
-        .one(&ctx.db)
-        .await?;
-    let visitor_name = visitor
-        .as_ref()
-        .and_then(|v| v.name.clone())
-        .unwrap_or_else(|| "A visitor".to_owned());
-    let body = match row.kind.as_str() {
-        ASSIGNED => assigned(&account.name, &conversation, &visitor_name, &row.payload),
-        TRANSCRIPT => transcript(ctx, &account.name, &conversation, &visitor_name).await?,
-        SLA_BREACHED => sla_breached(&conversation, &visitor_name, &row.payload),
-        other => return Err(JobError::Permanent(format!("unknown e-mail kind {other}"))),
+    let body = if row.kind == SLA_DIGEST {
+        match sla_digest(ctx, row).await? {
+            Some(body) => body,
+            None => return Ok(None),
+        }
+    } else {
+        match about_a_conversation(ctx, row, &account.name).await? {
+            Some(body) => body,
+            None => return Ok(None),
+        }
     };
     let Some(from) = ctx.channels.sender(&account.name) else {
         return Ok(None);
@@ -161,6 +158,100 @@ async fn compose(ctx: &JobContext, row: &deliveries::Model) -> Result<Option<Mes
         .multipart(MultiPart::alternative_plain_html(body.text, body.html))
         .map_err(|err| JobError::Permanent(format!("building the message: {err}")))?;
     Ok(Some(message))
+}
+
+/// The body of a mail about one conversation; `None` when it is gone.
+async fn about_a_conversation(
+    ctx: &JobContext,
+    row: &deliveries::Model,
+    account: &str,
+) -> Result<Option<Body>, JobError> {
+    let conversation_id = row.payload["conversationId"].as_i64().unwrap_or_default();
+    let Some(conversation) = conversations::Entity::find_by_id(conversation_id)
+        .one(&ctx.db)
+        .await?
+        .filter(|c| c.account_id == row.account_id)
+    else {
+        return Ok(None);
+    };
+    let visitor = visitors::Entity::find_by_id(conversation.visitor_id)
+        .one(&ctx.db)
+        .await?;
+    let visitor_name = visitor
+        .as_ref()
+        .and_then(|v| v.name.clone())
+        .unwrap_or_else(|| "A visitor".to_owned());
+    Ok(Some(match row.kind.as_str() {
+        ASSIGNED => assigned(account, &conversation, &visitor_name, &row.payload),
+        TRANSCRIPT => transcript(ctx, account, &conversation, &visitor_name).await?,
+        SLA_BREACHED => sla_breached(&conversation, &visitor_name, &row.payload),
+        other => return Err(JobError::Permanent(format!("unknown e-mail kind {other}"))),
+    }))
+}
+
+/// The digest of the breaches in the row's window; `None` when none is recorded there.
+async fn sla_digest(ctx: &JobContext, row: &deliveries::Model) -> Result<Option<Body>, JobError> {
+    use sea_orm::{Condition, PaginatorTrait, QuerySelect};
+    let window = |field: &str| {
+        row.payload[field]
+            .as_str()
+            .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+            .map(|at| at.with_timezone(&chrono::Utc))
+    };
+    let (Some(start), Some(end)) = (window("windowStart"), window("windowEnd")) else {
+        return Err(JobError::Permanent("a digest without its window".into()));
+    };
+    let within =
+        |column: conversations::Column| Condition::all().add(column.gte(start)).add(column.lt(end));
+    let broke = conversations::Entity::find()
+        .filter(conversations::Column::AccountId.eq(row.account_id))
+        .filter(
+            Condition::any()
+                .add(within(conversations::Column::FirstResponseBreachedAt))
+                .add(within(conversations::Column::RoutingHeldAt)),
+        );
+    let total = broke.clone().count(&ctx.db).await?;
+    if total == 0 {
+        return Ok(None);
+    }
+    let listed = broke
+        .order_by_asc(conversations::Column::Id)
+        .limit(DIGEST_LISTED)
+        .all(&ctx.db)
+        .await?;
+    let lines: Vec<String> = listed
+        .iter()
+        .map(|c| {
+            let what = if c.routing_held_at.is_some_and(|at| at >= start && at < end) {
+                "reassigned too many times without a reply: held at the head of the line"
+            } else {
+                "no agent answered in time"
+            };
+            format!("#{}: {what}", c.id)
+        })
+        .collect();
+    let more = total.saturating_sub(listed.len() as u64);
+    let minutes = (end - start).num_minutes().max(1);
+    let mut text = format!(
+        "{total} conversation(s) broke their service level in the {minutes} minute(s) from {start} to {end}:\n\n{}\n",
+        lines.join("\n")
+    );
+    let mut html = format!(
+        "<p>{total} conversation(s) broke their service level in the {minutes} minute(s) from {start} to {end}:</p><ul>{}</ul>",
+        lines
+            .iter()
+            .map(|line| format!("<li>{}</li>", escape(line)))
+            .collect::<String>()
+    );
+    if more > 0 {
+        text.push_str(&format!("…and {more} more.\n"));
+        html.push_str(&format!("<p>…and {more} more.</p>"));
+    }
+    Ok(Some(Body {
+        subject: format!("SLA digest: {total} conversation(s) broke their service level"),
+        text,
+        html,
+    }))
 }
 
 fn assigned(

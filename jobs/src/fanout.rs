@@ -19,7 +19,7 @@ use entity::{
 };
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    QuerySelect, sea_query::OnConflict,
 };
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -28,7 +28,7 @@ use crate::{
     JobContext, JobError,
     deliveries::{EMAIL, PENDING, WEBHOOK, submit},
     email,
-    notify::{Notifier, Outcome},
+    notify::{Notifier, Outcome, SlaKind},
     outbox::{LEFT_BEHIND, Outbox},
     webhook::{data_of, kind_bit, kind_of, scope_of},
 };
@@ -166,16 +166,26 @@ impl FanOut {
         }
         let mut recorded = Vec::with_capacity(rows.len());
         for row in rows {
-            let id = deliveries::Entity::insert(row.model)
+            // A row keyed by something else than a fresh id (a digest's window) is written once.
+            let inserted = deliveries::Entity::insert(row.model)
+                .on_conflict(
+                    OnConflict::column(deliveries::Column::DeliveryKey)
+                        .do_nothing()
+                        .to_owned(),
+                )
                 .exec(&txn)
-                .await?
-                .last_insert_id;
-            recorded.push((row.channel, id));
+                .await;
+            match inserted {
+                Ok(done) => recorded.push((row.channel, done.last_insert_id, row.due)),
+                Err(DbErr::RecordNotInserted) => {}
+                Err(err) => return Err(err.into()),
+            }
         }
         txn.commit().await?;
-        for (channel, id) in recorded {
+        for (channel, id, due) in recorded {
+            let delay = due.and_then(|due| (due - Utc::now()).to_std().ok());
             // A submission that fails leaves the row pending for `deliveries::redeliver`.
-            if let Err(err) = submit(&self.ctx, channel, id, None).await {
+            if let Err(err) = submit(&self.ctx, channel, id, delay).await {
                 tracing::warn!(delivery_id = id, %err, "delivery job not submitted; the sweep will");
             }
         }
@@ -296,26 +306,42 @@ impl FanOut {
             Outcome::SlaBreached {
                 account_id,
                 conversation_id,
+                sla,
                 ..
             } => {
+                // One digest per supervisor per window, whatever the number of breaches in it (a
+                // flood of unanswered chats must not become a flood of mail): the row is keyed by
+                // its window, so the first breach records it and the others find it there. The
+                // mail lists what broke in its window when it is sent, at the window's end.
+                let every = self.ctx.channels.sla_digest();
+                let at = breached_at(db, *conversation_id, *sla)
+                    .await?
+                    .unwrap_or_else(Utc::now);
+                let (start, end) = digest_window(at, every);
                 let supervisors = agents::Entity::find()
                     .filter(agents::Column::AccountId.eq(*account_id))
                     .filter(agents::Column::DeletedAt.is_null())
                     .filter(agents::Column::Role.is_in([AgentRole::Supervisor, AgentRole::Admin]))
                     .all(db)
                     .await?;
-                let payload = data_of(outcome);
-                let order = format!("conversation:{conversation_id}");
+                let payload = json!({ "windowStart": start, "windowEnd": end });
+                let order = format!("sla-digest:{account_id}");
                 for supervisor in supervisors {
                     let row = new_row(
                         *account_id,
                         EMAIL,
-                        email::SLA_BREACHED,
+                        email::SLA_DIGEST,
                         &order,
                         payload.clone(),
                         attempts,
                     )
-                    .to(supervisor.email);
+                    .to(supervisor.email)
+                    .keyed(format!(
+                        "sla-digest-{account_id}-{}-{}",
+                        supervisor.id,
+                        start.timestamp()
+                    ))
+                    .due(end);
                     rows.push(row);
                 }
             }
@@ -348,6 +374,35 @@ async fn agent_wrote(db: &impl ConnectionTrait, conversation_id: i64) -> Result<
     Ok(message.is_some())
 }
 
+/// When `sla` broke for the conversation, as the scheduler stamped it.
+async fn breached_at(
+    db: &impl ConnectionTrait,
+    conversation_id: i64,
+    sla: SlaKind,
+) -> Result<Option<chrono::DateTime<Utc>>, DbErr> {
+    let Some(conversation) = conversations::Entity::find_by_id(conversation_id)
+        .one(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(match sla {
+        SlaKind::FirstResponse => conversation.first_response_breached_at,
+        SlaKind::MaxReassignments => conversation.routing_held_at,
+    })
+}
+
+/// The digest window `at` falls in: windows of `every` since the Unix epoch, `[start, end)`.
+pub(crate) fn digest_window(
+    at: chrono::DateTime<Utc>,
+    every: std::time::Duration,
+) -> (chrono::DateTime<Utc>, chrono::DateTime<Utc>) {
+    let every = i64::try_from(every.as_secs().max(1)).unwrap_or(i64::MAX);
+    let start = at.timestamp().div_euclid(every) * every;
+    let start = chrono::DateTime::from_timestamp(start, 0).unwrap_or(at);
+    (start, start + chrono::Duration::seconds(every))
+}
+
 /// When the first agent joined the conversation (its first assignment).
 async fn first_joined(
     db: &impl ConnectionTrait,
@@ -376,6 +431,8 @@ fn connected(agent: &agents::Model) -> bool {
 struct NewRow {
     channel: &'static str,
     model: deliveries::ActiveModel,
+    /// Not to be sent before this.
+    due: Option<chrono::DateTime<Utc>>,
 }
 
 impl NewRow {
@@ -386,6 +443,18 @@ impl NewRow {
 
     fn to(mut self, recipient: String) -> Self {
         self.model.recipient = Set(Some(recipient));
+        self
+    }
+
+    /// Keyed by `key` instead of a fresh id: a second row with the same key is not written.
+    fn keyed(mut self, key: String) -> Self {
+        self.model.delivery_key = Set(key);
+        self
+    }
+
+    fn due(mut self, at: chrono::DateTime<Utc>) -> Self {
+        self.model.next_attempt_at = Set(Some(at));
+        self.due = Some(at);
         self
     }
 }
@@ -401,6 +470,7 @@ fn new_row(
     let now = Utc::now();
     NewRow {
         channel,
+        due: None,
         model: deliveries::ActiveModel {
             account_id: Set(account_id),
             channel: Set(channel.to_owned()),

@@ -26,6 +26,7 @@ fn quick(settings: &mut Settings) {
     settings.notify.webhook_timeout_ms = 800;
     settings.notify.email_attempts = 2;
     settings.notify.email_backoff_ms = 200;
+    settings.notify.sla_digest_seconds = 2;
 }
 
 pub(crate) async fn app_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> TestApp {
@@ -65,8 +66,24 @@ pub(crate) async fn finished(app: &TestApp, admin: &str, hook: i64, done: usize)
     .await
 }
 
-/// Raises `outcome` as the change that implies it would: staged in the outbox, then told.
+/// Raises `outcome` as the change that implies it would: a breach stamped on its conversation,
+/// staged in the outbox, then told.
 pub(crate) async fn raise(app: &TestApp, outcome: Outcome) {
+    use sea_orm::{ColumnTrait, QueryFilter, sea_query::Expr};
+    if let Outcome::SlaBreached {
+        conversation_id, ..
+    } = &outcome
+    {
+        entity::conversations::Entity::update_many()
+            .col_expr(
+                entity::conversations::Column::FirstResponseBreachedAt,
+                Expr::value(Some(Utc::now())),
+            )
+            .filter(entity::conversations::Column::Id.eq(*conversation_id))
+            .exec(app.db())
+            .await
+            .unwrap();
+    }
     let staged = app.state.outbox.stage(app.db(), [outcome]).await.unwrap();
     staged.tell(&*app.state.notifier);
 }
@@ -406,8 +423,8 @@ both_backends! {
         assert!(html.contains("It ships today &amp; arrives &lt;soon&gt;."), "{html}");
 
         let sla = to(crate::helpers::ADMIN_EMAIL);
-        assert_eq!(sla.subject(), Some(format!("SLA breached: conversation #{id}").as_str()));
-        assert!(sla.body_text(0).unwrap().contains("within 60 s (waited 75 s)"));
+        assert_eq!(sla.subject(), Some("SLA digest: 1 conversation(s) broke their service level"));
+        assert!(sla.body_text(0).unwrap().contains(&format!("#{id}: no agent answered in time")));
         // And the webhook heard the breach.
         let rows = finished(&app, &admin, hook, 1).await;
         assert_eq!(rows[0]["kind"], "sla.breached");

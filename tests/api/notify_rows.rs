@@ -296,3 +296,50 @@ both_backends! {
         assert!(mails.iter().all(|m| !String::from_utf8_lossy(m).contains("third.party@example.com")));
     }
 }
+
+both_backends! {
+    async fn sla_breaches_are_mailed_as_one_digest_per_supervisor_and_window(backend: Backend) {
+        use sea_orm::{ColumnTrait, QueryFilter};
+        let smtp = SmtpSink::start().await;
+        let url = smtp.url.clone();
+        // Digest windows of 2 s (see `notify::quick`).
+        let app = app_with(backend, move |s| s.smtp_url = Some(url)).await;
+        let admin = app.admin_token().await;
+        let (_, supervisor) = app.agent_with_role(&admin, "supervisor").await;
+        let supervisor = app.get("/v1/auth/me", &supervisor).await.body["email"].as_str().unwrap().to_owned();
+        let group = app.default_group(&admin).await;
+        let reply = app.patch(&format!("/v1/groups/{group}"), &admin, json!({ "firstResponseSlaSeconds": 2 })).await;
+        assert_eq!(reply.status, reqwest::StatusCode::OK, "{:?}", reply.body);
+        // A dozen chats nobody answers: a dozen breaches.
+        for _ in 0..12 {
+            app.visitor(json!({ "initialMessage": "anyone?" })).await;
+        }
+        let stamps = eventually(Duration::from_secs(30), "twelve breaches", || async {
+            let stamps: Vec<_> = entity::conversations::Entity::find()
+                .filter(entity::conversations::Column::FirstResponseBreachedAt.is_not_null())
+                .all(app.db())
+                .await
+                .unwrap()
+                .into_iter()
+                .filter_map(|c| c.first_response_breached_at)
+                .collect();
+            (stamps.len() == 12).then_some(stamps)
+        })
+        .await;
+        let windows: std::collections::BTreeSet<i64> = stamps.iter().map(|at| at.timestamp().div_euclid(2)).collect();
+        // Two recipients (the admin and the supervisor), one mail each per window touched.
+        let expected = 2 * windows.len();
+        eventually(Duration::from_secs(30), "the digests", || async { (smtp.mails().len() >= expected).then_some(()) }).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mails: Vec<String> = smtp.mails().iter().map(|m| String::from_utf8_lossy(m).into_owned()).collect();
+        assert_eq!(mails.len(), expected, "not one mail per breach: {} windows", windows.len());
+        let listed = |mail: &String| -> u64 {
+            let subject = mail.lines().find(|l| l.starts_with("Subject: SLA digest: ")).expect("a digest");
+            subject["Subject: SLA digest: ".len()..].split(' ').next().unwrap().parse().unwrap()
+        };
+        for recipient in [crate::helpers::ADMIN_EMAIL, supervisor.as_str()] {
+            let theirs: u64 = mails.iter().filter(|m| m.contains(&format!("To: {recipient}"))).map(listed).sum();
+            assert_eq!(theirs, 12, "every breach is in one of {recipient}'s digests");
+        }
+    }
+}
