@@ -9,6 +9,10 @@
 //!   (automatic routing skips it) and supervisors hear `sla:breached`.
 //! - **Visitor idle**: an active chat without visitor activity for the idle timeout is closed by
 //!   the system (`visitor_idle`).
+//! - **Visitor gone**: a waiting chat whose visitor has left (no socket vouched for it, no
+//!   request, no message) for the idle timeout, at least [`GONE_AT_LEAST`], is closed by the
+//!   system (`abandoned`): a visitor who closed the tab is not waited for (nor mailed about) for
+//!   ever.
 //! - **First response**: no agent message within the SLA of the conversation's start →
 //!   `sla:breached` to supervisors, once.
 //! - **Queue wait**: a visitor waiting longer than `max_queue_wait_seconds` is told, once, and
@@ -28,11 +32,11 @@ use chrono::{DateTime, Utc};
 use entity::{
     conversations,
     enums::{ClosedBy, ConversationStatus},
-    groups,
+    groups, visitors,
 };
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::{Expr, ExprTrait},
+    sea_query::{Expr, ExprTrait, Query},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -60,14 +64,22 @@ pub enum Timer {
     FirstResponse,
     /// An agent, while the visitor waits in line.
     QueueWait,
+    /// The visitor's presence (`visitors.last_seen_at`), while it waits in line.
+    VisitorGone,
 }
 
+/// The least time a waiting visitor must be gone before its chat is closed as abandoned, whatever
+/// the group's idle timeout: API nodes vouch for connected visitors every few seconds, and widget
+/// requests refresh it every 30 s, so a visitor still there is never taken for gone.
+pub const GONE_AT_LEAST: Duration = Duration::from_secs(120);
+
 impl Timer {
-    const ALL: [Timer; 4] = [
+    const ALL: [Timer; 5] = [
         Timer::AgentResponse,
         Timer::VisitorIdle,
         Timer::FirstResponse,
         Timer::QueueWait,
+        Timer::VisitorGone,
     ];
 
     /// The group's limit for this timer, if it has one.
@@ -77,6 +89,10 @@ impl Timer {
             Timer::VisitorIdle => Some(group.visitor_idle_timeout_seconds),
             Timer::FirstResponse => Some(group.first_response_sla_seconds),
             Timer::QueueWait => group.max_queue_wait_seconds,
+            Timer::VisitorGone => {
+                let floor = i32::try_from(GONE_AT_LEAST.as_secs()).unwrap_or(i32::MAX);
+                Some(Ord::max(group.visitor_idle_timeout_seconds, floor))
+            }
         }?;
         Some(chrono::Duration::seconds(i64::from(Ord::max(seconds, 1))))
     }
@@ -122,6 +138,16 @@ impl Timer {
                     return None;
                 }
                 c.queued_at
+            }
+            // The visitor's own presence is read with it (see `ExpireTimer`, `candidates`).
+            Timer::VisitorGone => {
+                if c.status != ConversationStatus::Pending {
+                    return None;
+                }
+                [c.last_visitor_activity_at, c.queued_at, Some(c.created_at)]
+                    .into_iter()
+                    .flatten()
+                    .max()
             }
         }
     }
@@ -235,26 +261,29 @@ impl Job for ExpireTimer {
                 Ok(format!("reassigned ({detail}); position {position}"))
             }
             Timer::VisitorIdle => {
-                let reason = "visitor_idle";
-                let closing = [Closing {
-                    conversation_id: c.id,
-                    closed_by: ClosedBy::System,
-                    reason: reason.to_owned(),
-                    intent: None,
-                }];
-                let mut closed = close_many(&txn, &closing).await?;
-                let [Some(_)] = closed.as_slice() else {
+                if !close_by_system(ctx, txn, c.id, "visitor_idle").await? {
                     return Ok("already closed".into());
-                };
-                let mut staged = stage_closes(&ctx.outbox, &txn, &closing, &closed).await?;
-                txn.commit().await?;
-                find_freed_groups(&ctx.db, &mut closed).await?;
-                if let ([Some(closed)], Some(staged)) = (closed.as_slice(), staged.pop()) {
-                    after_close(ctx, closed, staged).await?;
                 }
                 Ok(format!(
                     "closed: no visitor activity in {} s",
                     group.visitor_idle_timeout_seconds
+                ))
+            }
+            Timer::VisitorGone => {
+                let limit = self.timer.limit(&group).unwrap_or_default();
+                let seen = visitors::Entity::find_by_id(c.visitor_id)
+                    .one(&txn)
+                    .await?
+                    .map(|v| v.last_seen_at);
+                if seen.is_some_and(|seen| now - seen < limit) {
+                    return Ok("the visitor is still around".into());
+                }
+                if !close_by_system(ctx, txn, c.id, "abandoned").await? {
+                    return Ok("already closed".into());
+                }
+                Ok(format!(
+                    "closed as abandoned: the visitor left {} s ago while waiting",
+                    limit.num_seconds()
                 ))
             }
             Timer::FirstResponse => {
@@ -318,6 +347,33 @@ impl Job for ExpireTimer {
             }
         }
     }
+}
+
+/// Closes conversation `id` (closed by the system, for `reason`) in `txn`, commits, and tells
+/// what the close implies. `false` when it was already closed.
+async fn close_by_system(
+    ctx: &JobContext,
+    txn: sea_orm::DatabaseTransaction,
+    id: i64,
+    reason: &str,
+) -> Result<bool, JobError> {
+    let closing = [Closing {
+        conversation_id: id,
+        closed_by: ClosedBy::System,
+        reason: reason.to_owned(),
+        intent: None,
+    }];
+    let mut closed = close_many(&txn, &closing).await?;
+    let [Some(_)] = closed.as_slice() else {
+        return Ok(false);
+    };
+    let mut staged = stage_closes(&ctx.outbox, &txn, &closing, &closed).await?;
+    txn.commit().await?;
+    find_freed_groups(&ctx.db, &mut closed).await?;
+    if let ([Some(closed)], Some(staged)) = (closed.as_slice(), staged.pop()) {
+        after_close(ctx, closed, staged).await?;
+    }
+    Ok(true)
 }
 
 /// Sets a once-only timestamp; `false` when it was already set (another run won).
@@ -433,5 +489,25 @@ fn candidates(timer: Timer, started_before: DateTime<Utc>) -> Condition {
             .add(C::Status.eq(ConversationStatus::Pending))
             .add(C::QueueWaitExceededAt.is_null())
             .add(C::QueuedAt.lt(started_before)),
+        Timer::VisitorGone => Condition::all()
+            .add(C::Status.eq(ConversationStatus::Pending))
+            .add(C::QueuedAt.lt(started_before))
+            .add(
+                Condition::any()
+                    .add(C::LastVisitorActivityAt.is_null())
+                    .add(C::LastVisitorActivityAt.lt(started_before)),
+            )
+            // Its visitor, by primary key: no scan of the visitors table.
+            .add(Expr::exists(
+                Query::select()
+                    .expr(Expr::value(1))
+                    .from(visitors::Entity)
+                    .and_where(
+                        Expr::col((visitors::Entity, visitors::Column::Id))
+                            .equals((conversations::Entity, C::VisitorId)),
+                    )
+                    .and_where(visitors::Column::LastSeenAt.lt(started_before))
+                    .to_owned(),
+            )),
     }
 }

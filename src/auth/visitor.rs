@@ -47,11 +47,38 @@ impl FromRequestParts<AppState> for CurrentVisitor {
             .ok_or(ApiError::Unauthorized(
                 "expected Authorization: Bearer <sessionToken>",
             ))?;
-        Self::from_token(&state.db, token).await
+        let current = Self::from_token(&state.db, token).await?;
+        current.seen(&state.db).await;
+        Ok(current)
     }
 }
 
+/// How stale a visitor's `last_seen_at` may get before a request of theirs refreshes it (the
+/// timer that closes chats whose visitor left counts in minutes; see `jobs::timers`).
+pub const SEEN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl CurrentVisitor {
+    /// Records that the visitor is around (`last_seen_at`), at most every [`SEEN_EVERY`]. A
+    /// failure is only logged: it must not fail the request.
+    pub async fn seen(&self, db: &impl sea_orm::ConnectionTrait) {
+        use sea_orm::sea_query::Expr;
+        let now = chrono::Utc::now();
+        if now - self.visitor.last_seen_at
+            < chrono::Duration::from_std(SEEN_EVERY).unwrap_or_default()
+        {
+            return;
+        }
+        let stamped = visitors::Entity::update_many()
+            .col_expr(visitors::Column::LastSeenAt, Expr::value(now))
+            .filter(visitors::Column::Id.eq(self.visitor.id))
+            .filter(visitors::Column::LastSeenAt.lt(now))
+            .exec(db)
+            .await;
+        if let Err(err) = stamped {
+            tracing::warn!(%err, "could not record that a visitor was seen");
+        }
+    }
+
     /// The visitor whose session token is `token` (HTTP header or socket handshake).
     pub async fn from_token(
         db: &impl sea_orm::ConnectionTrait,

@@ -261,7 +261,9 @@ async fn next_tick(
 
 /// Vouches every `period` for the agents with a socket on this node (`agents.last_seen_at`), so
 /// that a presence job does not take offline an agent still connected elsewhere, and the
-/// reconciler can tell a node that died with its sockets (its agents fall silent). Sockets whose
+/// reconciler can tell a node that died with its sockets (its agents fall silent); and for the
+/// visitors with a socket here (`visitors.last_seen_at`), so a waiting chat whose visitor is still
+/// on the page is not closed as abandoned. Sockets whose
 /// token expired are disconnected on the way. Runs until `shutdown`.
 pub async fn heartbeat(
     push: Push,
@@ -279,6 +281,18 @@ pub async fn heartbeat(
         // drop recorded later than this.
         let at = chrono::Utc::now().trunc_subsecs(6);
         let ids = with_io!(&push, io => agents::vouch(io), _ => Vec::new());
+        let visitor_ids = with_io!(&push, io => visitors::vouch(io), _ => Vec::new());
+        for chunk in visitor_ids.chunks(500) {
+            let vouched = entity::visitors::Entity::update_many()
+                .col_expr(entity::visitors::Column::LastSeenAt, Expr::value(at))
+                .filter(entity::visitors::Column::Id.is_in(chunk.iter().copied()))
+                .filter(entity::visitors::Column::LastSeenAt.lt(at))
+                .exec(&db)
+                .await;
+            if let Err(err) = vouched {
+                tracing::warn!(%err, "visitor presence heartbeat failed");
+            }
+        }
         for chunk in ids.chunks(500) {
             let vouched = rows::Entity::update_many()
                 .col_expr(rows::Column::LastSeenAt, Expr::value(at))

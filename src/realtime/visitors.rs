@@ -72,7 +72,9 @@ async fn handshake<A: Adapter>(
     let token = auth_field(auth, "sessionToken").ok_or_else(|| {
         Refused("missing auth.sessionToken (from POST /v1/widget/session)".into())
     })?;
-    let visitor = CurrentVisitor::from_token(&state.db, &token).await?.visitor;
+    let current = CurrentVisitor::from_token(&state.db, &token).await?;
+    current.seen(&state.db).await;
+    let visitor = current.visitor;
     let conversation = current_conversation(&state.db, &visitor, None).await?;
     socket.join([
         room::visitor(visitor.id),
@@ -84,6 +86,26 @@ async fn handshake<A: Adapter>(
         limiter: limiter(state.settings.socket_events_per_second),
     });
     Ok(())
+}
+
+/// The visitors this node has sockets for, to vouch for them (see [`super::heartbeat`]).
+pub(super) fn vouch<A: Adapter>(io: &SocketIo<A>) -> Vec<i64> {
+    let Some(ns) = io.of(VISITORS) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<i64> = ns
+        .sockets()
+        .into_iter()
+        .filter_map(|socket| {
+            socket
+                .extensions
+                .get::<VisitorSession>()
+                .map(|s| s.visitor.id)
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 #[derive(Debug, Default, Deserialize)]

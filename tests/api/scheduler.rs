@@ -312,3 +312,60 @@ both_backends! {
         assert_eq!(swept.expired.get(&Timer::VisitorIdle), None, "{swept:?}");
     }
 }
+
+both_backends! {
+    async fn a_waiting_chat_whose_visitor_left_is_closed_as_abandoned_and_one_still_there_waits_on(backend: Backend) {
+        use sea_orm::sea_query::Expr;
+        let app = spawn_app(backend).await;
+        let admin = app.admin_token().await;
+        let (gone, _) = app.visitor(json!({ "initialMessage": "hello?" })).await;
+        let (here, session) = app.visitor(json!({ "initialMessage": "hello?" })).await;
+        let socket = visitor_socket(&app, &session).await;
+        // Neither visitor was seen for half an hour (the idle timeout is 15 minutes)...
+        let long_ago = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now() - chrono::Duration::minutes(30), 6);
+        let (gone_visitor, here_visitor) = (stored(&app, gone).await.visitor_id, stored(&app, here).await.visitor_id);
+        entity::visitors::Entity::update_many()
+            .col_expr(entity::visitors::Column::LastSeenAt, Expr::value(long_ago))
+            .filter(entity::visitors::Column::Id.is_in([gone_visitor, here_visitor]))
+            .exec(app.db())
+            .await
+            .unwrap();
+        // ...but the one with a socket open is vouched for by its node's heartbeat.
+        let db = app.db();
+        let seen = |id| async move {
+            entity::visitors::Entity::find_by_id(id).one(db).await.unwrap().unwrap().last_seen_at
+        };
+        eventually(Duration::from_secs(20), "the heartbeat", || async move {
+            (seen(here_visitor).await > long_ago).then_some(())
+        })
+        .await;
+        assert_eq!(seen(gone_visitor).await, long_ago);
+        // Both have waited half an hour.
+        for id in [gone, here] {
+            conversations::Entity::update_many()
+                .col_expr(conversations::Column::QueuedAt, Expr::value(Some(long_ago)))
+                .col_expr(conversations::Column::CreatedAt, Expr::value(long_ago))
+                .col_expr(conversations::Column::LastVisitorActivityAt, Expr::value(Some(long_ago)))
+                .filter(conversations::Column::Id.eq(id))
+                .exec(app.db())
+                .await
+                .unwrap();
+        }
+        // The one whose socket is open is vouched for by its node; the other is closed.
+        let closed = app.conversation_becomes(&admin, gone, "closed").await;
+        assert!(closed["closedAt"].is_string());
+        let texts = history(&app, &admin, gone).await;
+        assert!(texts.iter().any(|t| t == "Closed by the system: abandoned"), "{texts:?}");
+        let thread = threads::Entity::find()
+            .filter(threads::Column::ConversationId.eq(gone))
+            .one(app.db())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(thread.closed_reason.as_deref(), Some("abandoned"));
+        // Sweeps tick every second: the one still there waits on.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(stored(&app, here).await.status, entity::enums::ConversationStatus::Pending);
+        socket.disconnect().await;
+    }
+}
