@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, Serialize, Deserialize)]
 #[sea_orm(table_name = "outbox")]
 pub struct Model {
-    /// A ULID: unique, and ordered by creation.
+    /// A ULID: unique, and ordered by creation (strictly, within one process).
     #[sea_orm(
         primary_key,
         auto_increment = false,
@@ -16,6 +16,9 @@ pub struct Model {
     )]
     pub key: String,
     pub account_id: i64,
+    /// What the outcome's order is kept within (`conversation:7`, `agent:3`).
+    #[sea_orm(column_type = "String(StringLen::N(64))")]
+    pub order_key: String,
     /// The outcome, as `jobs::notify::Outcome` serialises it.
     #[sea_orm(column_type = "JsonBinary")]
     pub outcome: Json,

@@ -27,9 +27,9 @@ pub struct Model {
     pub session_token_hash: String,
     pub created_at: DateTimeUtc,
     pub last_seen_at: DateTimeUtc,
-    /// When the current `email` was given (a transcript goes only to an address given before an
-    /// agent joined the chat).
-    pub email_given_at: Option<DateTimeUtc>,
+    /// The current `email` was given before an agent joined the chat (a transcript goes only to
+    /// such an address).
+    pub email_before_agent: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

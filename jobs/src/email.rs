@@ -37,7 +37,7 @@ pub const SLA_BREACHED: &str = "email.sla_breached";
 pub const SLA_DIGEST: &str = "email.sla_digest";
 
 /// Conversations one digest lists at most (it counts the rest).
-pub const DIGEST_LISTED: u64 = 20;
+pub const DIGEST_LISTED: usize = 20;
 
 /// Messages of a transcript at most (the rest is summarised in one line).
 const TRANSCRIPT_MESSAGES: u64 = 500;
@@ -189,55 +189,48 @@ async fn about_a_conversation(
     }))
 }
 
-/// The digest of the breaches in the row's window; `None` when none is recorded there.
+/// The digest of the breaches added to the row (see `fanout`); `None` when it holds none. Read
+/// again here: breaches are added until the first attempt claims the row, after the job read it.
 async fn sla_digest(ctx: &JobContext, row: &deliveries::Model) -> Result<Option<Body>, JobError> {
-    use sea_orm::{Condition, PaginatorTrait, QuerySelect};
-    let window = |field: &str| {
-        row.payload[field]
-            .as_str()
-            .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
-            .map(|at| at.with_timezone(&chrono::Utc))
+    let Some(row) = deliveries::Entity::find_by_id(row.id).one(&ctx.db).await? else {
+        return Ok(None);
     };
-    let (Some(start), Some(end)) = (window("windowStart"), window("windowEnd")) else {
-        return Err(JobError::Permanent("a digest without its window".into()));
-    };
-    let within =
-        |column: conversations::Column| Condition::all().add(column.gte(start)).add(column.lt(end));
-    let broke = conversations::Entity::find()
-        .filter(conversations::Column::AccountId.eq(row.account_id))
-        .filter(
-            Condition::any()
-                .add(within(conversations::Column::FirstResponseBreachedAt))
-                .add(within(conversations::Column::RoutingHeldAt)),
-        );
-    let total = broke.clone().count(&ctx.db).await?;
-    if total == 0 {
+    let payload = &row.payload;
+    let breaches = payload["breaches"].as_array().cloned().unwrap_or_default();
+    if breaches.is_empty() {
         return Ok(None);
     }
-    let listed = broke
-        .order_by_asc(conversations::Column::Id)
-        .limit(DIGEST_LISTED)
-        .all(&ctx.db)
-        .await?;
-    let lines: Vec<String> = listed
+    let more = payload["more"].as_u64().unwrap_or(0);
+    let total = breaches.len() as u64 + more;
+    let lines: Vec<String> = breaches
         .iter()
-        .map(|c| {
-            let what = if c.routing_held_at.is_some_and(|at| at >= start && at < end) {
-                "reassigned too many times without a reply: held at the head of the line"
-            } else {
-                "no agent answered in time"
+        .map(|b| {
+            let id = b["conversationId"].as_i64().unwrap_or_default();
+            let (limit, actual) = (
+                b["limit"].as_i64().unwrap_or_default(),
+                b["actual"].as_i64().unwrap_or_default(),
+            );
+            let what = match b["sla"].as_str() {
+                Some("max_reassignments") => format!(
+                    "reassigned {actual} times without a reply (the limit is {limit}): held at the head of the line"
+                ),
+                _ => format!("no agent answered within {limit} s (waited {actual} s)"),
             };
-            format!("#{}: {what}", c.id)
+            format!("#{id}: {what}")
         })
         .collect();
-    let more = total.saturating_sub(listed.len() as u64);
-    let minutes = (end - start).num_minutes().max(1);
+    let window = format!(
+        "from {} to {}",
+        payload["windowStart"].as_str().unwrap_or("?"),
+        payload["windowEnd"].as_str().unwrap_or("?")
+    );
     let mut text = format!(
-        "{total} conversation(s) broke their service level in the {minutes} minute(s) from {start} to {end}:\n\n{}\n",
+        "{total} conversation(s) broke their service level {window}:\n\n{}\n",
         lines.join("\n")
     );
     let mut html = format!(
-        "<p>{total} conversation(s) broke their service level in the {minutes} minute(s) from {start} to {end}:</p><ul>{}</ul>",
+        "<p>{total} conversation(s) broke their service level {}:</p><ul>{}</ul>",
+        escape(&window),
         lines
             .iter()
             .map(|line| format!("<li>{}</li>", escape(line)))

@@ -13,13 +13,14 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use entity::{
-    agents, assignments, conversations, deliveries,
+    agents, conversations, deliveries,
     enums::{AgentRole, AuthorType, EventKind},
     events, outbox, visitors,
 };
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, sea_query::OnConflict,
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    sea_query::{Expr, OnConflict},
 };
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -28,7 +29,7 @@ use crate::{
     JobContext, JobError,
     deliveries::{EMAIL, PENDING, WEBHOOK, submit},
     email,
-    notify::{Notifier, Outcome, SlaKind},
+    notify::{Notifier, Outcome},
     outbox::{LEFT_BEHIND, Outbox},
     webhook::{data_of, kind_bit, kind_of, scope_of},
 };
@@ -37,8 +38,10 @@ use crate::{
 const SHARDS: usize = 8;
 /// Staged outcomes waiting per task before new ones are left to the sweep (and logged).
 const BACKLOG: usize = 8192;
-/// Outbox rows the sweep fans out per pass at most.
+/// Outbox rows the sweep reads at a time.
 const SWEEP_BATCH: u64 = 500;
+/// How long one sweep pass keeps fanning out before it leaves the rest to the next.
+const SWEEP_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The process's notifier: the wrapped one (Socket.IO) plus webhooks and e-mail.
 pub struct Notifications {
@@ -103,35 +106,49 @@ impl Notifier for Notifications {
 }
 
 /// Fans out outbox rows older than [`LEFT_BEHIND`]: staged by a process that died, or left by a
-/// full backlog. Oldest first; returns how many rows it took. Safe on any number of nodes: each
-/// row is taken once (its delete decides).
+/// full backlog. Oldest first, [`SWEEP_BATCH`] at a time until none is left or
+/// [`SWEEP_BUDGET`] has passed; returns how many rows it took. A row that fails is logged and
+/// left for the next pass (it does not stop the others). Safe on any number of nodes: each row
+/// is taken once (its delete decides).
 pub async fn left_behind(ctx: &JobContext) -> Result<usize, JobError> {
-    let before = Utc::now() - chrono::Duration::from_std(LEFT_BEHIND).unwrap_or_default();
-    let rows = outbox::Entity::find()
-        .filter(outbox::Column::CreatedAt.lt(before))
-        .order_by_asc(outbox::Column::CreatedAt)
-        .order_by_asc(outbox::Column::Key)
-        .limit(SWEEP_BATCH)
-        .all(&ctx.db)
-        .await?;
+    let started = std::time::Instant::now();
     let fan_out = FanOut { ctx: ctx.clone() };
     let mut taken = 0;
-    for row in rows {
-        match serde_json::from_value::<Outcome>(row.outcome) {
-            Ok(outcome) => {
-                if fan_out.record(&row.key, &outcome).await? {
-                    taken += 1;
+    let mut after: Option<String> = None;
+    loop {
+        let before = Utc::now() - chrono::Duration::from_std(LEFT_BEHIND).unwrap_or_default();
+        let mut query = outbox::Entity::find()
+            .filter(outbox::Column::CreatedAt.lt(before))
+            .order_by_asc(outbox::Column::Key)
+            .limit(SWEEP_BATCH);
+        if let Some(after) = &after {
+            query = query.filter(outbox::Column::Key.gt(after.clone()));
+        }
+        let rows = query.all(&ctx.db).await?;
+        let full = rows.len() as u64 == SWEEP_BATCH;
+        for row in rows {
+            after = Some(row.key.clone());
+            let outcome = match serde_json::from_value::<Outcome>(row.outcome) {
+                Ok(outcome) => outcome,
+                Err(err) => {
+                    // Written by a build that knows an outcome this one does not (a rolling
+                    // upgrade): left for a node of that build.
+                    tracing::error!(key = %row.key, %err, "an outbox row this build cannot read is left for another");
+                    continue;
+                }
+            };
+            match fan_out.record(&row.key, &outcome).await {
+                Ok(true) => taken += 1,
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(key = %row.key, %err, "an outbox row was not fanned out; the next pass tries again")
                 }
             }
-            Err(err) => {
-                // Written by a build that knew an outcome this one does not: it can never be
-                // delivered by this build, and must not block the sweep.
-                tracing::error!(key = %row.key, %err, "dropping an outbox row this build cannot read");
-                outbox::Entity::delete_by_id(row.key).exec(&ctx.db).await?;
-            }
+        }
+        if !full || started.elapsed() > SWEEP_BUDGET {
+            return Ok(taken);
         }
     }
-    Ok(taken)
 }
 
 /// One fan-out task (or the sweep): turns staged outcomes into rows and jobs, in order.
@@ -149,47 +166,157 @@ impl FanOut {
     }
 
     /// Records the deliveries of the staged row `key` and deletes it, in one transaction, then
-    /// submits their jobs. `false` when the row was gone (another process took it).
+    /// submits their jobs. Older rows of the same conversation (or agent) still in the outbox
+    /// (left behind by a process that died, or by a full backlog) are recorded first, so their
+    /// deliveries keep their place before this one's. `false` when the row was gone (another
+    /// process took it).
     async fn record(&self, key: &str, outcome: &Outcome) -> Result<bool, JobError> {
+        let order = scope_of(outcome)
+            .map(|(_, order)| order)
+            .unwrap_or_default();
         let txn = crate::db::begin_write(&self.ctx.db).await?;
-        let taken = outbox::Entity::delete_by_id(key.to_owned())
-            .exec(&txn)
-            .await?
-            .rows_affected;
-        if taken == 0 {
-            txn.rollback().await?;
-            return Ok(false);
-        }
-        let mut rows = self.webhooks(&txn, outcome).await?;
-        if self.ctx.outbox.email_on() {
-            rows.extend(self.emails(&txn, outcome).await?);
-        }
-        let mut recorded = Vec::with_capacity(rows.len());
-        for row in rows {
-            // A row keyed by something else than a fresh id (a digest's window) is written once.
-            let inserted = deliveries::Entity::insert(row.model)
-                .on_conflict(
-                    OnConflict::column(deliveries::Column::DeliveryKey)
-                        .do_nothing()
-                        .to_owned(),
-                )
+        let older = outbox::Entity::find()
+            .filter(outbox::Column::OrderKey.eq(order))
+            .filter(outbox::Column::Key.lt(key))
+            .order_by_asc(outbox::Column::Key)
+            .all(&txn)
+            .await?;
+        let mut todo: Vec<(String, Outcome)> = older
+            .into_iter()
+            .filter_map(|row| match serde_json::from_value(row.outcome) {
+                Ok(outcome) => Some((row.key, outcome)),
+                Err(err) => {
+                    tracing::error!(key = %row.key, %err, "an outbox row this build cannot read is left for another");
+                    None
+                }
+            })
+            .collect();
+        todo.push((key.to_owned(), outcome.clone()));
+        let mut took = false;
+        let mut recorded = Vec::new();
+        for (this, outcome) in &todo {
+            let taken = outbox::Entity::delete_by_id(this.clone())
                 .exec(&txn)
-                .await;
-            match inserted {
-                Ok(done) => recorded.push((row.channel, done.last_insert_id, row.due)),
-                Err(DbErr::RecordNotInserted) => {}
-                Err(err) => return Err(err.into()),
+                .await?
+                .rows_affected;
+            if taken == 0 {
+                continue;
+            }
+            took |= this == key;
+            let mut rows = self.webhooks(&txn, outcome).await?;
+            if self.ctx.outbox.email_on() {
+                rows.extend(self.emails(&txn, outcome).await?);
+                recorded.extend(self.digests(&txn, outcome).await?);
+            }
+            for row in rows {
+                let id = deliveries::Entity::insert(row.model)
+                    .exec(&txn)
+                    .await?
+                    .last_insert_id;
+                recorded.push((row.channel, id, None));
             }
         }
         txn.commit().await?;
         for (channel, id, due) in recorded {
-            let delay = due.and_then(|due| (due - Utc::now()).to_std().ok());
+            let delay = due.and_then(|due: chrono::DateTime<Utc>| (due - Utc::now()).to_std().ok());
             // A submission that fails leaves the row pending for `deliveries::redeliver`.
             if let Err(err) = submit(&self.ctx, channel, id, delay).await {
                 tracing::warn!(delivery_id = id, %err, "delivery job not submitted; the sweep will");
             }
         }
-        Ok(true)
+        Ok(took)
+    }
+
+    /// Adds an SLA breach to each supervisor's digest of the current window: one mail per
+    /// supervisor and window, whatever the number of breaches (a flood of unanswered chats must
+    /// not become a flood of mail). The window's row is created by its first breach and sent at
+    /// the window's end; a breach is added only while no attempt has begun (an attempt composes
+    /// from what the row holds then), else it goes to the next window's. Returns the rows created
+    /// (to submit, due at their window's end).
+    async fn digests(
+        &self,
+        db: &impl ConnectionTrait,
+        outcome: &Outcome,
+    ) -> Result<Vec<(&'static str, i64, Option<chrono::DateTime<Utc>>)>, JobError> {
+        let Outcome::SlaBreached {
+            account_id,
+            conversation_id,
+            sla,
+            limit,
+            actual,
+            ..
+        } = outcome
+        else {
+            return Ok(Vec::new());
+        };
+        let every = self.ctx.channels.sla_digest();
+        let attempts = self.ctx.channels.email_retries().attempts;
+        let breach = json!({ "conversationId": conversation_id, "sla": sla, "limit": limit, "actual": actual });
+        // In id order: two transactions adding to the same digests lock them in the same order.
+        let supervisors = agents::Entity::find()
+            .filter(agents::Column::AccountId.eq(*account_id))
+            .filter(agents::Column::DeletedAt.is_null())
+            .filter(agents::Column::Role.is_in([AgentRole::Supervisor, AgentRole::Admin]))
+            .order_by_asc(agents::Column::Id)
+            .all(db)
+            .await?;
+        let mut created = Vec::new();
+        for supervisor in supervisors {
+            let (mut start, mut end) = digest_window(Utc::now(), every);
+            for _ in 0..2 {
+                let key = format!(
+                    "sla-digest-{account_id}-{}-{}",
+                    supervisor.id,
+                    start.timestamp()
+                );
+                let row = new_row(
+                    *account_id,
+                    EMAIL,
+                    email::SLA_DIGEST,
+                    &format!("sla-digest:{account_id}"),
+                    json!({ "windowStart": start, "windowEnd": end, "breaches": [], "more": 0 }),
+                    attempts,
+                )
+                .to(supervisor.email.clone())
+                .keyed(key.clone())
+                .due(end);
+                match deliveries::Entity::insert(row.model)
+                    .on_conflict(
+                        OnConflict::column(deliveries::Column::DeliveryKey)
+                            .do_nothing()
+                            .to_owned(),
+                    )
+                    .exec(db)
+                    .await
+                {
+                    Ok(done) => created.push((EMAIL, done.last_insert_id, Some(end))),
+                    Err(DbErr::RecordNotInserted) => {}
+                    Err(err) => return Err(err.into()),
+                }
+                let mut read =
+                    deliveries::Entity::find().filter(deliveries::Column::DeliveryKey.eq(&key));
+                if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+                    read = read.lock(sea_orm::sea_query::LockType::Update);
+                }
+                let Some(digest) = read.one(db).await? else {
+                    break;
+                };
+                if digest.status == PENDING && digest.attempts == 0 {
+                    let mut payload = digest.payload;
+                    add_breach(&mut payload, breach.clone());
+                    deliveries::Entity::update_many()
+                        .col_expr(deliveries::Column::Payload, Expr::value(payload))
+                        .col_expr(deliveries::Column::UpdatedAt, Expr::value(Utc::now()))
+                        .filter(deliveries::Column::Id.eq(digest.id))
+                        .exec(db)
+                        .await?;
+                    break;
+                }
+                // This window's mail is on its way: the breach goes in the next one's.
+                (start, end) = (end, end + (end - start));
+            }
+        }
+        Ok(created)
     }
 
     /// The webhook deliveries `outcome` makes: one per subscribed webhook.
@@ -272,10 +399,10 @@ impl FanOut {
                 let Some(visitor) = visitors::Entity::find_by_id(*visitor_id).one(db).await? else {
                     return Ok(rows);
                 };
-                let (Some(email), Some(given)) = (
-                    visitor.email.filter(|e| !e.trim().is_empty()),
-                    visitor.email_given_at,
-                ) else {
+                let Some(email) = visitor
+                    .email
+                    .filter(|e| visitor.email_before_agent && !e.trim().is_empty())
+                else {
                     return Ok(rows);
                 };
                 // The visitor's address is not verified and the visitor writes the text: a
@@ -283,11 +410,7 @@ impl FanOut {
                 // anyone through this server. And the address must have been given before an
                 // agent joined: one named afterwards would have the agent's words (and the
                 // visitor's own) mailed wherever the visitor likes.
-                if !agent_wrote(db, *conversation_id).await?
-                    || first_joined(db, *conversation_id)
-                        .await?
-                        .is_none_or(|joined| given > joined)
-                {
+                if !agent_wrote(db, *conversation_id).await? {
                     return Ok(rows);
                 }
                 let payload = json!({ "conversationId": conversation_id });
@@ -302,48 +425,6 @@ impl FanOut {
                 )
                 .to(email);
                 rows.push(row);
-            }
-            Outcome::SlaBreached {
-                account_id,
-                conversation_id,
-                sla,
-                ..
-            } => {
-                // One digest per supervisor per window, whatever the number of breaches in it (a
-                // flood of unanswered chats must not become a flood of mail): the row is keyed by
-                // its window, so the first breach records it and the others find it there. The
-                // mail lists what broke in its window when it is sent, at the window's end.
-                let every = self.ctx.channels.sla_digest();
-                let at = breached_at(db, *conversation_id, *sla)
-                    .await?
-                    .unwrap_or_else(Utc::now);
-                let (start, end) = digest_window(at, every);
-                let supervisors = agents::Entity::find()
-                    .filter(agents::Column::AccountId.eq(*account_id))
-                    .filter(agents::Column::DeletedAt.is_null())
-                    .filter(agents::Column::Role.is_in([AgentRole::Supervisor, AgentRole::Admin]))
-                    .all(db)
-                    .await?;
-                let payload = json!({ "windowStart": start, "windowEnd": end });
-                let order = format!("sla-digest:{account_id}");
-                for supervisor in supervisors {
-                    let row = new_row(
-                        *account_id,
-                        EMAIL,
-                        email::SLA_DIGEST,
-                        &order,
-                        payload.clone(),
-                        attempts,
-                    )
-                    .to(supervisor.email)
-                    .keyed(format!(
-                        "sla-digest-{account_id}-{}-{}",
-                        supervisor.id,
-                        start.timestamp()
-                    ))
-                    .due(end);
-                    rows.push(row);
-                }
             }
             _ => {}
         }
@@ -374,22 +455,18 @@ async fn agent_wrote(db: &impl ConnectionTrait, conversation_id: i64) -> Result<
     Ok(message.is_some())
 }
 
-/// When `sla` broke for the conversation, as the scheduler stamped it.
-async fn breached_at(
-    db: &impl ConnectionTrait,
-    conversation_id: i64,
-    sla: SlaKind,
-) -> Result<Option<chrono::DateTime<Utc>>, DbErr> {
-    let Some(conversation) = conversations::Entity::find_by_id(conversation_id)
-        .one(db)
-        .await?
-    else {
-        return Ok(None);
-    };
-    Ok(match sla {
-        SlaKind::FirstResponse => conversation.first_response_breached_at,
-        SlaKind::MaxReassignments => conversation.routing_held_at,
-    })
+/// Adds `breach` to a digest's payload: listed while fewer than [`email::DIGEST_LISTED`] are,
+/// counted in `more` after that.
+fn add_breach(payload: &mut serde_json::Value, breach: serde_json::Value) {
+    let listed = payload["breaches"].as_array().map_or(0, Vec::len);
+    if listed < email::DIGEST_LISTED {
+        match payload["breaches"].as_array_mut() {
+            Some(breaches) => breaches.push(breach),
+            None => payload["breaches"] = json!([breach]),
+        }
+    } else {
+        payload["more"] = json!(payload["more"].as_u64().unwrap_or(0) + 1);
+    }
 }
 
 /// The digest window `at` falls in: windows of `every` since the Unix epoch, `[start, end)`.
@@ -401,21 +478,6 @@ pub(crate) fn digest_window(
     let start = at.timestamp().div_euclid(every) * every;
     let start = chrono::DateTime::from_timestamp(start, 0).unwrap_or(at);
     (start, start + chrono::Duration::seconds(every))
-}
-
-/// When the first agent joined the conversation (its first assignment).
-async fn first_joined(
-    db: &impl ConnectionTrait,
-    conversation_id: i64,
-) -> Result<Option<chrono::DateTime<Utc>>, DbErr> {
-    assignments::Entity::find()
-        .select_only()
-        .column(assignments::Column::AssignedAt)
-        .filter(assignments::Column::ConversationId.eq(conversation_id))
-        .order_by_asc(assignments::Column::AssignedAt)
-        .into_tuple()
-        .one(db)
-        .await
 }
 
 /// An agent with a live socket: its last connect is later than its last drop (as presence
@@ -431,8 +493,6 @@ fn connected(agent: &agents::Model) -> bool {
 struct NewRow {
     channel: &'static str,
     model: deliveries::ActiveModel,
-    /// Not to be sent before this.
-    due: Option<chrono::DateTime<Utc>>,
 }
 
 impl NewRow {
@@ -452,9 +512,9 @@ impl NewRow {
         self
     }
 
+    /// Not to be sent before `at`.
     fn due(mut self, at: chrono::DateTime<Utc>) -> Self {
         self.model.next_attempt_at = Set(Some(at));
-        self.due = Some(at);
         self
     }
 }
@@ -470,7 +530,6 @@ fn new_row(
     let now = Utc::now();
     NewRow {
         channel,
-        due: None,
         model: deliveries::ActiveModel {
             account_id: Set(account_id),
             channel: Set(channel.to_owned()),

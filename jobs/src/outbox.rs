@@ -111,11 +111,12 @@ impl Outbox {
             let mut these = Vec::with_capacity(outcomes.len());
             for outcome in outcomes {
                 let key = match self.wants(conn, &outcome).await? {
-                    Some(account_id) => {
-                        let key = ulid::Ulid::new().to_string();
+                    Some((account_id, order_key)) => {
+                        let key = next_key();
                         rows.push(outbox::ActiveModel {
                             key: Set(key.clone()),
                             account_id: Set(account_id),
+                            order_key: Set(order_key),
                             outcome: Set(serde_json::to_value(&outcome)
                                 .map_err(|err| DbErr::Custom(err.to_string()))?),
                             created_at: Set(now),
@@ -136,25 +137,22 @@ impl Outbox {
         Ok(staged)
     }
 
-    /// The account of `outcome` when webhooks or e-mail may want it.
+    /// The account of `outcome` and what its order is kept within, when webhooks or e-mail may
+    /// want it.
     async fn wants(
         &self,
         conn: &impl ConnectionTrait,
         outcome: &Outcome,
-    ) -> Result<Option<i64>, DbErr> {
-        let Some((account_id, _)) = scope_of(outcome) else {
+    ) -> Result<Option<(i64, String)>, DbErr> {
+        let Some((account_id, order_key)) = scope_of(outcome) else {
             return Ok(None);
         };
-        if self.email_on && emails_may_follow(outcome) {
-            return Ok(Some(account_id));
-        }
-        let Some(kind) = kind_of(outcome) else {
-            return Ok(None);
-        };
-        Ok(self
-            .subscribed(conn, account_id, kind)
-            .await?
-            .then_some(account_id))
+        let wanted = (self.email_on && emails_may_follow(outcome))
+            || match kind_of(outcome) {
+                Some(kind) => self.subscribed(conn, account_id, kind).await?,
+                None => false,
+            };
+        Ok(wanted.then_some((account_id, order_key)))
     }
 
     /// Whether a webhook of `account_id` subscribes to new messages.
@@ -215,6 +213,18 @@ impl Outbox {
         self.cache.insert(account_id, hooks.clone());
         Ok(hooks)
     }
+}
+
+/// A fresh outbox key: a ULID, strictly increasing within this process, so that the outcomes of
+/// one change (staged in the same millisecond) keep their order when the sweep reads them.
+fn next_key() -> String {
+    static KEYS: std::sync::LazyLock<std::sync::Mutex<ulid::Generator>> =
+        std::sync::LazyLock::new(|| std::sync::Mutex::new(ulid::Generator::new()));
+    let next = KEYS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .generate();
+    next.unwrap_or_else(|_| ulid::Ulid::new()).to_string()
 }
 
 /// Outcomes that may send an e-mail (see [`crate::fanout`]).

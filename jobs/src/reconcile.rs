@@ -279,6 +279,12 @@ async fn rehome(ctx: &JobContext) -> Result<usize, JobError> {
         )
         .await?;
         txn.commit().await?;
+        for group_id in [from.id, to.id] {
+            ctx.notifier.notify(crate::notify::Outcome::QueueChanged {
+                account_id: now.account_id,
+                group_id,
+            });
+        }
         tracing::warn!(
             conversation_id = now.id,
             from = from.id,

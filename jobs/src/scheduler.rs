@@ -99,12 +99,14 @@ impl Pass {
                 format!("{repairs:?}")
             }
             Pass::Redeliver => {
-                let staged = crate::fanout::left_behind(ctx).await?;
-                if staged > 0 {
-                    tracing::info!(
+                // Not a reason to skip the resubmissions below.
+                match crate::fanout::left_behind(ctx).await {
+                    Ok(0) => {}
+                    Ok(staged) => tracing::info!(
                         staged,
                         "recorded the deliveries of outcomes left in the outbox"
-                    );
+                    ),
+                    Err(err) => tracing::warn!(%err, "the outbox sweep failed"),
                 }
                 let count = deliveries::redeliver(ctx).await?;
                 if count > 0 {

@@ -196,7 +196,7 @@ async fn write(
             session_token_hash: Set(o.session_token_hash.clone()),
             created_at: Set(now),
             last_seen_at: Set(now),
-            email_given_at: Set(o.email.is_some().then_some(now)),
+            email_before_agent: Set(o.email.is_some()),
             ..Default::default()
         }
     }))
@@ -301,8 +301,8 @@ async fn write(
     Ok(opened)
 }
 
-/// The sessions of `accepted` as they were written, found by their token hashes; `None` unless
-/// every one of them is there.
+/// The sessions of `accepted` as they were written, found by their token hashes; `None` when
+/// none is there.
 async fn already_opened(
     db: &DatabaseConnection,
     accepted: &[(&Opening, (i64, i64))],
@@ -334,7 +334,9 @@ async fn already_opened(
             },
         );
     }
-    Ok((opened.len() == accepted.len()).then_some(opened))
+    // One transaction wrote the batch: if any session is there, all that were written are (a
+    // session left out for a group deleted meanwhile is answered `NoGroup`).
+    Ok((!opened.is_empty()).then_some(opened))
 }
 
 async fn pick_account(

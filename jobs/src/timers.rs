@@ -12,7 +12,7 @@
 //! - **Visitor gone**: a waiting chat whose visitor has left (no socket vouched for it, no
 //!   request, no message) for the idle timeout, at least [`GONE_AT_LEAST`], is closed by the
 //!   system (`abandoned`): a visitor who closed the tab is not waited for (nor mailed about) for
-//!   ever.
+//!   ever. One who left an e-mail address asked to be answered later: its chat waits.
 //! - **First response**: no agent message within the SLA of the conversation's start →
 //!   `sla:breached` to supervisors, once.
 //! - **Queue wait**: a visitor waiting longer than `max_queue_wait_seconds` is told, once, and
@@ -271,11 +271,11 @@ impl Job for ExpireTimer {
             }
             Timer::VisitorGone => {
                 let limit = self.timer.limit(&group).unwrap_or_default();
-                let seen = visitors::Entity::find_by_id(c.visitor_id)
-                    .one(&txn)
-                    .await?
-                    .map(|v| v.last_seen_at);
-                if seen.is_some_and(|seen| now - seen < limit) {
+                let visitor = visitors::Entity::find_by_id(c.visitor_id).one(&txn).await?;
+                if visitor.as_ref().is_some_and(|v| v.email.is_some()) {
+                    return Ok("the visitor left an address: it waits to be answered".into());
+                }
+                if visitor.is_some_and(|v| now - v.last_seen_at < limit) {
                     return Ok("the visitor is still around".into());
                 }
                 if !close_by_system(ctx, txn, c.id, "abandoned").await? {
@@ -369,7 +369,11 @@ async fn close_by_system(
     };
     let mut staged = stage_closes(&ctx.outbox, &txn, &closing, &closed).await?;
     txn.commit().await?;
-    find_freed_groups(&ctx.db, &mut closed).await?;
+    // Committed: what follows must not fail the job (its retry would find it closed and tell
+    // nobody). Without the groups, the freed capacity waits for the next request or reconcile.
+    if let Err(err) = find_freed_groups(&ctx.db, &mut closed).await {
+        tracing::warn!(%err, "could not read the freed agent's groups");
+    }
     if let ([Some(closed)], Some(staged)) = (closed.as_slice(), staged.pop()) {
         after_close(ctx, closed, staged).await?;
     }
@@ -507,6 +511,8 @@ fn candidates(timer: Timer, started_before: DateTime<Utc>) -> Condition {
                             .equals((conversations::Entity, C::VisitorId)),
                     )
                     .and_where(visitors::Column::LastSeenAt.lt(started_before))
+                    // A visitor who left an address asked to be answered later: its chat waits.
+                    .and_where(visitors::Column::Email.is_null())
                     .to_owned(),
             )),
     }

@@ -14,7 +14,7 @@ mod m20261121_000007_index_conversations_line;
 mod m20261121_000008_index_conversations_group_assigned_at;
 mod m20261207_000009_create_intents;
 mod m20261207_000010_create_outbox;
-mod m20261207_000011_add_visitor_email_given_at;
+mod m20261207_000011_add_visitor_email_before_agent;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -33,7 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000008_index_conversations_group_assigned_at::Migration),
             Box::new(m20261207_000009_create_intents::Migration),
             Box::new(m20261207_000010_create_outbox::Migration),
-            Box::new(m20261207_000011_add_visitor_email_given_at::Migration),
+            Box::new(m20261207_000011_add_visitor_email_before_agent::Migration),
         ]
     }
 }

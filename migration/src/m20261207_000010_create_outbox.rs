@@ -16,6 +16,7 @@ enum Outbox {
     Table,
     Key,
     AccountId,
+    OrderKey,
     Outcome,
     CreatedAt,
 }
@@ -35,6 +36,7 @@ impl MigrationTrait for Migration {
                     .table(Outbox::Table)
                     .col(string_len(Outbox::Key, 26).primary_key())
                     .col(big_integer(Outbox::AccountId))
+                    .col(string_len(Outbox::OrderKey, 64))
                     .col(json_binary(Outbox::Outcome))
                     .col(timestamp_with_time_zone(Outbox::CreatedAt))
                     .foreign_key(
@@ -48,16 +50,23 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        // The sweep reads the rows left behind, oldest first.
-        manager
-            .create_index(
-                Index::create()
-                    .name("idx_outbox_created_at")
-                    .table(Outbox::Table)
-                    .col(Outbox::CreatedAt)
-                    .to_owned(),
-            )
-            .await
+        // The sweep reads the rows left behind, oldest first; the fan-out of an outcome first
+        // takes the older rows of its conversation (or agent), to keep their order.
+        for (name, columns) in [
+            ("idx_outbox_created_at", vec![Outbox::CreatedAt]),
+            (
+                "idx_outbox_order_key_key",
+                vec![Outbox::OrderKey, Outbox::Key],
+            ),
+        ] {
+            let mut index = Index::create();
+            index.name(name).table(Outbox::Table);
+            for column in columns {
+                index.col(column);
+            }
+            manager.create_index(index.to_owned()).await?;
+        }
+        Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

@@ -390,7 +390,17 @@ async fn remove(
     }
     .update(&txn)
     .await?;
+    let went_offline = (agent.status != AgentStatus::Offline || agent.accepting_chats).then_some(
+        Outcome::AgentStatusChanged {
+            account_id: agent.account_id,
+            agent_id: agent.id,
+            status: AgentStatus::Offline,
+            accepting_chats: false,
+        },
+    );
+    let staged = state.outbox.stage(&txn, went_offline).await?;
     txn.commit().await?;
+    staged.tell(&*state.notifier);
     sign_out_sockets(&state, id).await;
     release(&state, agent.id).await?;
     audit::record(&state, &caller, "agent.deleted", "agent", id, json!({})).await;

@@ -12,7 +12,7 @@ use axum::{
     routing::{get, post, put},
 };
 use entity::{
-    agents, conversations,
+    agents, assignments, conversations,
     enums::{AuthorType, ClosedBy, ConversationStatus, Priority},
     visitors,
 };
@@ -370,11 +370,23 @@ async fn leave_contact(
                     .to_owned(),
             ),
         );
-    // A new address is given now (see `visitors.email_given_at`); the same one keeps its time.
+    // A new address counts for the transcript only if no agent has joined the chat yet (see
+    // `visitors.email_before_agent`), decided by this statement; the same one keeps its standing.
     if visitor.email.as_deref() != Some(email.as_str()) {
+        use sea_orm::sea_query::ExprTrait;
+        let joined = sea_orm::sea_query::Query::select()
+            .expr(Expr::value(1))
+            .from(assignments::Entity)
+            .inner_join(
+                conversations::Entity,
+                Expr::col((conversations::Entity, conversations::Column::Id))
+                    .equals((assignments::Entity, assignments::Column::ConversationId)),
+            )
+            .and_where(conversations::Column::VisitorId.eq(visitor.id))
+            .to_owned();
         update = update.col_expr(
-            visitors::Column::EmailGivenAt,
-            Expr::value(Some(chrono::Utc::now())),
+            visitors::Column::EmailBeforeAgent,
+            Expr::exists(joined).not(),
         );
     }
     if let Some(name) = body.name {

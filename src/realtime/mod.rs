@@ -271,6 +271,7 @@ pub async fn heartbeat(
     period: Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
+    use crate::auth::visitor::SEEN_EVERY;
     use chrono::SubsecRound;
     use entity::agents as rows;
     use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, sea_query::Expr};
@@ -283,10 +284,23 @@ pub async fn heartbeat(
         let ids = with_io!(&push, io => agents::vouch(io), _ => Vec::new());
         let visitor_ids = with_io!(&push, io => visitors::vouch(io), _ => Vec::new());
         for chunk in visitor_ids.chunks(500) {
+            // Only what the timer reads: visitors whose chat waits, and not seen for a while
+            // (one row write per waiting visitor every `SEEN_EVERY`, not one per heartbeat).
+            let stale = at - chrono::Duration::from_std(SEEN_EVERY).unwrap_or_default();
+            let waiting = sea_orm::sea_query::Query::select()
+                .column(entity::conversations::Column::VisitorId)
+                .from(entity::conversations::Entity)
+                .and_where(entity::conversations::Column::VisitorId.is_in(chunk.iter().copied()))
+                .and_where(
+                    entity::conversations::Column::Status
+                        .eq(entity::enums::ConversationStatus::Pending),
+                )
+                .to_owned();
             let vouched = entity::visitors::Entity::update_many()
                 .col_expr(entity::visitors::Column::LastSeenAt, Expr::value(at))
                 .filter(entity::visitors::Column::Id.is_in(chunk.iter().copied()))
-                .filter(entity::visitors::Column::LastSeenAt.lt(at))
+                .filter(entity::visitors::Column::LastSeenAt.lt(stale))
+                .filter(entity::visitors::Column::Id.in_subquery(waiting))
                 .exec(&db)
                 .await;
             if let Err(err) = vouched {

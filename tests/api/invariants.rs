@@ -964,6 +964,12 @@ both_backends! {
                 .count(app.db())
                 .await
                 .unwrap();
+            let moved = events::Entity::find()
+                .filter(events::Column::Content.like("Moved to %"))
+                .count(app.db())
+                .await
+                .unwrap();
+            assert_eq!(moved, 0, "round {round}: the reconciler had to move a chat out of a deleted group");
             match deleted {
                 StatusCode::NO_CONTENT => assert_eq!(live, 0, "round {round}: a chat opened in the deleted group"),
                 StatusCode::CONFLICT => assert!(live > 0),

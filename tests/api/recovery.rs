@@ -303,3 +303,47 @@ both_backends! {
         assert_eq!(closed_hits(), 1, "delivered once");
     }
 }
+
+both_backends! {
+    async fn outcomes_left_in_the_outbox_are_delivered_before_later_ones_of_their_conversation(backend: Backend) {
+        use crate::{notify::{app_with, finished, webhook}, receivers::Receiver};
+        use jobs::notify::Outcome;
+        let receiver = Receiver::start(crate::notify::SECRET).await;
+        let app = app_with(backend, |_| {}).await;
+        let admin = app.admin_token().await;
+        let kinds = json!(["conversation.reassigned", "conversation.assigned", "conversation.closed"]);
+        let hook = webhook(&app, &admin, &receiver.url("/in"), kinds).await;
+        let (conversation, _) = app.visitor(json!({ "name": "Ida" })).await;
+        let group = app.default_group(&admin).await;
+        let (agent, _) = app.agent_in_group(&admin, group, 2).await;
+        let unassigned = Outcome::ConversationUnassigned {
+            account_id: 1, conversation_id: conversation, group_id: group, agent_id: agent, reason: "transferred".into(),
+        };
+        let assigned = Outcome::ConversationAssigned {
+            account_id: 1, conversation_id: conversation, group_id: group, visitor_id: 1, agent_id: agent,
+            agent_name: "A".into(), agent_avatar_url: None, reason: "picked up".into(),
+        };
+        let closed = Outcome::ConversationClosed {
+            account_id: 1, conversation_id: conversation, visitor_id: 1, agent_id: Some(agent),
+            closed_by: entity::enums::ClosedBy::Agent, reason: "resolved".into(),
+        };
+        // One change's two outcomes, staged in the same instant by a process that then died.
+        let lost = app.state.outbox.stage(app.db(), [unassigned, assigned]).await.unwrap();
+        drop(lost);
+        // A later change of the same conversation, told as usual: its fan-out records the two
+        // left behind first, in the order they were staged.
+        let later = app.state.outbox.stage(app.db(), [closed]).await.unwrap();
+        later.tell(&*app.state.notifier);
+        let rows = finished(&app, &admin, hook, 3).await;
+        let mut kinds: Vec<(i64, String)> = rows
+            .iter()
+            .map(|d| (d["id"].as_i64().unwrap(), d["kind"].as_str().unwrap().to_owned()))
+            .collect();
+        kinds.sort();
+        let kinds: Vec<&str> = kinds.iter().map(|(_, k)| k.as_str()).collect();
+        assert_eq!(kinds, ["conversation.reassigned", "conversation.assigned", "conversation.closed"]);
+        assert_eq!(entity::outbox::Entity::find().count(app.db()).await.unwrap(), 0);
+        let heard: Vec<String> = receiver.hits_on("/in").iter().map(|h| h.body["kind"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(heard, ["conversation.reassigned", "conversation.assigned", "conversation.closed"]);
+    }
+}

@@ -320,13 +320,16 @@ both_backends! {
         let admin = app.admin_token().await;
         let (gone, _) = app.visitor(json!({ "initialMessage": "hello?" })).await;
         let (here, session) = app.visitor(json!({ "initialMessage": "hello?" })).await;
+        // A third left an address and went: it asked to be answered later.
+        let (reachable, _) = app.visitor(json!({ "email": "later@example.com", "initialMessage": "call me back" })).await;
         let socket = visitor_socket(&app, &session).await;
         // Neither visitor was seen for half an hour (the idle timeout is 15 minutes)...
         let long_ago = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now() - chrono::Duration::minutes(30), 6);
         let (gone_visitor, here_visitor) = (stored(&app, gone).await.visitor_id, stored(&app, here).await.visitor_id);
+        let reachable_visitor = stored(&app, reachable).await.visitor_id;
         entity::visitors::Entity::update_many()
             .col_expr(entity::visitors::Column::LastSeenAt, Expr::value(long_ago))
-            .filter(entity::visitors::Column::Id.is_in([gone_visitor, here_visitor]))
+            .filter(entity::visitors::Column::Id.is_in([gone_visitor, here_visitor, reachable_visitor]))
             .exec(app.db())
             .await
             .unwrap();
@@ -340,8 +343,8 @@ both_backends! {
         })
         .await;
         assert_eq!(seen(gone_visitor).await, long_ago);
-        // Both have waited half an hour.
-        for id in [gone, here] {
+        // All have waited half an hour.
+        for id in [gone, here, reachable] {
             conversations::Entity::update_many()
                 .col_expr(conversations::Column::QueuedAt, Expr::value(Some(long_ago)))
                 .col_expr(conversations::Column::CreatedAt, Expr::value(long_ago))
@@ -366,6 +369,7 @@ both_backends! {
         // Sweeps tick every second: the one still there waits on.
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert_eq!(stored(&app, here).await.status, entity::enums::ConversationStatus::Pending);
+        assert_eq!(stored(&app, reachable).await.status, entity::enums::ConversationStatus::Pending);
         socket.disconnect().await;
     }
 }

@@ -13,7 +13,9 @@
 //! acknowledged close took effect; no agent over capacity (also sampled during the run); counters
 //! equal their rows; at most one open assignment per chat (also sampled); no 500 answered (a 503
 //! with Retry-After is allowed during the PostgreSQL restart only), and no chat exists whose
-//! visitor was not answered 201; every process still alive.
+//! visitor was not answered 201; every process still alive; and a webhook receiver got
+//! `conversation.assigned` and `conversation.closed` for every chat (nothing a committed change
+//! implies is lost with the process or the job storage: see `jobs::outbox`).
 //! Reported per fault: the time until chats flowed again, and enqueue→assigned p99 across it.
 //!
 //! `cargo test --test faults -- --nocapture`; `SWITCHBOARD_FAULTS=redis,postgres` picks faults.
@@ -21,6 +23,7 @@
 
 mod agents;
 mod checks;
+mod hooks;
 mod services;
 mod stack;
 mod visitors;
@@ -59,6 +62,10 @@ const REDIS_DOWN: Duration = Duration::from_secs(3);
 const WORKER_DOWN: Duration = Duration::from_secs(4);
 /// How long the chats get to settle after the load.
 const SETTLE: Duration = Duration::from_secs(25);
+/// How long the webhooks get after the chats settled: an outcome whose fan-out died with its
+/// process is fanned out by a sweep once 30 s old (every 15 s), and a delivery whose job Redis
+/// lost is resubmitted 30 s past due.
+const WEBHOOKS_SETTLE: Duration = Duration::from_secs(75);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
@@ -271,6 +278,13 @@ async fn scenario(
     )
     .await;
     let (group_id, tokens) = stack.setup_agents(AGENTS, CAPACITY).await;
+    let hooks = hooks::Hooks::start().await;
+    stack
+        .subscribe(
+            &hooks.url,
+            &["conversation.assigned", "conversation.closed"],
+        )
+        .await;
     let clock = Clock::new();
     let stop = CancellationToken::new();
     let mut agents = Vec::new();
@@ -358,6 +372,35 @@ async fn scenario(
     } else {
         "did not settle; checking"
     });
+    // Every chat's webhooks, however late.
+    let webhooks_deadline = clock.now() + WEBHOOKS_SETTLE.as_secs_f64();
+    let missing_webhooks = loop {
+        let missing: Vec<String> = [
+            ("conversation.assigned", "assigned"),
+            ("conversation.closed", "closed"),
+        ]
+        .into_iter()
+        .flat_map(|(kind, what)| {
+            let delivered = hooks.delivered(kind);
+            snapshot
+                .conversations
+                .values()
+                .filter(|c| match what {
+                    "assigned" => snapshot.assignments.contains_key(&c.id),
+                    _ => c.status == "resolved" || c.status == "closed",
+                })
+                .filter(|c| !delivered.contains(&c.id))
+                .map(|c| format!("{kind} for conversation {}", c.id))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+        if missing.is_empty() || clock.now() > webhooks_deadline {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let webhooks_after = clock.now() - load_end;
+    progress("webhooks checked");
     stop.cancel();
     for agent in &agents {
         if tokio::time::timeout(Duration::from_secs(2), agent.disconnect())
@@ -421,6 +464,10 @@ async fn scenario(
     let mut failures = Failures::default();
     checks::check(&snapshot, &seen, &sampler, &window, &mut failures);
     failures.add("every process still alive", dead);
+    failures.add(
+        "every assignment and close reached the webhook receiver",
+        missing_webhooks,
+    );
     failures.add(
         "the fault was injected and its service came back",
         injection,
@@ -495,6 +542,12 @@ async fn scenario(
             at_drift - at
         );
     }
+    let _ = writeln!(
+        report,
+        "webhooks: {} conversation.assigned and {} conversation.closed received ({webhooks_after:.1} s after the load when checked)",
+        hooks.delivered("conversation.assigned").len(),
+        hooks.delivered("conversation.closed").len()
+    );
     let _ = writeln!(report, "CPU seconds used: {}", cpu.join(", "));
     for note in &notes {
         let _ = writeln!(report, "  note: {note}");

@@ -75,6 +75,9 @@ impl Stack {
             // Longer than a scenario: no agent goes offline because of a fault's hiccup.
             ("SWITCHBOARD_PRESENCE_GRACE_SECONDS", "60"),
             ("SWITCHBOARD_SWEEP_INTERVAL_SECONDS", "1"),
+            // The suite's webhook receiver listens on loopback.
+            ("SWITCHBOARD_WEBHOOK_ALLOW_PRIVATE", "true"),
+            ("SWITCHBOARD_WEBHOOK_BACKOFF_MS", "500"),
             ("SWITCHBOARD_RECONCILE_INTERVAL_SECONDS", "3"),
             (
                 "SWITCHBOARD_DATA_DIR",
@@ -235,20 +238,38 @@ impl Stack {
         serde_json::from_str(&text).unwrap_or(Value::Null)
     }
 
-    /// A group of its own with `count` agents of `capacity`; returns the group and each agent's
-    /// (id, token). Through API node A.
-    pub async fn setup_agents(&self, count: usize, capacity: u32) -> (i64, Vec<(i64, String)>) {
-        let post = reqwest::Method::POST;
+    /// A webhook of the account for `kinds`, calling `url`. Through API node A.
+    pub async fn subscribe(&self, url: &str, kinds: &[&str]) {
+        let a = &self.api_a;
+        let admin = self.admin_token().await;
+        self.call(
+            reqwest::Method::POST,
+            format!("{a}/v1/webhooks"),
+            Some(&admin),
+            Some(json!({ "url": url, "secret": "fault-suite-webhook-secret", "events": kinds })),
+        )
+        .await;
+    }
+
+    async fn admin_token(&self) -> String {
         let a = &self.api_a;
         let admin = self
             .call(
-                post.clone(),
+                reqwest::Method::POST,
                 format!("{a}/v1/auth/login"),
                 None,
                 Some(json!({ "email": ADMIN_EMAIL, "password": ADMIN_PASSWORD })),
             )
             .await;
-        let admin = admin["token"].as_str().expect("an admin token").to_owned();
+        admin["token"].as_str().expect("an admin token").to_owned()
+    }
+
+    /// A group of its own with `count` agents of `capacity`; returns the group and each agent's
+    /// (id, token). Through API node A.
+    pub async fn setup_agents(&self, count: usize, capacity: u32) -> (i64, Vec<(i64, String)>) {
+        let post = reqwest::Method::POST;
+        let a = &self.api_a;
+        let admin = self.admin_token().await;
         let group = self
             .call(
                 post.clone(),
