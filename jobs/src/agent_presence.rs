@@ -72,12 +72,7 @@ impl Job for AgentDisconnected {
             .exec(&txn)
             .await?
             .rows_affected;
-        let told = (changed == 1).then_some(Outcome::AgentStatusChanged {
-            account_id: agent.account_id,
-            agent_id: agent.id,
-            status: AgentStatus::Offline,
-            accepting_chats: false,
-        });
+        let told = (changed == 1).then(|| Outcome::went_offline(&agent));
         let staged = ctx.outbox.stage(&txn, told).await?;
         txn.commit().await?;
         ctx.tell(staged);

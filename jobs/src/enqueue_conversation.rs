@@ -184,13 +184,7 @@ pub(crate) async fn place_many(
             notes.push(row);
         }
         told.push(vec![
-            Outcome::ConversationQueued {
-                account_id: conversation.account_id,
-                conversation_id: conversation.id,
-                group_id: conversation.group_id,
-                visitor_id: conversation.visitor_id,
-                position,
-            },
+            Outcome::queued(conversation, position),
             Outcome::QueueChanged {
                 account_id: conversation.account_id,
                 group_id: conversation.group_id,

@@ -108,6 +108,29 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// `conversation` waits in its group's line at `position`.
+    pub fn queued(conversation: &entity::conversations::Model, position: u64) -> Self {
+        Self::ConversationQueued {
+            account_id: conversation.account_id,
+            conversation_id: conversation.id,
+            group_id: conversation.group_id,
+            visitor_id: conversation.visitor_id,
+            position,
+        }
+    }
+
+    /// `agent` went offline and takes no chats.
+    pub fn went_offline(agent: &entity::agents::Model) -> Self {
+        Self::AgentStatusChanged {
+            account_id: agent.account_id,
+            agent_id: agent.id,
+            status: AgentStatus::Offline,
+            accepting_chats: false,
+        }
+    }
+}
+
 /// Which service level a conversation broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

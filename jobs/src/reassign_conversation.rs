@@ -104,13 +104,7 @@ pub async fn requeue_outcomes(
             agent_id: requeued.agent_id,
             reason: reason.to_owned(),
         },
-        Outcome::ConversationQueued {
-            account_id: conversation.account_id,
-            conversation_id: conversation.id,
-            group_id: conversation.group_id,
-            visitor_id: conversation.visitor_id,
-            position,
-        },
+        Outcome::queued(conversation, position),
     ];
     Ok((outcomes, position))
 }

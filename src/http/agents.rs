@@ -390,14 +390,8 @@ async fn remove(
     }
     .update(&txn)
     .await?;
-    let went_offline = (agent.status != AgentStatus::Offline || agent.accepting_chats).then_some(
-        Outcome::AgentStatusChanged {
-            account_id: agent.account_id,
-            agent_id: agent.id,
-            status: AgentStatus::Offline,
-            accepting_chats: false,
-        },
-    );
+    let went_offline = (agent.status != AgentStatus::Offline || agent.accepting_chats)
+        .then(|| Outcome::went_offline(&agent));
     let staged = state.outbox.stage(&txn, went_offline).await?;
     txn.commit().await?;
     staged.tell(&*state.notifier);
