@@ -204,7 +204,7 @@ impl Application {
                         .await
                         .context("registering the Socket.IO namespaces")?
                         .layer(axum::middleware::from_fn_with_state(
-                            http::rate_limit::Handshakes::per_minute(
+                            http::rate_limit::Handshakes::new(
                                 state.settings.socket_handshakes_per_minute,
                             ),
                             http::rate_limit::limit_handshakes,

@@ -13,7 +13,7 @@ use axum::{extract::FromRequestParts, http::request::Parts};
 use entity::{agents, enums::AgentRole};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
-pub use password::{hash_password, verify_decoy, verify_password};
+pub use password::{PasswordError, hash_password, verify_decoy, verify_password};
 pub use token::{Claims, TokenKeys};
 
 use crate::{error::ApiError, state::AppState};

@@ -1,10 +1,69 @@
 //! Password hashing with argon2id (the crate's recommended parameters), off the async threads.
+//!
+//! Each hash or check holds about 19 MiB and tens of milliseconds of a core. A process runs at
+//! most one per core at once ([`Gate`]); a few more may wait for a turn, and a check beyond those
+//! is refused at once with [`PasswordError::Busy`] (a 503 with `Retry-After`), so a burst of
+//! sign-ins, from any number of addresses, neither queues without bound nor grows the memory.
+
+use std::sync::LazyLock;
 
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier, password_hash::SaltString};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
-/// Hashes `password` into a PHC string (algorithm, parameters and salt included).
+use crate::error::ApiError;
+
+/// Checks that may wait for a free core, per core.
+const WAITING_PER_CORE: usize = 4;
+
+/// Why a password could not be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    /// Every core is checking passwords and the waiting room is full: try again in a moment.
+    #[error("too many password checks at once")]
+    Busy,
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+impl From<PasswordError> for ApiError {
+    fn from(err: PasswordError) -> Self {
+        match err {
+            PasswordError::Busy => ApiError::Unavailable("sign-in"),
+            PasswordError::Failed(err) => ApiError::Internal(err),
+        }
+    }
+}
+
+/// The process's bound on password work.
+struct Gate {
+    /// Checks admitted (running or waiting for a core).
+    admitted: Semaphore,
+    /// Hashes and checks running.
+    running: Semaphore,
+}
+
+static GATE: LazyLock<Gate> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    tracing::debug!(cores, "password checks run at most one per core");
+    Gate {
+        admitted: Semaphore::new(cores * (1 + WAITING_PER_CORE)),
+        running: Semaphore::new(cores),
+    }
+});
+
+/// Runs `work` on a blocking thread once a core is free for it.
+async fn run<T: Send + 'static>(
+    _admitted: Option<SemaphorePermit<'static>>,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let _running = GATE.running.acquire().await?;
+    Ok(tokio::task::spawn_blocking(work).await?)
+}
+
+/// Hashes `password` into a PHC string (algorithm, parameters and salt included). Only
+/// authenticated admins and the first start hash: a hash waits for a core, it is never refused.
 pub async fn hash_password(password: String) -> anyhow::Result<String> {
-    tokio::task::spawn_blocking(move || {
+    run(None, move || {
         let mut salt = [0u8; 16];
         rand::fill(&mut salt);
         let salt = SaltString::encode_b64(&salt)
@@ -17,20 +76,27 @@ pub async fn hash_password(password: String) -> anyhow::Result<String> {
     .await?
 }
 
-/// True when `password` matches `phc_hash`. A malformed hash never matches.
-pub async fn verify_password(password: String, phc_hash: String) -> anyhow::Result<bool> {
-    Ok(tokio::task::spawn_blocking(move || {
+/// True when `password` matches `phc_hash`. A malformed hash never matches. Refused at once with
+/// [`PasswordError::Busy`] when the process already has as many checks as it admits.
+pub async fn verify_password(password: String, phc_hash: String) -> Result<bool, PasswordError> {
+    let Ok(admitted) = GATE.admitted.try_acquire() else {
+        metrics::counter!("switchboard_password_checks_total", "outcome" => "refused").increment(1);
+        return Err(PasswordError::Busy);
+    };
+    let matched = run(Some(admitted), move || {
         PasswordHash::new(&phc_hash).is_ok_and(|parsed| {
             Argon2::default()
                 .verify_password(password.as_bytes(), &parsed)
                 .is_ok()
         })
     })
-    .await?)
+    .await?;
+    metrics::counter!("switchboard_password_checks_total", "outcome" => "checked").increment(1);
+    Ok(matched)
 }
 
 /// Verifies `password` against a hash nobody's password matches, costing what a real check costs.
-pub async fn verify_decoy(password: String) -> anyhow::Result<()> {
+pub async fn verify_decoy(password: String) -> Result<(), PasswordError> {
     static DECOY: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
     let decoy = DECOY
         .get_or_try_init(|| hash_password(ulid::Ulid::new().to_string()))

@@ -9,8 +9,15 @@
 //!   a demotion or a deletion takes effect within that. The cache is keyed by a hash of the
 //!   e-mail and holds a keyed SHA-256 of the whole credentials (the key is random per process),
 //!   compared in constant time; it never holds a password, and it is bounded ([`CACHE_SIZE`]).
-//! - A client address gets [`FAILURES`] failed checks per [`FAILURE_WINDOW`]; after that it is
-//!   answered 429 without a check until the window ends (remembered checks still pass).
+//! - Failed checks are counted per client address (IPv6: per /64) and per e-mail, [`FAILURES`]
+//!   per [`FAILURE_WINDOW`] each, and counted *before* the check runs (a success gives its count
+//!   back), so concurrent requests cannot run more checks than that. An e-mail past its budget is
+//!   answered 429 without a check until the window ends, even with the right password. An address
+//!   past its budget is answered 429 too, except for the right password of an admin: an attacker
+//!   sharing the admin's address (a NAT, a proxy) cannot lock the admin out, and costs a check
+//!   only for e-mails of admins (each within its own budget). Remembered checks always pass.
+//! - Checks share the process's bound on password checks (`auth::password`): beyond it a request
+//!   is answered 503 with `Retry-After` at once.
 //! - A refusal is a 401 with `WWW-Authenticate: Basic`, whether the e-mail is unknown, the
 //!   password wrong or the agent not an admin (unknown e-mails cost a decoy verification, so the
 //!   timing does not tell them apart). Credentials are never logged.
@@ -37,7 +44,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::{
-    auth::{verify_decoy, verify_password},
+    auth::{PasswordError, verify_decoy, verify_password},
     error::ApiError,
 };
 
@@ -45,11 +52,11 @@ use crate::{
 pub const REMEMBER: Duration = Duration::from_secs(5);
 /// Most credentials remembered at once.
 const CACHE_SIZE: usize = 1024;
-/// Failed checks a client address may make per [`FAILURE_WINDOW`].
+/// Failed checks a client address, and an e-mail, may make per [`FAILURE_WINDOW`].
 pub const FAILURES: u32 = 10;
 /// The window failed checks are counted in.
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-/// Client addresses whose failures are tracked at once (quiet ones are forgotten first).
+/// Client addresses and e-mails whose failures are tracked at once (quiet ones are forgotten first).
 const TRACKED_CLIENTS: usize = 10_000;
 
 const CHALLENGE: &str = "Basic realm=\"Switchboard operators\", charset=\"UTF-8\"";
@@ -63,7 +70,24 @@ struct Inner {
     /// Random per process: remembered digests mean nothing outside it.
     key: [u8; 32],
     remembered: Mutex<HashMap<[u8; 32], Remembered>>,
-    failures: Mutex<HashMap<IpAddr, Failures>>,
+    failures: Mutex<HashMap<Who, Failures>>,
+}
+
+/// Whose failed checks are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Who {
+    /// A client address (IPv6: its /64).
+    Address(IpAddr),
+    /// An e-mail (its cache slot: a keyed hash).
+    Email([u8; 32]),
+}
+
+/// What a check found.
+enum Verdict {
+    /// An admin with this password.
+    Admin,
+    /// Anything else.
+    Refused,
 }
 
 struct Remembered {
@@ -110,15 +134,26 @@ impl OpsAuth {
         if self.remembers(&slot, &digest) {
             return Ok(());
         }
-        if let Some(wait) = self.blocked(client) {
-            return Err(Refusal::TooMany(wait));
+        // Counted before the check runs, given back when it passes or cannot run.
+        let email = Who::Email(slot);
+        self.reserve(email).map_err(Refusal::TooMany)?;
+        let address = Who::Address(crate::http::rate_limit::client_key(client));
+        let address_blocked = self.reserve(address).err();
+        let verdict = self.verify(credentials, address_blocked.is_some()).await;
+        if !matches!(verdict, Ok(Verdict::Refused)) {
+            self.refund(email);
+            if address_blocked.is_none() {
+                self.refund(address);
+            }
         }
-        if self.verify(credentials).await? {
-            self.remember(slot, digest);
-            Ok(())
-        } else {
-            self.failed(client);
-            Err(Refusal::Unauthorized)
+        match verdict? {
+            Verdict::Admin => {
+                self.remember(slot, digest);
+                Ok(())
+            }
+            Verdict::Refused => {
+                Err(address_blocked.map_or(Refusal::Unauthorized, Refusal::TooMany))
+            }
         }
     }
 
@@ -170,21 +205,8 @@ impl OpsAuth {
         );
     }
 
-    /// How long `client` must wait, when it used up its failed checks.
-    fn blocked(&self, client: IpAddr) -> Option<Duration> {
-        let failures = self
-            .0
-            .failures
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let entry = failures.get(&client)?;
-        let ends = entry.since + FAILURE_WINDOW;
-        (entry.count >= FAILURES)
-            .then(|| ends.saturating_duration_since(Instant::now()))
-            .filter(|wait| !wait.is_zero())
-    }
-
-    fn failed(&self, client: IpAddr) {
+    /// Counts a failed check of `who` in advance; `Err` with the wait when its budget is spent.
+    fn reserve(&self, who: Who) -> Result<(), Duration> {
         let now = Instant::now();
         let mut failures = self
             .0
@@ -194,7 +216,7 @@ impl OpsAuth {
         if failures.len() >= TRACKED_CLIENTS {
             failures.retain(|_, entry| now < entry.since + FAILURE_WINDOW);
         }
-        let entry = failures.entry(client).or_insert(Failures {
+        let entry = failures.entry(who).or_insert(Failures {
             count: 0,
             since: now,
         });
@@ -204,19 +226,47 @@ impl OpsAuth {
                 since: now,
             };
         }
+        if entry.count >= FAILURES {
+            let wait = (entry.since + FAILURE_WINDOW).saturating_duration_since(now);
+            return Err(wait.max(Duration::from_secs(1)));
+        }
         entry.count += 1;
         if entry.count == FAILURES {
-            tracing::warn!(%client, "operator listener: too many failed sign-ins, refusing for a while");
+            match who {
+                Who::Address(client) => {
+                    tracing::warn!(%client, "operator listener: too many failed sign-ins from one address, refusing it for a while")
+                }
+                Who::Email(_) => tracing::warn!(
+                    "operator listener: too many failed sign-ins for one e-mail, refusing it for a while"
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives back a count taken by [`Self::reserve`] (the check passed, or did not run).
+    fn refund(&self, who: Who) {
+        let mut failures = self
+            .0
+            .failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = failures.get_mut(&who) {
+            entry.count = entry.count.saturating_sub(1);
         }
     }
 
-    /// True when an admin agent with this e-mail has this password.
-    async fn verify(&self, credentials: Credentials) -> Result<bool, Refusal> {
+    /// Whether an admin agent with this e-mail has this password. With `blocked` (the client's
+    /// address spent its budget) only the e-mails of admins are checked: the rest are refused
+    /// without costing a check.
+    async fn verify(&self, credentials: Credentials, blocked: bool) -> Result<Verdict, Refusal> {
         let Credentials { email, password } = credentials;
         // Control characters (NUL above all, which PostgreSQL refuses in text) match nobody.
         if email.len() > 320 || password.len() > 1024 || email.chars().any(char::is_control) {
-            verify_decoy(password).await.map_err(Refusal::internal)?;
-            return Ok(false);
+            if !blocked {
+                verify_decoy(password).await?;
+            }
+            return Ok(Verdict::Refused);
         }
         // The operator listener shows every account's jobs and queues: only the admins of the
         // operator account (the first one, created at bootstrap) may sign in.
@@ -234,18 +284,17 @@ impl OpsAuth {
             .await
             .map_err(|err| Refusal::Internal(err.into()))?;
         if admins.is_empty() {
-            verify_decoy(password).await.map_err(Refusal::internal)?;
-            return Ok(false);
+            if !blocked {
+                verify_decoy(password).await?;
+            }
+            return Ok(Verdict::Refused);
         }
         for admin in admins {
-            if verify_password(password.clone(), admin.password_hash)
-                .await
-                .map_err(Refusal::internal)?
-            {
-                return Ok(true);
+            if verify_password(password.clone(), admin.password_hash).await? {
+                return Ok(Verdict::Admin);
             }
         }
-        Ok(false)
+        Ok(Verdict::Refused)
     }
 }
 
@@ -270,12 +319,17 @@ impl Credentials {
 enum Refusal {
     Unauthorized,
     TooMany(Duration),
+    /// The process's password checks are all taken.
+    Busy,
     Internal(anyhow::Error),
 }
 
-impl Refusal {
-    fn internal(err: anyhow::Error) -> Self {
-        Self::Internal(err)
+impl From<PasswordError> for Refusal {
+    fn from(err: PasswordError) -> Self {
+        match err {
+            PasswordError::Busy => Self::Busy,
+            PasswordError::Failed(err) => Self::Internal(err),
+        }
     }
 }
 
@@ -293,6 +347,7 @@ impl IntoResponse for Refusal {
                 response
             }
             Self::TooMany(wait) => ApiError::TooManyRequests(wait.as_secs().max(1)).into_response(),
+            Self::Busy => ApiError::from(PasswordError::Busy).into_response(),
             Self::Internal(err) => ApiError::Internal(err).into_response(),
         }
     }
@@ -369,19 +424,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_client_is_blocked_after_its_failures_and_others_are_not() {
+    async fn a_budget_is_spent_in_advance_given_back_and_renewed() {
         let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
         let auth = OpsAuth::new(db);
-        let client: IpAddr = "10.0.0.1".parse().unwrap();
-        let other: IpAddr = "10.0.0.2".parse().unwrap();
-        for _ in 1..FAILURES {
-            auth.failed(client);
+        let client = Who::Address("10.0.0.1".parse().unwrap());
+        let other = Who::Address("10.0.0.2".parse().unwrap());
+        for _ in 0..FAILURES {
+            auth.reserve(client).unwrap();
         }
-        assert!(auth.blocked(client).is_none());
-        auth.failed(client);
-        let wait = auth.blocked(client).expect("blocked");
+        let wait = auth.reserve(client).expect_err("blocked");
         assert!(wait <= FAILURE_WINDOW);
-        assert!(auth.blocked(other).is_none());
+        auth.reserve(other)
+            .expect("another address has its own budget");
+        // A check that passed gives its count back.
+        auth.refund(client);
+        auth.reserve(client).expect("one count was given back");
+        assert!(auth.reserve(client).is_err());
         // The window ends.
         auth.0
             .failures
@@ -390,6 +448,6 @@ mod tests {
             .get_mut(&client)
             .unwrap()
             .since = Instant::now() - FAILURE_WINDOW;
-        assert!(auth.blocked(client).is_none());
+        auth.reserve(client).expect("a new window");
     }
 }

@@ -3,6 +3,7 @@
 //! Each test gets its own port, database and Redis key prefix (see `helpers`).
 
 mod helpers;
+mod process;
 mod sio;
 
 mod auth;
@@ -20,6 +21,7 @@ mod metrics;
 mod modes;
 mod notify;
 mod notify_rows;
+mod passwords;
 mod realtime;
 mod realtime_input;
 mod receivers;

@@ -1,0 +1,125 @@
+//! The `switchboard` binary as a child process, for what only a process of its own shows: its
+//! peak memory, its exit on a bad start, and its log. It binds port 0 and the test reads the
+//! addresses it logs. `SWITCHBOARD_TEST_BIN` runs another build of the binary instead (to see
+//! what an older one did).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use crate::helpers::{ADMIN_EMAIL, ADMIN_PASSWORD};
+
+/// How long a start or an exit may take.
+const START: Duration = Duration::from_secs(60);
+
+fn binary() -> PathBuf {
+    std::env::var_os("SWITCHBOARD_TEST_BIN")
+        .map_or_else(|| env!("CARGO_BIN_EXE_switchboard").into(), PathBuf::from)
+}
+
+/// An embedded server process on `data_dir`, logging to `log`, with `env` on top of the
+/// defaults (loopback on ports of its choice, the test admin, `RUST_LOG=info`).
+fn command(data_dir: &Path, log: &Path, env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(binary());
+    command.env_clear();
+    for key in ["PATH", "HOME", "TMPDIR"] {
+        if let Some(value) = std::env::var_os(key) {
+            command.env(key, value);
+        }
+    }
+    command
+        .envs([
+            ("SWITCHBOARD_BIND", "127.0.0.1:0"),
+            ("SWITCHBOARD_OPS_BIND", "127.0.0.1:0"),
+            ("SWITCHBOARD_ADMIN_EMAIL", ADMIN_EMAIL),
+            ("SWITCHBOARD_ADMIN_PASSWORD", ADMIN_PASSWORD),
+            ("RUST_LOG", "info"),
+            ("NO_COLOR", "1"),
+        ])
+        .env("SWITCHBOARD_DATA_DIR", data_dir)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("a log file"));
+    command
+}
+
+/// A running server process; killed when dropped.
+pub struct Server {
+    child: Child,
+    pub address: String,
+    pub ops_address: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The URL logged after `marker` (`… listening on http://127.0.0.1:1234`).
+fn logged_url(log: &str, marker: &str) -> Option<String> {
+    let rest = &log[log.find(marker)? + marker.len()..];
+    let url: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+    url.starts_with("http://").then_some(url)
+}
+
+impl Server {
+    /// Starts a server on a fresh data dir and waits until both its listeners are up.
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let data_dir = dir.path().join("data");
+        let log = dir.path().join("server.log");
+        let child = command(&data_dir, &log, env)
+            .spawn()
+            .expect("the server starts");
+        let mut server = Self {
+            child,
+            address: String::new(),
+            ops_address: String::new(),
+            log,
+            _dir: dir,
+        };
+        let deadline = tokio::time::Instant::now() + START;
+        loop {
+            let text = server.log();
+            if let (Some(api), Some(ops)) = (
+                logged_url(&text, "listening on "),
+                logged_url(&text, "operator listener (apalis board) on "),
+            ) {
+                server.address = api;
+                server.ops_address = ops;
+                return server;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("the server exited ({status}) while starting:\n{text}");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server did not start:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// What the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process's peak resident memory so far (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a VmHWM line")
+    }
+}
