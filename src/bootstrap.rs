@@ -1,7 +1,5 @@
 //! First start: the first account, its admin and its default group; and the token secret.
 
-use std::{io::Write, path::Path};
-
 use anyhow::{Context, bail};
 use chrono::Utc;
 use entity::{
@@ -110,12 +108,16 @@ pub async fn create_account(
     Ok((account, admin))
 }
 
-/// The token signing secret: configured, or (embedded only) generated once and kept in the data dir.
+/// Fewest bytes a token signing secret may have: an HS256 key much shorter than the hash can be
+/// guessed, and an empty one lets anyone sign tokens.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The token signing secret: configured, or (embedded only) generated once and kept in the data
+/// dir. A secret shorter than [`MIN_SECRET_BYTES`] (blanks at its ends not counted) refuses the
+/// start, wherever it comes from.
 pub fn jwt_secret(settings: &Settings) -> anyhow::Result<String> {
     if let Some(secret) = &settings.jwt_secret {
-        if secret.len() < 32 {
-            bail!("SWITCHBOARD_JWT_SECRET must be at least 32 characters");
-        }
+        long_enough(secret, "SWITCHBOARD_JWT_SECRET")?;
         return Ok(secret.clone());
     }
     if settings.is_distributed() {
@@ -128,23 +130,24 @@ pub fn jwt_secret(settings: &Settings) -> anyhow::Result<String> {
     if path.exists() {
         let secret = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        return Ok(secret.trim().to_owned());
+        let secret = secret.trim();
+        long_enough(secret, &path.display().to_string())?;
+        return Ok(secret.to_owned());
     }
     let secret = Alphanumeric.sample_string(&mut rand::rng(), 64);
-    write_private(&path, &secret)?;
+    crate::files::write_private(&path, secret.as_bytes())?;
     Ok(secret)
 }
 
-/// Writes a file only its owner can read.
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(contents.as_bytes())?;
+fn long_enough(secret: &str, source: &str) -> anyhow::Result<()> {
+    let length = secret.trim().len();
+    if length < MIN_SECRET_BYTES {
+        bail!(
+            "the token secret in {source} is {length} bytes long; it must be at least \
+             {MIN_SECRET_BYTES} (a short or empty key lets anyone forge tokens). Set \
+             SWITCHBOARD_JWT_SECRET to at least {MIN_SECRET_BYTES} random characters, or (embedded) \
+             delete the file so that a new secret is generated (every agent signs in again)"
+        );
+    }
     Ok(())
 }

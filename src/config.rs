@@ -55,6 +55,17 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX", default_value = "switchboard")]
     pub redis_prefix: String,
 
+    /// How hard the embedded SQLite application database makes each commit durable: `full`
+    /// (every commit is on disk before it is acknowledged) or `normal` (in WAL mode, the last
+    /// commits before a power failure or an OS crash can be lost; a process crash loses nothing).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_SQLITE_SYNCHRONOUS",
+        value_enum,
+        default_value_t = SqliteSynchronous::Full
+    )]
+    pub sqlite_synchronous: SqliteSynchronous,
+
     /// Secret signing agent tokens (at least 32 characters). Embedded: generated once and kept in
     /// the data dir. Required with PostgreSQL, where every node must share it.
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
@@ -173,6 +184,26 @@ pub struct Settings {
     /// Webhook and e-mail delivery settings.
     #[command(flatten)]
     pub notify: NotifySettings,
+}
+
+/// SQLite's `synchronous` pragma for the application database (see the README's "Durability").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SqliteSynchronous {
+    /// Every commit reaches the disk before it is acknowledged.
+    Full,
+    /// WAL commits are flushed at checkpoints only: faster, and a power failure can lose the last
+    /// acknowledged writes.
+    Normal,
+}
+
+impl SqliteSynchronous {
+    /// The pragma's value.
+    pub fn pragma(self) -> sea_orm::sqlx::sqlite::SqliteSynchronous {
+        match self {
+            Self::Full => sea_orm::sqlx::sqlite::SqliteSynchronous::Full,
+            Self::Normal => sea_orm::sqlx::sqlite::SqliteSynchronous::Normal,
+        }
+    }
 }
 
 impl Settings {

@@ -16,17 +16,17 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<DatabaseConnection> 
             options
         }
         None => {
-            std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-                format!("creating the data dir {}", settings.data_dir.display())
-            })?;
+            crate::files::private_dir(&settings.data_dir)?;
             let path = settings.data_dir.join("switchboard.db");
+            crate::files::private_database(&path)?;
             let mut options = ConnectOptions::new(format!("sqlite://{}?mode=rwc", path.display()));
             // One connection: SQLite has a single writer, and writers that collide sleep in its
             // busy handler for up to 100 ms at a time. Queueing them in the pool instead took
             // the embedded load test from 136 to 200 chats/s and its p99 from 9 s to 0.2 s.
-            options.max_connections(1).map_sqlx_sqlite_opts(|o| {
+            let synchronous = settings.sqlite_synchronous;
+            options.max_connections(1).map_sqlx_sqlite_opts(move |o| {
                 o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
-                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                    .synchronous(synchronous.pragma())
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true)
             });

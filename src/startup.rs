@@ -67,8 +67,10 @@ impl Application {
         let jobs = match &settings.redis_url {
             Some(url) => JobStore::open_redis(url, &settings.redis_prefix).await,
             None => {
-                std::fs::create_dir_all(&settings.data_dir)?;
-                JobStore::open_sqlite(&settings.data_dir.join("jobs.db")).await
+                crate::files::private_dir(&settings.data_dir)?;
+                let path = settings.data_dir.join("jobs.db");
+                crate::files::private_database(&path)?;
+                JobStore::open_sqlite(&path).await
             }
         }?;
         let secret = bootstrap::jwt_secret(&settings)?;

@@ -167,6 +167,7 @@ impl Storage {
             database_url: self.database_url.clone(),
             redis_url: self.redis_url.clone(),
             redis_prefix: self.redis_prefix.clone(),
+            sqlite_synchronous: switchboard::config::SqliteSynchronous::Full,
             jwt_secret: self.database_url.as_ref().map(|_| JWT_SECRET.to_owned()),
             jwt_ttl_seconds: 3600,
             admin_email: ADMIN_EMAIL.into(),

@@ -5,7 +5,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     time::Duration,
 };
 
@@ -105,6 +105,31 @@ impl Server {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Runs a server on `data_dir` (prepared by the test) that must exit while starting; returns
+    /// its exit status and log.
+    pub async fn fails_to_start(data_dir: &Path, env: &[(&str, &str)]) -> (ExitStatus, String) {
+        let log = data_dir.with_extension("log");
+        let mut child = command(data_dir, &log, env)
+            .spawn()
+            .expect("the server starts");
+        let deadline = tokio::time::Instant::now() + START;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("the child's status") {
+                break status;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the server kept running:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        (status, std::fs::read_to_string(&log).unwrap_or_default())
     }
 
     /// What the server logged so far.
