@@ -169,6 +169,16 @@ pub struct Settings {
     )]
     pub socket_handshakes_per_minute: u32,
 
+    /// Sockets one visitor session may hold open on one node (tabs of the widget); the next
+    /// handshake is refused.
+    #[arg(long, env = "SWITCHBOARD_SOCKETS_PER_VISITOR", default_value_t = 5)]
+    pub sockets_per_visitor: usize,
+
+    /// Sockets one agent may hold open on one node (tabs and devices); the next handshake is
+    /// refused.
+    #[arg(long, env = "SWITCHBOARD_SOCKETS_PER_AGENT", default_value_t = 20)]
+    pub sockets_per_agent: usize,
+
     /// SMTP server for e-mail (`smtp://user:pass@host:587`); unset: e-mail off.
     #[arg(long, env = "SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<String>,

@@ -112,6 +112,9 @@ impl Application {
         );
         let activity = jobs::activity::Activity::start(db.clone());
         let messages = jobs::messages::Messages::start(db.clone(), outbox.clone());
+        let visitor_messages = http::rate_limit::VisitorMessages::new(
+            settings.widget_rate_per_minute.saturating_mul(10),
+        );
         Ok(Self {
             state: AppState {
                 db,
@@ -125,6 +128,8 @@ impl Application {
                 push: realtime.push.clone(),
                 channels,
                 batches,
+                visitor_messages,
+                socket_slots: crate::realtime::Slots::default(),
             },
             realtime,
             listener,

@@ -32,6 +32,10 @@ pub struct AppState {
     pub channels: jobs::channels::Channels,
     /// Group commit of the lifecycle's hot paths (shared with this process's jobs).
     pub batches: jobs::batch::Batches,
+    /// Visitors' message budgets, shared by REST and sockets.
+    pub visitor_messages: crate::http::rate_limit::VisitorMessages,
+    /// This node's sockets per visitor session and per agent.
+    pub socket_slots: crate::realtime::Slots,
 }
 
 impl AppState {

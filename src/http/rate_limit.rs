@@ -138,6 +138,36 @@ pub async fn limit_handshakes(
     next.run(request).await
 }
 
+/// What visitors' messages draw from, over REST and sockets alike: one budget per visitor
+/// session and one per client, so neither more sockets nor more sessions buy more messages.
+#[derive(Clone)]
+pub struct VisitorMessages {
+    by_session: PerMinute<i64>,
+    by_client: PerMinute<IpAddr>,
+}
+
+impl VisitorMessages {
+    /// `per_minute` messages per visitor session and per client.
+    pub fn new(per_minute: u32) -> Self {
+        Self {
+            by_session: PerMinute::new(per_minute),
+            by_client: PerMinute::new(per_minute),
+        }
+    }
+
+    /// Takes one message from visitor `visitor_id`'s budget and from `client`'s.
+    pub fn take(&self, visitor_id: i64, client: IpAddr) -> Result<(), ApiError> {
+        self.by_session.take(&visitor_id)?;
+        self.by_client.take(&client_key(client))
+    }
+}
+
+impl std::fmt::Debug for VisitorMessages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VisitorMessages")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +185,25 @@ mod tests {
         assert_eq!(key("192.0.2.7").to_string(), "192.0.2.7");
         assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
         assert_eq!(key("::ffff:192.0.2.7"), key("192.0.2.7"));
+    }
+
+    #[tokio::test]
+    async fn addresses_of_one_64_share_a_budget() {
+        let budget = VisitorMessages::new(2);
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        // Three sessions, each on a different address of one /64.
+        budget.take(1, ip("2001:db8::1")).unwrap();
+        budget.take(2, ip("2001:db8::2")).unwrap();
+        let refused = budget.take(3, ip("2001:db8::3:4:5")).unwrap_err();
+        assert!(
+            matches!(refused, ApiError::TooManyRequests(_)),
+            "{refused:?}"
+        );
+        // Another /64 has its own.
+        budget.take(4, ip("2001:db8:0:1::1")).unwrap();
+        // And one session cannot exceed its own budget from fresh addresses.
+        budget.take(5, ip("192.0.2.1")).unwrap();
+        budget.take(5, ip("192.0.2.2")).unwrap();
+        assert!(budget.take(5, ip("192.0.2.3")).is_err());
     }
 }

@@ -50,10 +50,8 @@ pub fn router(state: &AppState) -> Router<AppState> {
             post(create_session).layer(rate_limit::per_client(per_minute)),
         )
         .route("/widget/conversation", get(show))
-        .route(
-            "/widget/messages",
-            post(send_message).layer(rate_limit::per_client(per_minute.saturating_mul(10))),
-        )
+        // Budgeted per visitor session and per client inside, shared with `message:send`.
+        .route("/widget/messages", post(send_message))
         .route("/widget/conversation/end", post(end))
         .route(
             "/widget/contact",
@@ -289,21 +287,25 @@ pub(crate) struct NewMessage {
 
 async fn send_message(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     visitor: CurrentVisitor,
     Json(body): Json<NewMessage>,
 ) -> Result<(StatusCode, Json<EventView>), ApiError> {
-    created(send_as_visitor(&state, &visitor.visitor, body, None).await?)
+    created(send_as_visitor(&state, &visitor.visitor, peer.ip(), body, None).await?)
 }
 
-/// Stores the visitor's message and pushes it to both sides (REST and `message:send`).
+/// Stores the visitor's message and pushes it to both sides (REST and `message:send`), within
+/// the budgets of the visitor's session and of its `client` address (shared by both paths).
 /// `known` is the visitor's own conversation when the caller already knows it (a socket learns
 /// it at its handshake), which saves looking it up.
 pub(crate) async fn send_as_visitor(
     state: &AppState,
     visitor: &visitors::Model,
+    client: std::net::IpAddr,
     body: NewMessage,
     known: Option<i64>,
 ) -> Result<(EventView, bool), ApiError> {
+    state.visitor_messages.take(visitor.id, client)?;
     let (conversation_id, holder) = match (body.conversation_id, known) {
         (None, Some(id)) => (id, None),
         (Some(asked), Some(id)) if asked == id => (id, None),

@@ -28,7 +28,9 @@ use socketioxide_core::adapter::DefinedAdapter;
 
 use super::{
     AGENTS, VISITORS, room,
-    session::{Limiter, Nothing, Refused, Session, auth_field, limiter, on, on_unknown},
+    session::{
+        Limiter, Nothing, Refused, Session, auth_field, limiter, occupy, on, on_unknown, vacate,
+    },
 };
 use crate::{
     auth::{CurrentAgent, rank},
@@ -112,6 +114,13 @@ async fn handshake<A: Adapter>(
     let agent_id = crate::auth::TokenKeys::agent_id(&claims)?;
     let caller = CurrentAgent::reload(&state.db, agent_id, claims.acc, claims.ver).await?;
     let agent = &caller.agent;
+    occupy(
+        state,
+        socket,
+        AGENTS,
+        agent.id,
+        state.settings.sockets_per_agent,
+    )?;
     let db_err = |err| Refused::from(ApiError::from(err));
     let rooms = rooms_of(&state.db, agent).await.map_err(db_err)?;
     socket.join(rooms);
@@ -466,6 +475,7 @@ fn attach<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
     on_unknown::<A, AgentSession>(socket);
     let state = state.clone();
     socket.on_disconnect(move |socket: SocketRef<A>| async move {
+        vacate(&socket);
         if let Some(session) = socket.extensions.get::<AgentSession>() {
             dropped(&state, socket.id.to_string(), session.agent_id);
         }

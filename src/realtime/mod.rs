@@ -28,6 +28,7 @@ use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr
 
 use crate::state::AppState;
 pub use redis_link::Link;
+pub use session::Slots;
 
 /// The Redis adapter on our own self-healing driver (see `redis_link`).
 type RedisAdapter<E> = CustomRedisAdapter<E, Link>;
@@ -90,6 +91,69 @@ impl std::fmt::Debug for Push {
     }
 }
 
+/// A failed send that may have left sockets without a push.
+pub(crate) trait Undelivered: std::fmt::Display {
+    /// Sockets whose queue was full (`InternalChannelFull`): the push is lost for them.
+    fn full(&self) -> usize;
+}
+
+impl Undelivered for socketioxide::BroadcastError {
+    fn full(&self) -> usize {
+        match self {
+            Self::Socket(errors) => errors
+                .iter()
+                .filter(|err| matches!(err, socketioxide::SocketError::InternalChannelFull))
+                .count(),
+            _ => 0,
+        }
+    }
+}
+
+impl Undelivered for socketioxide::SendError {
+    fn full(&self) -> usize {
+        usize::from(matches!(
+            self,
+            Self::Socket(socketioxide::SocketError::InternalChannelFull)
+        ))
+    }
+}
+
+/// Counts the pushes `result` could not queue because a socket's queue was full (a slow or stuck
+/// client, or a burst larger than its buffer): `switchboard_socket_pushes_dropped_total
+/// {namespace}`, and a warning (at most one a second per process, with the count since the last).
+/// Returns the error as text for the caller's own log.
+pub(crate) fn checked<E: Undelivered>(
+    ns: &str,
+    event: &str,
+    result: Result<(), E>,
+) -> Result<(), String> {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static UNREPORTED: AtomicU64 = AtomicU64::new(0);
+    static LAST_REPORT: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let Err(err) = result else { return Ok(()) };
+    let full = err.full() as u64;
+    if full > 0 {
+        let namespace = if ns == VISITORS { VISITORS } else { AGENTS };
+        metrics::counter!("switchboard_socket_pushes_dropped_total", "namespace" => namespace)
+            .increment(full);
+        UNREPORTED.fetch_add(full, Relaxed);
+        let mut last = LAST_REPORT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(std::time::Instant::now());
+            let dropped = UNREPORTED.swap(0, Relaxed);
+            tracing::warn!(
+                namespace = ns,
+                event,
+                dropped,
+                "pushes dropped: sockets' queues were full (slow clients, or a burst); they catch up with `sync`"
+            );
+        }
+    }
+    Err(err.to_string())
+}
+
 /// Runs `$body` with `$io` bound to whichever `SocketIo` this is; `$otherwise` for the rest.
 macro_rules! with_io {
     ($push:expr, $io:ident => $body:expr, $emitter:pat => $otherwise:expr) => {
@@ -111,7 +175,7 @@ impl Push {
         data: &impl Serialize,
     ) {
         let result = with_io!(self, io => match io.of(ns) {
-            Some(ops) => ops.to(rooms).emit(event, data).await.map_err(|e| e.to_string()),
+            Some(ops) => checked(ns, event, ops.to(rooms).emit(event, data).await),
             None => Ok(()),
         }, other => match other {
             Self::Emitter { driver, prefix } => socketioxide_emitter::IoEmitter::new()
@@ -216,7 +280,7 @@ impl Push {
         data: &impl Serialize,
     ) {
         let result = with_io!(self, io => match io.of(ns) {
-            Some(ops) => ops.local().to(room).emit(event, data).await.map_err(|e| e.to_string()),
+            Some(ops) => checked(ns, event, ops.local().to(room).emit(event, data).await),
             None => Ok(()),
         }, _ => Ok(()));
         if let Err(err) = result {
@@ -227,7 +291,7 @@ impl Push {
     /// Emits `event` to every socket of `ns` on this node.
     pub async fn emit_local_all(&self, ns: &'static str, event: &str, data: &impl Serialize) {
         let result = with_io!(self, io => match io.of(ns) {
-            Some(ops) => ops.local().emit(event, data).await.map_err(|e| e.to_string()),
+            Some(ops) => checked(ns, event, ops.local().emit(event, data).await),
             None => Ok(()),
         }, _ => Ok(()));
         if let Err(err) = result {

@@ -52,6 +52,7 @@ pub fn parse<B: DeserializeOwned>(data: Result<Value, ParserError>) -> Result<B,
 
 /// The acknowledgement: `{ok: true, data}` or `{ok: false, error: {code, message}}`.
 pub fn answer<A: Adapter, T: Serialize>(
+    ns: &str,
     event: &str,
     ack: AckSender<A>,
     result: Result<T, ApiError>,
@@ -65,7 +66,7 @@ pub fn answer<A: Adapter, T: Serialize>(
             json!({ "ok": false, "error": err.payload() })
         }
     };
-    if let Err(err) = ack.send(&body) {
+    if let Err(err) = super::checked(ns, event, ack.send(&body)) {
         tracing::debug!(event, %err, "acknowledgement not sent");
     }
 }
@@ -95,7 +96,7 @@ where
                     Err(err) => Err(err),
                 };
                 let revoked = matches!(result, Err(ApiError::Unauthorized(_)));
-                answer(event, ack, result);
+                answer(socket.ns(), event, ack, result);
                 if revoked {
                     // The agent was deleted or its tokens revoked since the handshake.
                     let _ = socket.disconnect();
@@ -124,7 +125,7 @@ pub fn on_unknown<A: Adapter, S: Session>(socket: &SocketRef<A>) {
         |socket: SocketRef<A>, Event(event): Event, ack: AckSender<A>| async move {
             let result: Result<(), ApiError> = admit::<A, S>(&socket)
                 .and_then(|_| Err(ApiError::BadRequest(format!("unknown event `{event}`"))));
-            answer(&event, ack, result);
+            answer(socket.ns(), &event, ack, result);
         },
     );
 }
@@ -159,4 +160,108 @@ pub fn auth_field(auth: Result<Value, ParserError>, key: &str) -> Option<String>
         .as_str()
         .filter(|value| !value.is_empty() && value.len() <= 4096)
         .map(str::to_owned)
+}
+
+/// This node's sockets per owner (a visitor session or an agent), each owner with a cap: every
+/// socket is a task, buffers and a share of every push to its rooms.
+#[derive(Clone, Default)]
+pub struct Slots(Arc<std::sync::Mutex<std::collections::HashMap<Owner, usize>>>);
+
+/// Whose sockets are counted: a namespace and the visitor's or agent's id.
+type Owner = (&'static str, i64);
+
+/// One socket's place among its owner's; given back when the last clone is dropped (with the
+/// socket's extensions, or at its disconnect).
+#[derive(Clone)]
+pub struct Slot {
+    _held: Arc<Held>,
+}
+
+struct Held {
+    slots: Slots,
+    owner: Owner,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut counts = self
+            .slots
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.owner) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.owner);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Slots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Slots")
+    }
+}
+
+impl Slots {
+    /// A place for one more socket of `id` in `ns`, unless it already has `cap` on this node.
+    pub fn take(&self, ns: &'static str, id: i64, cap: usize) -> Result<Slot, Refused> {
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = counts.entry((ns, id)).or_default();
+        if *count >= cap.max(1) {
+            return Err(Refused(format!(
+                "too many sockets: at most {} per {} on this server; close another tab first",
+                cap.max(1),
+                if ns == super::AGENTS {
+                    "agent"
+                } else {
+                    "visitor session"
+                }
+            )));
+        }
+        *count += 1;
+        Ok(Slot {
+            _held: Arc::new(Held {
+                slots: self.clone(),
+                owner: (ns, id),
+            }),
+        })
+    }
+}
+
+/// Takes a place for `socket` among the sockets of `id` in `ns` (refused past `cap`); it is given
+/// back when the socket disconnects.
+pub fn occupy<A: Adapter>(
+    state: &crate::state::AppState,
+    socket: &SocketRef<A>,
+    ns: &'static str,
+    id: i64,
+    cap: usize,
+) -> Result<(), Refused> {
+    let slot = state.socket_slots.take(ns, id, cap)?;
+    socket.extensions.insert(slot);
+    Ok(())
+}
+
+/// Gives back the place of a socket that disconnected (see [`occupy`]).
+pub fn vacate<A: Adapter>(socket: &SocketRef<A>) {
+    socket.extensions.remove::<Slot>();
+}
+
+/// The client's address as the HTTP request that opened the socket carried it.
+pub fn client_address<A: Adapter>(socket: &SocketRef<A>) -> std::net::IpAddr {
+    socket
+        .req_parts()
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(
+            // Every listener serves with connect info; without it all such sockets share one
+            // budget, the strict failure.
+            std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            |info| info.0.ip(),
+        )
 }

@@ -17,7 +17,10 @@ use socketioxide_core::adapter::DefinedAdapter;
 
 use super::{
     AGENTS, VISITORS, room,
-    session::{Limiter, Nothing, Refused, Session, auth_field, limiter, on, on_unknown},
+    session::{
+        Limiter, Nothing, Refused, Session, auth_field, client_address, limiter, occupy, on,
+        on_unknown, vacate,
+    },
 };
 use crate::{
     auth::visitor::CurrentVisitor,
@@ -34,6 +37,8 @@ struct VisitorSession {
     visitor: visitors::Model,
     /// The visitor's conversation when it connected (a visitor has one; reopening keeps it).
     conversation_id: i64,
+    /// The client's address: its messages draw from that address's budget too.
+    client: std::net::IpAddr,
     limiter: Limiter,
 }
 
@@ -73,6 +78,13 @@ async fn handshake<A: Adapter>(
         Refused("missing auth.sessionToken (from POST /v1/widget/session)".into())
     })?;
     let current = CurrentVisitor::from_token(&state.db, &token).await?;
+    occupy(
+        state,
+        socket,
+        VISITORS,
+        current.visitor.id,
+        state.settings.sockets_per_visitor,
+    )?;
     current.seen(&state.db).await;
     let visitor = current.visitor;
     let conversation = current_conversation(&state.db, &visitor, None).await?;
@@ -83,6 +95,7 @@ async fn handshake<A: Adapter>(
     socket.extensions.insert(VisitorSession {
         visitor,
         conversation_id: conversation.id,
+        client: client_address(socket),
         limiter: limiter(state.settings.socket_events_per_second),
     });
     Ok(())
@@ -159,7 +172,10 @@ async fn tell_place<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
     };
     match place {
         Ok(Some(place)) => {
-            let _ = socket.emit("queue:position", &place);
+            let sent = socket.emit("queue:position", &place);
+            if let Err(err) = super::checked(VISITORS, "queue:position", sent) {
+                tracing::debug!(%err, "queue position not sent");
+            }
         }
         Ok(None) => {}
         Err(err) => tracing::warn!(%err, "could not tell a visitor its place"),
@@ -175,9 +191,12 @@ fn attach<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
             let state = st.clone();
             async move {
                 let known = Some(session.conversation_id);
-                Ok(send_as_visitor(&state, &session.visitor, body, known)
-                    .await?
-                    .0)
+                let client = session.client;
+                Ok(
+                    send_as_visitor(&state, &session.visitor, client, body, known)
+                        .await?
+                        .0,
+                )
             }
         },
     );
@@ -266,4 +285,5 @@ fn attach<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
         },
     );
     on_unknown::<A, VisitorSession>(socket);
+    socket.on_disconnect(|socket: SocketRef<A>| async move { vacate(&socket) });
 }

@@ -184,6 +184,8 @@ impl Storage {
             presence_grace_seconds: 30,
             socket_events_per_second: 200,
             socket_handshakes_per_minute: 100_000,
+            sockets_per_visitor: 5,
+            sockets_per_agent: 20,
             smtp_url: None,
             webhook_allow_private: true,
             notify: Default::default(),

@@ -29,5 +29,6 @@ mod receivers;
 mod recovery;
 mod resources;
 mod scheduler;
+mod socket_limits;
 mod stats;
 mod webhooks;

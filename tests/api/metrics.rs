@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::{both_backends, helpers::*, realtime::agent_socket};
 
 /// Scrapes `/metrics` as the first admin.
-async fn scrape(app: &TestApp) -> String {
+pub(crate) async fn scrape(app: &TestApp) -> String {
     let reply = app
         .client
         .get(format!("{}/metrics", app.ops_address))
@@ -28,7 +28,7 @@ async fn scrape(app: &TestApp) -> String {
 }
 
 /// The value of the sample `name` whose labels include every one of `labels`.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines().find_map(|line| {
         let rest = line.strip_prefix(name)?;
         let (labelled, value) = match rest.strip_prefix('{') {
