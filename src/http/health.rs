@@ -1,8 +1,15 @@
 //! `GET /health` (liveness: the process answers) and `GET /health/ready` (readiness: each
 //! dependency's status and latency — database, job storage, Redis and SMTP when configured; 503
 //! when one fails).
+//!
+//! `/health/ready` is public: its answer is kept for [`READY_FOR`], and concurrent calls wait for
+//! the one check in progress, so a flood of calls costs one round of checks (one Redis
+//! connection, one SMTP check) a second.
 
-use std::time::Instant;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use serde::Serialize;
@@ -11,13 +18,33 @@ use serde_json::{Map, Value, json};
 use super::extract::Json;
 use crate::state::AppState;
 
+/// How long a readiness answer is reused.
+pub const READY_FOR: Duration = Duration::from_secs(1);
+
+/// The last readiness answer and when it was made; the lock is held while checking.
+type LastReady = Arc<tokio::sync::Mutex<Option<(Instant, StatusCode, Health)>>>;
+
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(alive))
-        .route("/health/ready", get(ready))
+    let last = LastReady::default();
+    Router::new().route("/health", get(alive)).route(
+        "/health/ready",
+        get(move |State(state): State<AppState>| async move {
+            let mut last = last.lock().await;
+            match &*last {
+                Some((at, status, health)) if at.elapsed() < READY_FOR => {
+                    (*status, Json(health.clone()))
+                }
+                _ => {
+                    let (status, health) = ready(&state).await;
+                    *last = Some((Instant::now(), status, health.clone()));
+                    (status, Json(health))
+                }
+            }
+        }),
+    )
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct Health {
     status: &'static str,
     checks: Map<String, Value>,
@@ -52,7 +79,7 @@ async fn alive() -> Json<Value> {
     Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
 }
 
-async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+async fn ready(state: &AppState) -> (StatusCode, Health) {
     let mut checks = Map::new();
     let mut healthy = check(&mut checks, "database", state.db.ping()).await;
     healthy &= check(&mut checks, "jobStorage", state.jobs.ping()).await;
@@ -75,7 +102,7 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
         status: if healthy { "ok" } else { "unavailable" },
         checks,
     };
-    (status, Json(health))
+    (status, health)
 }
 
 /// A fresh connection and a `PING`: what the Socket.IO adapter and the job storage depend on.

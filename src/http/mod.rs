@@ -8,7 +8,7 @@ mod auth;
 pub(crate) mod conversations;
 mod extract;
 mod groups;
-mod health;
+pub mod health;
 pub mod rate_limit;
 mod resource;
 pub(crate) mod stats;

@@ -1,4 +1,11 @@
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use futures::future::join_all;
 use reqwest::{Method, StatusCode};
+use switchboard::config::Command;
 
 use crate::{both_backends, helpers::*};
 
@@ -54,4 +61,60 @@ async fn unknown_routes_and_methods_answer_json_errors() {
         .await;
     assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(reply.code(), "method_not_allowed");
+}
+
+/// Forwards connections from a port of its own to the Redis at `url`, counting them.
+async fn counting_proxy(url: &str) -> (String, Arc<AtomicUsize>) {
+    let parsed = url::Url::parse(url).unwrap();
+    let target = format!(
+        "{}:{}",
+        parsed.host_str().unwrap(),
+        parsed.port().unwrap_or(6379)
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut proxied = parsed.clone();
+    proxied
+        .set_port(Some(listener.local_addr().unwrap().port()))
+        .unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (proxied.to_string(), count)
+}
+
+/// `/health/ready` is public: a burst of calls costs one round of checks (Redis connections
+/// counted by a proxy in front of the real Redis), not one per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_readiness_calls_runs_one_check() {
+    let storage = Storage::new(Backend::Distributed).await;
+    let (proxied, connections) = counting_proxy(storage.redis_url.as_deref().unwrap()).await;
+    let app = spawn_with(storage, Command::All, |settings| {
+        settings.redis_url = Some(proxied);
+    })
+    .await;
+    let first = app.request(Method::GET, "/health/ready", None, None).await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    assert_eq!(first.body["checks"]["redis"]["status"], "ok");
+    // Past the first answer's life, so the burst starts with a fresh check.
+    tokio::time::sleep(switchboard::http::health::READY_FOR).await;
+    let before = connections.load(Ordering::SeqCst);
+    let replies =
+        join_all((0..50).map(|_| app.request(Method::GET, "/health/ready", None, None))).await;
+    let opened = connections.load(Ordering::SeqCst) - before;
+    for reply in replies {
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        assert_eq!(reply.body["checks"]["redis"]["status"], "ok");
+    }
+    eprintln!("50 readiness calls opened {opened} Redis connection(s)");
+    assert!(opened <= 2, "{opened} Redis connections for 50 calls");
 }
