@@ -179,6 +179,11 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_SOCKETS_PER_AGENT", default_value_t = 20)]
     pub sockets_per_agent: usize,
 
+    /// Let the Socket.IO libraries' debug and trace logs through (`RUST_LOG=socketioxide=debug`
+    /// alone is not enough): they carry agents' tokens and visitors' session tokens.
+    #[arg(long, env = "SWITCHBOARD_LOG_SOCKET_PAYLOADS", default_value_t = false)]
+    pub log_socket_payloads: bool,
+
     /// SMTP server for e-mail (`smtp://user:pass@host:587`); unset: e-mail off.
     #[arg(long, env = "SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<String>,

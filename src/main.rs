@@ -14,7 +14,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init("info");
+    telemetry::init("info", cli.settings.log_socket_payloads);
     switchboard::install_crypto_provider();
     let command = cli.command.unwrap_or(Command::All);
     if command == Command::Migrate {

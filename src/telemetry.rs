@@ -1,14 +1,63 @@
 //! Logging, set up once per process.
+//!
+//! The Socket.IO libraries (targets `socketioxide*` and `engineioxide*`) write handshake `auth`
+//! objects and packets at debug and trace level: agents' tokens and visitors' session tokens.
+//! Their events above info are therefore dropped whatever `RUST_LOG` says, unless
+//! `SWITCHBOARD_LOG_SOCKET_PAYLOADS` asks for them (debugging on a machine of one's own).
 
-use tracing_subscriber::{EnvFilter, fmt};
+use tracing::Level;
+use tracing_subscriber::{
+    EnvFilter, Layer,
+    filter::{FilterExt, filter_fn},
+    fmt,
+    layer::SubscriberExt,
+    util::SubscriberInitExt,
+};
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init(default_filter: &str) {
+/// Whether an event of `target` at `level` may be written: the Socket.IO libraries' debug and
+/// trace events carry credentials, and only `socket_payloads` lets them through.
+pub fn allowed(target: &str, level: &Level, socket_payloads: bool) -> bool {
+    socket_payloads
+        || *level <= Level::INFO
+        || !(target.starts_with("socketioxide") || target.starts_with("engineioxide"))
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `default_filter`); see the module for what
+/// `socket_payloads` allows.
+pub fn init(default_filter: &str, socket_payloads: bool) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    // A second call (tests) keeps the first subscriber.
-    let _ = fmt()
-        .with_env_filter(filter)
+    let credentials = filter_fn(move |meta| allowed(meta.target(), meta.level(), socket_payloads));
+    let layer = fmt::layer()
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_filter(filter.and(credentials));
+    // A second call (tests) keeps the first subscriber.
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+    if socket_payloads {
+        tracing::warn!(
+            "SWITCHBOARD_LOG_SOCKET_PAYLOADS is on: the Socket.IO libraries' debug log carries tokens"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_libraries_log_info_and_above_unless_asked() {
+        for target in [
+            "socketioxide::client",
+            "engineioxide::socket",
+            "socketioxide_redis",
+        ] {
+            assert!(!allowed(target, &Level::DEBUG, false), "{target}");
+            assert!(!allowed(target, &Level::TRACE, false), "{target}");
+            assert!(allowed(target, &Level::INFO, false), "{target}");
+            assert!(allowed(target, &Level::WARN, false), "{target}");
+            assert!(allowed(target, &Level::DEBUG, true), "{target}");
+        }
+        assert!(allowed("switchboard::realtime", &Level::DEBUG, false));
+        assert!(allowed("tower_http::trace", &Level::TRACE, false));
+    }
 }

@@ -186,6 +186,7 @@ impl Storage {
             socket_handshakes_per_minute: 100_000,
             sockets_per_visitor: 5,
             sockets_per_agent: 20,
+            log_socket_payloads: false,
             smtp_url: None,
             webhook_allow_private: true,
             notify: Default::default(),
@@ -239,7 +240,7 @@ pub async fn spawn_with(
 ) -> TestApp {
     switchboard::install_crypto_provider();
     if std::env::var("TEST_LOG").is_ok() {
-        switchboard::telemetry::init("info");
+        switchboard::telemetry::init("info", false);
     }
     let mut settings = storage.settings();
     tweak(&mut settings);

@@ -18,6 +18,7 @@ mod jobs;
 mod js_client;
 mod lifecycle;
 mod lifecycle_input;
+mod logging;
 mod metrics;
 mod modes;
 mod notify;

@@ -147,4 +147,11 @@ impl Server {
             .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("a VmHWM line")
     }
+
+    /// Kills the server (nothing of its shutdown is tested here) and returns its log.
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log()
+    }
 }
