@@ -12,26 +12,14 @@ async fn socket_credentials_stay_out_of_the_log() {
     const DEBUG: (&str, &str) = ("RUST_LOG", "info,socketioxide=debug,engineioxide=debug");
     async fn credentials_logged(env: &[(&str, &str)]) -> (bool, bool) {
         let server = Server::start(env).await;
-        let client = reqwest::Client::new();
-        let login: serde_json::Value = client
-            .post(format!("{}/v1/auth/login", server.address))
-            .json(&json!({ "email": ADMIN_EMAIL, "password": ADMIN_PASSWORD }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let login = server
+            .post(
+                "/v1/auth/login",
+                json!({ "email": ADMIN_EMAIL, "password": ADMIN_PASSWORD }),
+            )
+            .await;
         let token = login["token"].as_str().expect("a token").to_owned();
-        let session: serde_json::Value = client
-            .post(format!("{}/v1/widget/session", server.address))
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let session = server.post("/v1/widget/session", json!({})).await;
         let session_token = session["sessionToken"]
             .as_str()
             .expect("a session")

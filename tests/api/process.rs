@@ -132,6 +132,19 @@ impl Server {
         (status, std::fs::read_to_string(&log).unwrap_or_default())
     }
 
+    /// Posts `body` to `path` on the HTTP listener; returns the JSON answer.
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        reqwest::Client::new()
+            .post(format!("{}{path}", self.address))
+            .json(&body)
+            .send()
+            .await
+            .expect("the server answers")
+            .json()
+            .await
+            .expect("a JSON answer")
+    }
+
     /// What the server logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
