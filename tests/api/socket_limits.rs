@@ -43,6 +43,8 @@ async fn sockets_of_one_visitor_share_one_message_budget_with_rest() {
             .expect("a visitor socket"),
         );
     }
+    // The budget starts full (20) and earns one every 3 s.
+    let started = std::time::Instant::now();
     let acks = join_all(
         sockets
             .iter()
@@ -70,26 +72,32 @@ async fn sockets_of_one_visitor_share_one_message_budget_with_rest() {
         .filter(|ack| ack["error"]["code"] == "rate_limited")
         .count();
     assert_eq!(accepted + limited, SOCKETS * EACH, "{acks:?}");
-    // 20 a minute in bursts of 20: one more may have been earned while the test ran.
+    // REST draws from the same budget: it is spent.
+    let mut rest_accepted = 0;
+    let mut rest_limited = 0;
+    for _ in 0..3 {
+        let rest = app
+            .request(
+                Method::POST,
+                "/v1/widget/messages",
+                Some(&session_token),
+                Some(json!({ "content": "over REST" })),
+            )
+            .await;
+        match rest.status {
+            StatusCode::CREATED => rest_accepted += 1,
+            StatusCode::TOO_MANY_REQUESTS => rest_limited += 1,
+            other => panic!("{other}: {:?}", rest.body),
+        }
+    }
+    let earned = (started.elapsed().as_secs() / 3) as usize;
     assert!(
-        (20..=22).contains(&accepted),
-        "{accepted} of {} messages accepted",
+        accepted >= 20 && accepted + rest_accepted <= 20 + earned,
+        "{accepted} of {} socket messages and {rest_accepted} of 3 REST messages accepted; \
+         the budget was 20 and {earned} more",
         SOCKETS * EACH
     );
-    let rest = app
-        .request(
-            Method::POST,
-            "/v1/widget/messages",
-            Some(&session_token),
-            Some(json!({ "content": "over REST" })),
-        )
-        .await;
-    assert_eq!(
-        rest.status,
-        StatusCode::TOO_MANY_REQUESTS,
-        "{:?}",
-        rest.body
-    );
+    assert!(rest_limited > 0, "REST shares the budget");
     let stored = app
         .db()
         .query_one_raw(sea_orm::Statement::from_string(
@@ -104,7 +112,11 @@ async fn sockets_of_one_visitor_share_one_message_budget_with_rest() {
         .unwrap()
         .try_get_by_index::<i64>(0)
         .unwrap();
-    assert_eq!(stored as usize, accepted, "stored visitor messages");
+    assert_eq!(
+        stored as usize,
+        accepted + rest_accepted,
+        "stored visitor messages"
+    );
     for socket in sockets {
         socket.disconnect().await;
     }
