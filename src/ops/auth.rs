@@ -14,8 +14,9 @@
 //!   back), so concurrent requests cannot run more checks than that. An e-mail past its budget is
 //!   answered 429 without a check until the window ends, even with the right password. An address
 //!   past its budget is answered 429 too, except for the right password of an admin: an attacker
-//!   sharing the admin's address (a NAT, a proxy) cannot lock the admin out, and costs a check
-//!   only for e-mails of admins (each within its own budget). Remembered checks always pass.
+//!   sharing the admin's address (a NAT, a proxy) cannot lock the admin out. From a blocked
+//!   address only e-mails of admins cost a check (each within its own budget) or are counted, so
+//!   it cannot grow the table of counts either. Remembered checks always pass.
 //! - Checks share the process's bound on password checks (`auth::password`): beyond it a request
 //!   is answered 503 with `Retry-After` at once.
 //! - A refusal is a 401 with `WWW-Authenticate: Basic`, whether the e-mail is unknown, the
@@ -135,16 +136,36 @@ impl OpsAuth {
             return Ok(());
         }
         // Counted before the check runs, given back when it passes or cannot run.
-        let email = Who::Email(slot);
-        self.reserve(email).map_err(Refusal::TooMany)?;
         let address = Who::Address(crate::http::rate_limit::client_key(client));
         let address_blocked = self.reserve(address).err();
-        let verdict = self.verify(credentials, address_blocked.is_some()).await;
-        if !matches!(verdict, Ok(Verdict::Refused)) {
-            self.refund(email);
+        let give_back_address = || {
             if address_blocked.is_none() {
                 self.refund(address);
             }
+        };
+        let admins = match self.admins(&credentials.email).await {
+            Ok(admins) => admins,
+            Err(err) => {
+                give_back_address();
+                return Err(err);
+            }
+        };
+        if let Some(wait) = address_blocked
+            && admins.is_empty()
+        {
+            // No check, and nothing counted: a blocked address cannot fill the table with
+            // e-mails, nor spend anyone's budget but an admin's.
+            return Err(Refusal::TooMany(wait));
+        }
+        let email = Who::Email(slot);
+        if let Err(wait) = self.reserve(email) {
+            give_back_address();
+            return Err(Refusal::TooMany(wait));
+        }
+        let verdict = Self::verify(credentials.password, admins).await;
+        if !matches!(verdict, Ok(Verdict::Refused)) {
+            self.refund(email);
+            give_back_address();
         }
         match verdict? {
             Verdict::Admin => {
@@ -256,17 +277,11 @@ impl OpsAuth {
         }
     }
 
-    /// Whether an admin agent with this e-mail has this password. With `blocked` (the client's
-    /// address spent its budget) only the e-mails of admins are checked: the rest are refused
-    /// without costing a check.
-    async fn verify(&self, credentials: Credentials, blocked: bool) -> Result<Verdict, Refusal> {
-        let Credentials { email, password } = credentials;
+    /// The admins of the operator account with this e-mail (none for an e-mail nobody can have).
+    async fn admins(&self, email: &str) -> Result<Vec<agents::Model>, Refusal> {
         // Control characters (NUL above all, which PostgreSQL refuses in text) match nobody.
-        if email.len() > 320 || password.len() > 1024 || email.chars().any(char::is_control) {
-            if !blocked {
-                verify_decoy(password).await?;
-            }
-            return Ok(Verdict::Refused);
+        if email.len() > 320 || email.chars().any(char::is_control) {
+            return Ok(Vec::new());
         }
         // The operator listener shows every account's jobs and queues: only the admins of the
         // operator account (the first one, created at bootstrap) may sign in.
@@ -274,7 +289,7 @@ impl OpsAuth {
             .expr(accounts::Column::Id.min())
             .from(accounts::Entity)
             .to_owned();
-        let admins = agents::Entity::find()
+        agents::Entity::find()
             .filter(agents::Column::Email.eq(email))
             .filter(agents::Column::Role.eq(AgentRole::Admin))
             .filter(agents::Column::AccountId.in_subquery(operator_account))
@@ -282,11 +297,14 @@ impl OpsAuth {
             .limit(10)
             .all(&self.0.db)
             .await
-            .map_err(|err| Refusal::Internal(err.into()))?;
-        if admins.is_empty() {
-            if !blocked {
-                verify_decoy(password).await?;
-            }
+            .map_err(|err| Refusal::Internal(err.into()))
+    }
+
+    /// Whether `password` is one of `admins`' (an empty list costs a decoy check, so the time
+    /// taken does not tell who is an admin).
+    async fn verify(password: String, admins: Vec<agents::Model>) -> Result<Verdict, Refusal> {
+        if admins.is_empty() || password.len() > 1024 {
+            verify_decoy(password).await?;
             return Ok(Verdict::Refused);
         }
         for admin in admins {
