@@ -127,16 +127,23 @@ pub fn jwt_secret(settings: &Settings) -> anyhow::Result<String> {
         );
     }
     let path = settings.data_dir.join("jwt.secret");
-    if path.exists() {
+    let stored = || -> anyhow::Result<String> {
         let secret = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         let secret = secret.trim();
         long_enough(secret, &path.display().to_string())?;
-        return Ok(secret.to_owned());
+        Ok(secret.to_owned())
+    };
+    if path.exists() {
+        return stored();
     }
     let secret = Alphanumeric.sample_string(&mut rand::rng(), 64);
-    crate::files::write_private(&path, secret.as_bytes())?;
-    Ok(secret)
+    if crate::files::write_private(&path, secret.as_bytes())? {
+        Ok(secret)
+    } else {
+        // Another process starting on the same data dir wrote one first: theirs is the secret.
+        stored()
+    }
 }
 
 fn long_enough(secret: &str, source: &str) -> anyhow::Result<()> {

@@ -60,32 +60,31 @@ fn narrow(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `contents` to `path` so that a crash leaves either no file or the whole one: a
-/// temporary file beside it (mode 0600) is written and flushed to disk, then renamed over
-/// `path`, and the directory is flushed so the rename itself survives.
-pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+/// Writes `contents` to a new file `path` so that a crash leaves either no file or the whole
+/// one: a temporary file beside it (created exclusively, with a random name and mode 0600, so
+/// nothing planted there is followed or reused) is written and flushed to disk, then renamed to
+/// `path` unless `path` exists by then (`Ok(false)`: another process wrote it first, and the
+/// caller reads that one), and the directory is flushed so the rename itself survives.
+pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<bool> {
     let dir = path.parent().unwrap_or(Path::new("."));
     private_dir(dir)?;
-    let mut name = path.file_name().unwrap_or_default().to_owned();
-    name.push(format!(".{}.tmp", std::process::id()));
-    let temporary = dir.join(name);
-    let mut options = OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let written = (|| {
-        let mut file = options.open(&temporary)?;
-        // A file left by an earlier crash keeps its mode: narrow it before writing.
+    let written = (|| -> std::io::Result<bool> {
+        let mut file = tempfile::Builder::new()
+            .prefix(".jwt-secret-")
+            .tempfile_in(dir)?;
         #[cfg(unix)]
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        file.as_file()
+            .set_permissions(fs::Permissions::from_mode(0o600))?;
         file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&temporary, path)?;
-        fs::File::open(dir)?.sync_all()
+        file.as_file().sync_all()?;
+        match file.persist_noclobber(path) {
+            Ok(_) => {}
+            Err(err) if err.error.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(err) => return Err(err.error),
+        }
+        fs::File::open(dir)?.sync_all()?;
+        Ok(true)
     })();
-    if written.is_err() {
-        let _ = fs::remove_file(&temporary);
-    }
     written.with_context(|| format!("writing {}", path.display()))
 }
 
@@ -114,9 +113,10 @@ mod tests {
         assert_eq!((mode(&db), mode(&wal)), (0o600, 0o600));
 
         let secret = dir.join("s");
-        write_private(&secret, b"first").unwrap();
-        write_private(&secret, b"second").unwrap();
-        assert_eq!(fs::read(&secret).unwrap(), b"second");
+        assert!(write_private(&secret, b"first").unwrap());
+        // A second writer (another process starting at once) does not clobber the first.
+        assert!(!write_private(&secret, b"second").unwrap());
+        assert_eq!(fs::read(&secret).unwrap(), b"first");
         assert_eq!(mode(&secret), 0o600);
         let mut names: Vec<_> = fs::read_dir(&dir)
             .unwrap()

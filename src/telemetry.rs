@@ -1,9 +1,11 @@
 //! Logging, set up once per process.
 //!
-//! The Socket.IO libraries (targets `socketioxide*` and `engineioxide*`) write handshake `auth`
-//! objects and packets at debug and trace level: agents' tokens and visitors' session tokens.
-//! Their events above info are therefore dropped whatever `RUST_LOG` says, unless
-//! `SWITCHBOARD_LOG_SOCKET_PAYLOADS` asks for them (debugging on a machine of one's own).
+//! The libraries that see raw traffic write it at debug and trace level: the Socket.IO ones
+//! (`socketioxide*`, `engineioxide*`) handshake `auth` objects and packets, the WebSocket ones
+//! (`tungstenite`, `tokio_tungstenite`) every frame's text, the HTTP ones (`hyper*`, `h2`)
+//! headers: agents' tokens and visitors' session tokens. Their events below info are therefore
+//! dropped whatever `RUST_LOG` says, unless `SWITCHBOARD_LOG_SOCKET_PAYLOADS` asks for them
+//! (debugging on a machine of one's own).
 
 use tracing::Level;
 use tracing_subscriber::{
@@ -14,12 +16,25 @@ use tracing_subscriber::{
     util::SubscriberInitExt,
 };
 
-/// Whether an event of `target` at `level` may be written: the Socket.IO libraries' debug and
+/// Libraries whose debug and trace events carry what crosses the wire (see the module).
+const WIRE_LEVEL: [&str; 6] = [
+    "socketioxide",
+    "engineioxide",
+    "tungstenite",
+    "tokio_tungstenite",
+    "hyper",
+    "h2",
+];
+
+/// Whether an event of `target` at `level` may be written: the wire-level libraries' debug and
 /// trace events carry credentials, and only `socket_payloads` lets them through.
 pub fn allowed(target: &str, level: &Level, socket_payloads: bool) -> bool {
+    let library = target.split("::").next().unwrap_or(target);
     socket_payloads
         || *level <= Level::INFO
-        || !(target.starts_with("socketioxide") || target.starts_with("engineioxide"))
+        || !WIRE_LEVEL
+            .iter()
+            .any(|wire| library == *wire || library.starts_with(&format!("{wire}_")))
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `default_filter`); see the module for what
@@ -57,7 +72,16 @@ mod tests {
             assert!(allowed(target, &Level::WARN, false), "{target}");
             assert!(allowed(target, &Level::DEBUG, true), "{target}");
         }
+        for target in [
+            "tungstenite::protocol",
+            "tokio_tungstenite",
+            "hyper::proto::h1",
+            "h2::codec",
+        ] {
+            assert!(!allowed(target, &Level::TRACE, false), "{target}");
+        }
         assert!(allowed("switchboard::realtime", &Level::DEBUG, false));
+        assert!(allowed("h2o_lookalike", &Level::DEBUG, false));
         assert!(allowed("tower_http::trace", &Level::TRACE, false));
     }
 }

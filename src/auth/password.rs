@@ -5,10 +5,10 @@
 //! is refused at once with [`PasswordError::Busy`] (a 503 with `Retry-After`), so a burst of
 //! sign-ins, from any number of addresses, neither queues without bound nor grows the memory.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier, password_hash::SaltString};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
 
@@ -37,27 +37,35 @@ impl From<PasswordError> for ApiError {
 /// The process's bound on password work.
 struct Gate {
     /// Checks admitted (running or waiting for a core).
-    admitted: Semaphore,
+    admitted: Arc<Semaphore>,
     /// Hashes and checks running.
-    running: Semaphore,
+    running: Arc<Semaphore>,
 }
 
 static GATE: LazyLock<Gate> = LazyLock::new(|| {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     tracing::debug!(cores, "password checks run at most one per core");
     Gate {
-        admitted: Semaphore::new(cores * (1 + WAITING_PER_CORE)),
-        running: Semaphore::new(cores),
+        admitted: Arc::new(Semaphore::new(cores * (1 + WAITING_PER_CORE))),
+        running: Arc::new(Semaphore::new(cores)),
     }
 });
 
-/// Runs `work` on a blocking thread once a core is free for it.
+/// Runs `work` on a blocking thread once a core is free for it. The permits go with the work,
+/// not with the caller: a request dropped meanwhile (its client hung up, a timeout) cannot free
+/// a place while its check still runs (a started blocking task is never cancelled).
 async fn run<T: Send + 'static>(
-    _admitted: Option<SemaphorePermit<'static>>,
+    admitted: Option<OwnedSemaphorePermit>,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> anyhow::Result<T> {
-    let _running = GATE.running.acquire().await?;
-    Ok(tokio::task::spawn_blocking(work).await?)
+    let running = GATE.running.clone().acquire_owned().await?;
+    Ok(tokio::task::spawn_blocking(move || {
+        let held = (admitted, running);
+        let done = work();
+        drop(held);
+        done
+    })
+    .await?)
 }
 
 /// Hashes `password` into a PHC string (algorithm, parameters and salt included). Only
@@ -79,7 +87,7 @@ pub async fn hash_password(password: String) -> anyhow::Result<String> {
 /// True when `password` matches `phc_hash`. A malformed hash never matches. Refused at once with
 /// [`PasswordError::Busy`] when the process already has as many checks as it admits.
 pub async fn verify_password(password: String, phc_hash: String) -> Result<bool, PasswordError> {
-    let Ok(admitted) = GATE.admitted.try_acquire() else {
+    let Ok(admitted) = GATE.admitted.clone().try_acquire_owned() else {
         metrics::counter!("switchboard_password_checks_total", "outcome" => "refused").increment(1);
         return Err(PasswordError::Busy);
     };

@@ -28,16 +28,31 @@ pub fn router() -> Router<AppState> {
     let last = LastReady::default();
     Router::new().route("/health", get(alive)).route(
         "/health/ready",
-        get(move |State(state): State<AppState>| async move {
-            let mut last = last.lock().await;
-            match &*last {
-                Some((at, status, health)) if at.elapsed() < READY_FOR => {
-                    (*status, Json(health.clone()))
-                }
-                _ => {
+        get(move |State(state): State<AppState>| {
+            let last = last.clone();
+            async move {
+                // On a task of its own: a caller that leaves (its client hung up, a probe's
+                // timeout) neither aborts the round of checks nor loses its answer for the others.
+                let round = tokio::spawn(async move {
+                    let mut last = last.lock_owned().await;
+                    if let Some((at, status, health)) = &*last
+                        && at.elapsed() < READY_FOR
+                    {
+                        return (*status, health.clone());
+                    }
                     let (status, health) = ready(&state).await;
                     *last = Some((Instant::now(), status, health.clone()));
-                    (status, Json(health))
+                    (status, health)
+                });
+                match round.await {
+                    Ok((status, health)) => (status, Json(health)),
+                    Err(_) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Json(Health {
+                            status: "down",
+                            checks: Map::new(),
+                        }),
+                    ),
                 }
             }
         }),

@@ -12,9 +12,13 @@
 //! - Failed checks are counted per client address (IPv6: per /64) and per e-mail, [`FAILURES`]
 //!   per [`FAILURE_WINDOW`] each, and counted *before* the check runs (a success gives its count
 //!   back), so concurrent requests cannot run more checks than that. An e-mail past its budget is
-//!   answered 429 without a check until the window ends, even with the right password. An address
+//!   answered 429 without a check until the window ends, even with the right password, except
+//!   from an address that signed in for it within [`KNOWN_FOR`]: strangers' wrong guesses cannot
+//!   lock an admin out of where it works from. An address
 //!   past its budget is answered 429 too, except for the right password of an admin: an attacker
-//!   sharing the admin's address (a NAT, a proxy) cannot lock the admin out. From a blocked
+//!   sharing the admin's address (a NAT, a proxy) cannot lock the admin out. Only admins' e-mails
+//!   are counted (no other can pass); a blocked address finds them in a list read at most every
+//!   [`ADMINS_FOR`], so it costs no query either. From a blocked
 //!   address only e-mails of admins cost a check (each within its own budget) or are counted, so
 //!   it cannot grow the table of counts either. Remembered checks always pass.
 //! - Checks share the process's bound on password checks (`auth::password`): beyond it a request
@@ -57,8 +61,14 @@ const CACHE_SIZE: usize = 1024;
 pub const FAILURES: u32 = 10;
 /// The window failed checks are counted in.
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-/// Client addresses and e-mails whose failures are tracked at once (quiet ones are forgotten first).
+/// Client addresses and e-mails whose failures are tracked at once. Past it (stale counts are
+/// swept out at most once a second), a new address is not counted: the budgets of the admins'
+/// e-mails and the process's bound on password checks still hold.
 const TRACKED_CLIENTS: usize = 10_000;
+/// How long an address that signed in for an e-mail passes that e-mail's block.
+const KNOWN_FOR: Duration = Duration::from_secs(24 * 3600);
+/// How long the list of admin e-mails is trusted.
+const ADMINS_FOR: Duration = Duration::from_secs(5);
 
 const CHALLENGE: &str = "Basic realm=\"Switchboard operators\", charset=\"UTF-8\"";
 
@@ -71,7 +81,20 @@ struct Inner {
     /// Random per process: remembered digests mean nothing outside it.
     key: [u8; 32],
     remembered: Mutex<HashMap<[u8; 32], Remembered>>,
-    failures: Mutex<HashMap<Who, Failures>>,
+    failures: Mutex<Tracked>,
+    /// (e-mail slot, address) pairs that signed in recently: their right password passes the
+    /// e-mail's block, so strangers' wrong guesses cannot lock an admin out of a place it uses.
+    known: jobs::cache::Cache<([u8; 32], IpAddr), ()>,
+    /// The operator account's admin e-mails, read again every [`ADMINS_FOR`]: an e-mail that is
+    /// none costs no query.
+    admin_emails: tokio::sync::Mutex<Option<(Instant, Arc<std::collections::HashSet<String>>)>>,
+}
+
+/// Failure counts, and when stale ones were last swept out.
+#[derive(Default)]
+struct Tracked {
+    counts: HashMap<Who, Failures>,
+    swept: Option<Instant>,
 }
 
 /// Whose failed checks are counted.
@@ -123,6 +146,8 @@ impl OpsAuth {
             key,
             remembered: Mutex::default(),
             failures: Mutex::default(),
+            known: jobs::cache::short_lived(TRACKED_CLIENTS as u64, KNOWN_FOR),
+            admin_emails: tokio::sync::Mutex::default(),
         }))
     }
 
@@ -136,14 +161,19 @@ impl OpsAuth {
             return Ok(());
         }
         // Counted before the check runs, given back when it passes or cannot run.
-        let address = Who::Address(crate::http::rate_limit::client_key(client));
-        let address_blocked = self.reserve(address).err();
+        let client = crate::http::rate_limit::client_key(client);
+        let address = Who::Address(client);
+        let address_count = self.reserve(address);
+        let address_blocked = address_count.err();
         let give_back_address = || {
-            if address_blocked.is_none() {
-                self.refund(address);
+            if let Ok(window) = address_count {
+                self.refund(address, window);
             }
         };
-        let admins = match self.admins(&credentials.email).await {
+        let admins = match self
+            .admins(&credentials.email, address_blocked.is_some())
+            .await
+        {
             Ok(admins) => admins,
             Err(err) => {
                 give_back_address();
@@ -157,19 +187,36 @@ impl OpsAuth {
             // e-mails, nor spend anyone's budget but an admin's.
             return Err(Refusal::TooMany(wait));
         }
+        // Only admins' e-mails have a budget: no other e-mail can ever pass, and counting them
+        // would let anyone fill the table.
         let email = Who::Email(slot);
-        if let Err(wait) = self.reserve(email) {
-            give_back_address();
-            return Err(Refusal::TooMany(wait));
-        }
+        let known = self.0.known.contains_key(&(slot, client));
+        let email_count = if admins.is_empty() {
+            Ok(None)
+        } else {
+            match self.reserve(email) {
+                Ok(window) => Ok(window),
+                // An address this admin signed in from lately keeps its way in.
+                Err(_) if known => Ok(None),
+                Err(wait) => Err(wait),
+            }
+        };
+        let email_window = match email_count {
+            Ok(window) => window,
+            Err(wait) => {
+                give_back_address();
+                return Err(Refusal::TooMany(wait));
+            }
+        };
         let verdict = Self::verify(credentials.password, admins).await;
         if !matches!(verdict, Ok(Verdict::Refused)) {
-            self.refund(email);
+            self.refund(email, email_window);
             give_back_address();
         }
         match verdict? {
             Verdict::Admin => {
                 self.remember(slot, digest);
+                self.0.known.insert((slot, client), ());
                 Ok(())
             }
             Verdict::Refused => {
@@ -226,18 +273,31 @@ impl OpsAuth {
         );
     }
 
-    /// Counts a failed check of `who` in advance; `Err` with the wait when its budget is spent.
-    fn reserve(&self, who: Who) -> Result<(), Duration> {
+    /// Counts a failed check of `who` in advance: `Ok` with the window it was counted in (`None`
+    /// when the table is full and `who` is not tracked), `Err` with the wait when its budget is
+    /// spent.
+    fn reserve(&self, who: Who) -> Result<Option<Instant>, Duration> {
         let now = Instant::now();
-        let mut failures = self
+        let mut tracked = self
             .0
             .failures
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if failures.len() >= TRACKED_CLIENTS {
-            failures.retain(|_, entry| now < entry.since + FAILURE_WINDOW);
+        if tracked.counts.len() >= TRACKED_CLIENTS
+            && !tracked.counts.contains_key(&who)
+            && tracked
+                .swept
+                .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+        {
+            tracked.swept = Some(now);
+            tracked
+                .counts
+                .retain(|_, entry| now < entry.since + FAILURE_WINDOW);
         }
-        let entry = failures.entry(who).or_insert(Failures {
+        if tracked.counts.len() >= TRACKED_CLIENTS && !tracked.counts.contains_key(&who) {
+            return Ok(None);
+        }
+        let entry = tracked.counts.entry(who).or_insert(Failures {
             count: 0,
             since: now,
         });
@@ -262,42 +322,74 @@ impl OpsAuth {
                 ),
             }
         }
-        Ok(())
+        Ok(Some(entry.since))
     }
 
-    /// Gives back a count taken by [`Self::reserve`] (the check passed, or did not run).
-    fn refund(&self, who: Who) {
-        let mut failures = self
+    /// Gives back a count taken by [`Self::reserve`] in `window` (the check passed, or did not
+    /// run); nothing once that window is over. An entry back at zero is forgotten.
+    fn refund(&self, who: Who, window: Option<Instant>) {
+        let Some(window) = window else {
+            return;
+        };
+        let mut tracked = self
             .0
             .failures
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = failures.get_mut(&who) {
+        if let Some(entry) = tracked.counts.get_mut(&who)
+            && entry.since == window
+        {
             entry.count = entry.count.saturating_sub(1);
+            if entry.count == 0 {
+                tracked.counts.remove(&who);
+            }
         }
     }
 
     /// The admins of the operator account with this e-mail (none for an e-mail nobody can have).
-    async fn admins(&self, email: &str) -> Result<Vec<agents::Model>, Refusal> {
+    async fn admins(&self, email: &str, blocked: bool) -> Result<Vec<agents::Model>, Refusal> {
         // Control characters (NUL above all, which PostgreSQL refuses in text) match nobody.
         if email.len() > 320 || email.chars().any(char::is_control) {
             return Ok(Vec::new());
         }
-        // The operator listener shows every account's jobs and queues: only the admins of the
-        // operator account (the first one, created at bootstrap) may sign in.
-        let operator_account = Query::select()
-            .expr(accounts::Column::Id.min())
-            .from(accounts::Entity)
-            .to_owned();
+        // A blocked address costs no query for an e-mail that is no admin's: the list, read at
+        // most every few seconds, says so (an admin's row is read below all the same, so a
+        // stale entry changes nothing). Other addresses pay for their queries from their budget.
+        if blocked && !self.admin_emails().await?.contains(email) {
+            return Ok(Vec::new());
+        }
         agents::Entity::find()
             .filter(agents::Column::Email.eq(email))
             .filter(agents::Column::Role.eq(AgentRole::Admin))
-            .filter(agents::Column::AccountId.in_subquery(operator_account))
+            .filter(agents::Column::AccountId.in_subquery(operator_account()))
             .filter(agents::Column::DeletedAt.is_null())
             .limit(10)
             .all(&self.0.db)
             .await
             .map_err(|err| Refusal::Internal(err.into()))
+    }
+
+    /// The operator account's admin e-mails, read at most every [`ADMINS_FOR`].
+    async fn admin_emails(&self) -> Result<Arc<std::collections::HashSet<String>>, Refusal> {
+        let mut cached = self.0.admin_emails.lock().await;
+        if let Some((at, emails)) = &*cached
+            && at.elapsed() < ADMINS_FOR
+        {
+            return Ok(emails.clone());
+        }
+        let emails: Vec<String> = agents::Entity::find()
+            .select_only()
+            .column(agents::Column::Email)
+            .filter(agents::Column::Role.eq(AgentRole::Admin))
+            .filter(agents::Column::AccountId.in_subquery(operator_account()))
+            .filter(agents::Column::DeletedAt.is_null())
+            .into_tuple()
+            .all(&self.0.db)
+            .await
+            .map_err(|err| Refusal::Internal(err.into()))?;
+        let emails = Arc::new(emails.into_iter().collect::<std::collections::HashSet<_>>());
+        *cached = Some((Instant::now(), emails.clone()));
+        Ok(emails)
     }
 
     /// Whether `password` is one of `admins`' (an empty list costs a decoy check, so the time
@@ -314,6 +406,15 @@ impl OpsAuth {
         }
         Ok(Verdict::Refused)
     }
+}
+
+/// The operator listener shows every account's jobs and queues: only the admins of the operator
+/// account (the first one, created at bootstrap) may sign in.
+fn operator_account() -> sea_orm::sea_query::SelectStatement {
+    Query::select()
+        .expr(accounts::Column::Id.min())
+        .from(accounts::Entity)
+        .to_owned()
 }
 
 impl Credentials {
@@ -447,25 +548,50 @@ mod tests {
         let auth = OpsAuth::new(db);
         let client = Who::Address("10.0.0.1".parse().unwrap());
         let other = Who::Address("10.0.0.2".parse().unwrap());
+        let mut window = None;
         for _ in 0..FAILURES {
-            auth.reserve(client).unwrap();
+            window = auth.reserve(client).unwrap();
         }
         let wait = auth.reserve(client).expect_err("blocked");
         assert!(wait <= FAILURE_WINDOW);
-        auth.reserve(other)
+        let theirs = auth
+            .reserve(other)
             .expect("another address has its own budget");
         // A check that passed gives its count back.
-        auth.refund(client);
+        auth.refund(client, window);
         auth.reserve(client).expect("one count was given back");
         assert!(auth.reserve(client).is_err());
-        // The window ends.
+        // An entry given back to zero is forgotten.
+        auth.refund(other, theirs);
+        assert!(!auth.0.failures.lock().unwrap().counts.contains_key(&other));
+        // The window ends; a refund of the old window changes nothing in the new one.
         auth.0
             .failures
             .lock()
             .unwrap()
+            .counts
             .get_mut(&client)
             .unwrap()
             .since = Instant::now() - FAILURE_WINDOW;
-        auth.reserve(client).expect("a new window");
+        let renewed = auth.reserve(client).expect("a new window");
+        auth.refund(client, window);
+        assert_eq!(auth.0.failures.lock().unwrap().counts[&client].count, 1);
+        assert_ne!(renewed, window);
+    }
+
+    #[tokio::test]
+    async fn a_full_table_counts_no_newcomer_and_sweeps_at_most_once_a_second() {
+        let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
+        let auth = OpsAuth::new(db);
+        for n in 0..TRACKED_CLIENTS as u32 {
+            let who = Who::Address(std::net::Ipv4Addr::from(n).into());
+            auth.reserve(who).unwrap();
+        }
+        let newcomer = Who::Address("192.0.2.1".parse().unwrap());
+        assert_eq!(auth.reserve(newcomer), Ok(None), "not tracked, not refused");
+        assert_eq!(
+            auth.0.failures.lock().unwrap().counts.len(),
+            TRACKED_CLIENTS
+        );
     }
 }

@@ -4,12 +4,15 @@ use serde_json::json;
 
 use crate::{helpers::*, process::Server, sio};
 
-/// With the Socket.IO libraries' debug log asked for in `RUST_LOG`, neither an agent's token nor
-/// a visitor's session token reaches the log; `SWITCHBOARD_LOG_SOCKET_PAYLOADS=1` lets them
+/// With the wire-level libraries' debug and trace logs asked for in `RUST_LOG` (Socket.IO,
+/// WebSocket, HTTP), neither an agent's token nor a visitor's session token reaches the log; `SWITCHBOARD_LOG_SOCKET_PAYLOADS=1` lets them
 /// through (which shows the check would see them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_credentials_stay_out_of_the_log() {
-    const DEBUG: (&str, &str) = ("RUST_LOG", "info,socketioxide=debug,engineioxide=debug");
+    const DEBUG: (&str, &str) = (
+        "RUST_LOG",
+        "info,socketioxide=trace,engineioxide=trace,tungstenite=trace,tokio_tungstenite=trace,hyper=trace,h2=trace",
+    );
     async fn credentials_logged(env: &[(&str, &str)]) -> (bool, bool) {
         let server = Server::start(env).await;
         let login = server
