@@ -39,6 +39,24 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Accepts `job` for `conversation_id` of `account_id`: its intent is stored (so the job may
+    /// be lost, the request is not), then the job is submitted (see `jobs::intent`).
+    pub async fn intend<J: jobs::intent::Intended>(
+        &self,
+        account_id: i64,
+        conversation_id: i64,
+        job: J,
+    ) -> Result<(), sea_orm::DbErr> {
+        jobs::intent::submit(
+            &self.batches,
+            &self.jobs,
+            account_id,
+            Some(conversation_id),
+            job,
+        )
+        .await
+    }
+
     /// The context jobs get, for work the HTTP layer does in-line through the same domain code.
     pub fn job_context(&self) -> JobContext {
         JobContext {

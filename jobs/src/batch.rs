@@ -224,23 +224,7 @@ impl Batches {
                     let (db, outbox) = (db.clone(), outbox.clone());
                     Box::pin(async move {
                         let txn = crate::db::begin_write(&db).await?;
-                        let mut closed = crate::conversation::close_many(&txn, &items).await?;
-                        let staged =
-                            crate::close_conversation::stage_closes(&outbox, &txn, &items, &closed)
-                                .await?;
-                        txn.commit().await?;
-                        // Committed: a failure here must not fail (and re-run) the closes. Without
-                        // the groups, the freed capacity waits for the next request or reconcile.
-                        if let Err(err) =
-                            crate::conversation::find_freed_groups(&db, &mut closed).await
-                        {
-                            tracing::warn!(%err, "could not read the freed agents' groups");
-                        }
-                        Ok(closed
-                            .into_iter()
-                            .zip(staged)
-                            .map(|(closed, staged)| closed.map(|closed| (closed, staged)))
-                            .collect())
+                        crate::close_conversation::commit_closes(&db, &outbox, txn, &items).await
                     })
                 },
             )

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use entity::enums::ClosedBy;
-use sea_orm::{ConnectionTrait, DbErr};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -73,10 +73,34 @@ impl Job for CloseConversation {
     }
 }
 
+/// Closes the conversations of `closing` in `txn` (see [`crate::conversation::close_many`])
+/// with what they tell staged, commits, and reads the freed agents' groups. One output per
+/// input, `None` where that conversation was already closed. Once committed nothing fails the
+/// closes (a run again would find them closed and tell nobody): without the groups, the freed
+/// capacity waits for the next request or the reconciler.
+pub async fn commit_closes(
+    db: &DatabaseConnection,
+    outbox: &Outbox,
+    txn: DatabaseTransaction,
+    closing: &[Closing],
+) -> Result<Vec<Option<(Closed, Staged)>>, DbErr> {
+    let mut closed = crate::conversation::close_many(&txn, closing).await?;
+    let staged = stage_closes(outbox, &txn, closing, &closed).await?;
+    txn.commit().await?;
+    if let Err(err) = crate::conversation::find_freed_groups(db, &mut closed).await {
+        tracing::warn!(%err, "could not read the freed agents' groups");
+    }
+    Ok(closed
+        .into_iter()
+        .zip(staged)
+        .map(|(closed, staged)| closed.map(|closed| (closed, staged)))
+        .collect())
+}
+
 /// Stages, in the transaction of the closes of `closing`, what each one that took effect tells
 /// (`closed`: one output per input, as [`crate::conversation::close_many`] gives them): the
 /// conversation closed (clients, webhooks, e-mail) and its line moved. One [`Staged`] per input.
-pub async fn stage_closes(
+async fn stage_closes(
     outbox: &Outbox,
     txn: &impl ConnectionTrait,
     closing: &[Closing],

@@ -43,10 +43,8 @@ use serde_json::json;
 
 use crate::{
     Job, JobContext, JobError, RetryBudget,
-    close_conversation::{after_close, stage_closes},
-    conversation::{
-        Closing, close_many, find_freed_groups, lock_conversation, requeue, system_event,
-    },
+    close_conversation::{after_close, commit_closes},
+    conversation::{Closing, lock_conversation, requeue, system_event},
     db::begin_write,
     notify::{Outcome, SlaKind},
     reassign_conversation::{after_requeue, requeue_outcomes},
@@ -363,20 +361,13 @@ async fn close_by_system(
         reason: reason.to_owned(),
         intent: None,
     }];
-    let mut closed = close_many(&txn, &closing).await?;
-    let [Some(_)] = closed.as_slice() else {
+    let Some(Some((closed, staged))) = commit_closes(&ctx.db, &ctx.outbox, txn, &closing)
+        .await?
+        .pop()
+    else {
         return Ok(false);
     };
-    let mut staged = stage_closes(&ctx.outbox, &txn, &closing, &closed).await?;
-    txn.commit().await?;
-    // Committed: what follows must not fail the job (its retry would find it closed and tell
-    // nobody). Without the groups, the freed capacity waits for the next request or reconcile.
-    if let Err(err) = find_freed_groups(&ctx.db, &mut closed).await {
-        tracing::warn!(%err, "could not read the freed agent's groups");
-    }
-    if let ([Some(closed)], Some(staged)) = (closed.as_slice(), staged.pop()) {
-        after_close(ctx, closed, staged).await?;
-    }
+    after_close(ctx, &closed, staged).await?;
     Ok(true)
 }
 

@@ -406,14 +406,7 @@ pub(crate) async fn transfer_as(
                 detail: None,
                 intent: None,
             };
-            intent::submit(
-                &state.batches,
-                &state.jobs,
-                caller.account_id(),
-                Some(id),
-                job,
-            )
-            .await?;
+            state.intend(caller.account_id(), id, job).await?;
             Ok(Transferred::Accepted(Accepted::new(id)))
         }
         _ => Err(ApiError::Unprocessable(
@@ -471,14 +464,7 @@ pub(crate) async fn close_as(
         reason,
         intent: None,
     };
-    intent::submit(
-        &state.batches,
-        &state.jobs,
-        caller.account_id(),
-        Some(id),
-        job,
-    )
-    .await?;
+    state.intend(caller.account_id(), id, job).await?;
     Ok(Accepted::new(id))
 }
 

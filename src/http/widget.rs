@@ -20,7 +20,6 @@ use jobs::{
     close_conversation::CloseConversation,
     conversation::queue_position,
     enqueue_conversation::EnqueueConversation,
-    intent,
     session::{OpenRefused, Opening},
 };
 use sea_orm::{
@@ -444,14 +443,8 @@ pub(crate) async fn end_as_visitor(
         reason: "visitor_left".into(),
         intent: None,
     };
-    let (account_id, conversation_id) = (conversation.account_id, Some(conversation.id));
-    intent::submit(
-        &state.batches,
-        &state.jobs,
-        account_id,
-        conversation_id,
-        job,
-    )
-    .await?;
+    state
+        .intend(conversation.account_id, conversation.id, job)
+        .await?;
     Ok(Accepted::new(conversation.id))
 }
