@@ -69,11 +69,6 @@ impl Staged {
             notifier.notify_staged(outcome, key);
         }
     }
-
-    /// The outcomes, in order.
-    pub fn outcomes(&self) -> impl Iterator<Item = &Outcome> {
-        self.0.iter().map(|(outcome, _)| outcome)
-    }
 }
 
 impl Outbox {
@@ -228,7 +223,7 @@ fn next_key() -> String {
 }
 
 /// Outcomes that may send an e-mail (see [`crate::fanout`]).
-pub(crate) fn emails_may_follow(outcome: &Outcome) -> bool {
+fn emails_may_follow(outcome: &Outcome) -> bool {
     matches!(
         outcome,
         Outcome::ConversationAssigned { .. }
