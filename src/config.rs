@@ -1,4 +1,4 @@
-//! Settings: every one a CLI flag with an environment fallback (names fixed in ARCHITECTURE.md).
+//! Settings: every one a CLI flag with an environment fallback (names fixed in docs/architecture.md, "Configuration").
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod bootstrap;
+pub mod chat;
 pub mod config;
 pub mod db;
 pub mod domain;
@@ -19,7 +20,7 @@ pub mod startup;
 pub mod state;
 pub mod telemetry;
 
-/// Picks the TLS crypto provider once: two are compiled in (STACK-NOTES), and rustls refuses to
+/// Picks the TLS crypto provider once: two are compiled in (docs/stack-notes.md, "TLS crypto providers"), and rustls refuses to
 /// guess between them.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

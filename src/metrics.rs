@@ -24,10 +24,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, QuerySelect};
 
-use crate::{
-    realtime::{AGENTS, VISITORS},
-    state::AppState,
-};
+use crate::state::AppState;
 
 /// Latency buckets (seconds) for assignments and HTTP requests.
 const BUCKETS: &[f64] = &[
@@ -147,7 +144,7 @@ async fn record_state(state: &AppState) -> Result<(), DbErr> {
         .into_tuple()
         .all(&state.db)
         .await?;
-    let waiting = crate::http::stats::waiting_by_priority(&state.db, None).await?;
+    let waiting = crate::chat::stats::waiting_by_priority(&state.db, None).await?;
     for (account, group, name) in lines {
         for priority in [Priority::High, Priority::Normal, Priority::Low] {
             let (depth, oldest) = waiting
@@ -167,9 +164,10 @@ async fn record_state(state: &AppState) -> Result<(), DbErr> {
             metrics::gauge!("switchboard_queue_oldest_wait_seconds", &labels).set(waited);
         }
     }
-    for (namespace, ns) in [("agents", AGENTS), ("visitors", VISITORS)] {
+    let sockets = state.sockets.now();
+    for (namespace, count) in [("agents", sockets.agents), ("visitors", sockets.visitors)] {
         metrics::gauge!("switchboard_sockets_connected", "namespace" => namespace)
-            .set(state.push.local_sockets(ns) as f64);
+            .set(count as f64);
     }
     Ok(())
 }

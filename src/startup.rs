@@ -112,7 +112,7 @@ impl Application {
         );
         let activity = jobs::activity::Activity::start(db.clone());
         let messages = jobs::messages::Messages::start(db.clone(), outbox.clone());
-        let visitor_messages = http::rate_limit::VisitorMessages::new(
+        let visitor_messages = crate::chat::budget::VisitorMessages::new(
             settings.widget_rate_per_minute.saturating_mul(10),
         );
         Ok(Self {
@@ -125,11 +125,10 @@ impl Application {
                 outbox,
                 activity,
                 messages,
-                push: realtime.push.clone(),
                 channels,
                 batches,
                 visitor_messages,
-                socket_slots: crate::realtime::Slots::default(),
+                sockets: realtime.socket_count(),
             },
             realtime,
             listener,
@@ -151,6 +150,11 @@ impl Application {
     /// The shared state (tests use its database handle to check what jobs wrote).
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// How this process pushes to sockets (tests push through it directly).
+    pub fn push(&self) -> crate::realtime::Push {
+        self.realtime.push.clone()
     }
 
     /// Serves and works until `shutdown` is cancelled; in-flight requests and jobs then finish.
@@ -194,14 +198,15 @@ impl Application {
             let shutdown = shutdown.clone();
             async move {
                 if let Some(listener) = listener {
+                    let push = realtime.push.clone();
                     tokio::spawn(crate::realtime::heartbeat(
-                        state.push.clone(),
+                        push.clone(),
                         state.db.clone(),
                         state.settings.presence_heartbeat(),
                         shutdown.clone(),
                     ));
                     tokio::spawn(crate::realtime::push_stats(
-                        state.push.clone(),
+                        push.clone(),
                         state.db.clone(),
                         state.settings.stats_interval(),
                         shutdown.clone(),
@@ -218,7 +223,6 @@ impl Application {
                         ))
                         .layer(http::cors())
                         .into_make_service_with_connect_info::<SocketAddr>();
-                    let push = state.push.clone();
                     axum::serve(listener, app)
                         .with_graceful_shutdown(async move {
                             shutdown.cancelled().await;

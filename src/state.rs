@@ -5,7 +5,7 @@ use std::sync::Arc;
 use jobs::{JobContext, JobStore, notify::Notifier};
 use sea_orm::DatabaseConnection;
 
-use crate::{auth::TokenKeys, config::Settings, realtime::Push};
+use crate::{auth::token::TokenKeys, chat::budget::VisitorMessages, config::Settings};
 
 /// Handles every request may need.
 #[derive(Clone, Debug)]
@@ -26,16 +26,42 @@ pub struct AppState {
     pub messages: jobs::messages::Messages,
     /// Conversation activity timestamps, written in batches.
     pub activity: jobs::activity::Activity,
-    /// Direct pushes of the realtime layer (typing, seen, disconnecting revoked agents).
-    pub push: Push,
     /// Webhook and e-mail channels of this process.
     pub channels: jobs::channels::Channels,
     /// Group commit of the lifecycle's hot paths (shared with this process's jobs).
     pub batches: jobs::batch::Batches,
     /// Visitors' message budgets, shared by REST and sockets.
-    pub visitor_messages: crate::http::rate_limit::VisitorMessages,
-    /// This node's sockets per visitor session and per agent.
-    pub socket_slots: crate::realtime::Slots,
+    pub visitor_messages: VisitorMessages,
+    /// Counts this node's open sockets (the realtime layer's; none on a worker).
+    pub sockets: SocketCount,
+}
+
+/// How many sockets this node holds now, per namespace (the realtime layer counts them).
+#[derive(Clone)]
+pub struct SocketCount(Arc<dyn Fn() -> Sockets + Send + Sync>);
+
+impl SocketCount {
+    pub fn new(count: impl Fn() -> Sockets + Send + Sync + 'static) -> Self {
+        Self(Arc::new(count))
+    }
+
+    /// The sockets open now.
+    pub fn now(&self) -> Sockets {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for SocketCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SocketCount")
+    }
+}
+
+/// This node's open sockets.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sockets {
+    pub agents: usize,
+    pub visitors: usize,
 }
 
 impl AppState {

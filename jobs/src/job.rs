@@ -8,7 +8,7 @@ use crate::JobContext;
 
 /// How often a failing job is tried, decided per job on purpose.
 ///
-/// apalis retries in two places (see STACK-NOTES): the worker's retry layer retries inside the
+/// apalis retries in two places (docs/stack-notes.md, "apalis retries"): the worker's retry layer retries inside the
 /// process with a backoff while the task's attempt number is at most `in_process`, and the storage
 /// hands a failed task out again until it has been attempted `deliveries` times (apalis-sqlite at
 /// once, apalis-redis after `attempt` seconds). The attempt counter is shared, so the total number

@@ -19,6 +19,7 @@ pub mod batch;
 pub mod board;
 pub mod cache;
 pub mod channels;
+pub mod claim_now;
 pub mod close_conversation;
 mod context;
 pub mod conversation;

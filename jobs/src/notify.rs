@@ -106,6 +106,37 @@ pub enum Outcome {
         status: AgentStatus,
         accepting_chats: bool,
     },
+    /// Someone in a conversation started or stopped typing: the other side hears it. Never
+    /// stored, never staged.
+    Typing {
+        account_id: i64,
+        conversation_id: i64,
+        /// The agent typing; `None` when it is the visitor.
+        agent_id: Option<i64>,
+        /// The agent holding the conversation, who hears the visitor without joining its room.
+        assigned_agent_id: Option<i64>,
+        typing: bool,
+    },
+    /// Someone in a conversation saw its messages up to event `event_id`: the other side hears
+    /// it. Never stored, never staged.
+    Seen {
+        account_id: i64,
+        conversation_id: i64,
+        /// The agent who saw it; `None` when it is the visitor.
+        agent_id: Option<i64>,
+        /// The agent holding the conversation, who hears the visitor without joining its room.
+        assigned_agent_id: Option<i64>,
+        event_id: i64,
+    },
+    /// An agent was signed out (deleted, or its tokens revoked): its open sockets close.
+    AgentSignedOut { account_id: i64, agent_id: i64 },
+    /// An agent joined (or left) a group: its open sockets join (or leave) the group's room.
+    MembershipChanged {
+        account_id: i64,
+        agent_id: i64,
+        group_id: i64,
+        joined: bool,
+    },
 }
 
 impl Outcome {
@@ -117,6 +148,21 @@ impl Outcome {
             group_id: conversation.group_id,
             visitor_id: conversation.visitor_id,
             position,
+        }
+    }
+
+    /// `agent_id` lost `conversation` (`reason`: transferred, agent offline, no reply).
+    pub fn unassigned(
+        conversation: &entity::conversations::Model,
+        agent_id: i64,
+        reason: &str,
+    ) -> Self {
+        Self::ConversationUnassigned {
+            account_id: conversation.account_id,
+            conversation_id: conversation.id,
+            group_id: conversation.group_id,
+            agent_id,
+            reason: reason.to_owned(),
         }
     }
 

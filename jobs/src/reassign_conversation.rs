@@ -97,13 +97,7 @@ pub async fn requeue_outcomes(
     let conversation = &requeued.conversation;
     let position = queue_position(txn, conversation).await?;
     let outcomes = vec![
-        Outcome::ConversationUnassigned {
-            account_id: conversation.account_id,
-            conversation_id: conversation.id,
-            group_id: conversation.group_id,
-            agent_id: requeued.agent_id,
-            reason: reason.to_owned(),
-        },
+        Outcome::unassigned(conversation, requeued.agent_id, reason),
         Outcome::queued(conversation, position),
     ];
     Ok((outcomes, position))

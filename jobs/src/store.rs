@@ -25,7 +25,7 @@ const SUBMIT_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub enum JobStore {
     /// One SQLite file of its own (the embedded mode), never the application database: apalis-sqlite
-    /// sets `synchronous=OFF` and slows down as its table grows (STACK-NOTES).
+    /// sets `synchronous=OFF` and slows down as its table grows (docs/stack-notes.md, "apalis-sqlite").
     Sqlite(SqlitePool),
     /// Redis (the distributed mode). Every key starts with `prefix`, so several deployments or test
     /// runs can share one server.
@@ -159,7 +159,7 @@ impl JobStore {
 
     /// Deletes finished tasks from apalis-sqlite: done ones after `keep_done`, killed or
     /// exhausted ones after `keep_failed` (operators look at those). apalis-sqlite's fetch and
-    /// acknowledgement slow down as its table grows (STACK-NOTES), so this runs periodically.
+    /// acknowledgement slow down as its table grows (docs/stack-notes.md, "apalis-sqlite"), so this runs periodically.
     /// Returns how many rows went. A no-op on Redis.
     pub async fn prune(
         &self,

@@ -6,7 +6,7 @@
 //! handler scopes its queries by `CurrentAgent::account_id`.
 
 mod password;
-mod token;
+pub mod token;
 pub mod visitor;
 
 use axum::{extract::FromRequestParts, http::request::Parts};

@@ -8,10 +8,10 @@ use axum::{
 };
 use chrono::{Duration, Utc};
 use entity::{
-    agent_groups, agents, assignments, conversations,
+    agents, assignments, conversations,
     enums::{AgentRole, AgentStatus, ConversationStatus},
 };
-use jobs::{close_conversation::serve_groups_of, notify::Outcome};
+use jobs::notify::Outcome;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait,
     QueryFilter, QueryOrder, QuerySelect,
@@ -26,6 +26,11 @@ use super::{
 };
 use crate::{
     auth::{CurrentAgent, hash_password},
+    chat::{
+        self,
+        agents::{StatusBody, offer_capacity, release, sign_out},
+        views::AgentView,
+    },
     domain::{Capacity, Email, HttpUrl, Name, Password, nullable},
     error::ApiError,
     state::AppState,
@@ -40,166 +45,15 @@ pub fn router() -> Router<AppState> {
         .route("/agents/me/status", put(set_status))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct StatusBody {
-    status: AgentStatus,
-    accepting_chats: Option<bool>,
-}
-
-/// Sets the caller's presence. Going offline hands its active conversations back to the line
-/// (the Socket.IO layer adds a grace period for dropped connections); becoming available offers
-/// it the waiting lines of its groups.
+/// Sets the caller's presence (see `chat::agents::set_status`).
 async fn set_status(
     State(state): State<AppState>,
     caller: CurrentAgent,
     Json(body): Json<StatusBody>,
 ) -> Result<Json<AgentView>, ApiError> {
-    set_status_as(&state, caller, body).await.map(Json)
-}
-
-/// The caller's own status (REST and `status:set`).
-pub(crate) async fn set_status_as(
-    state: &AppState,
-    caller: CurrentAgent,
-    body: StatusBody,
-) -> Result<AgentView, ApiError> {
-    let before = caller.agent;
-    let accepting = body.accepting_chats.unwrap_or(match body.status {
-        AgentStatus::Online => true,
-        AgentStatus::Away | AgentStatus::Offline => false,
-    });
-    let txn = jobs::db::begin_write(&state.db).await?;
-    let agent = agents::ActiveModel {
-        id: Set(before.id),
-        status: Set(body.status),
-        accepting_chats: Set(accepting),
-        last_seen_at: Set(Some(Utc::now())),
-        updated_at: Set(Utc::now()),
-        ..Default::default()
-    }
-    .update(&txn)
-    .await?;
-    let changed = Outcome::AgentStatusChanged {
-        account_id: agent.account_id,
-        agent_id: agent.id,
-        status: agent.status,
-        accepting_chats: agent.accepting_chats,
-    };
-    let staged = state.outbox.stage(&txn, [changed]).await?;
-    txn.commit().await?;
-    staged.tell(&*state.notifier);
-    // Also when it already was offline: a retry after a failed hand-over completes it (the
-    // reassign job acts only on chats still held).
-    if agent.status == AgentStatus::Offline {
-        release(state, agent.id).await?;
-    }
-    if agent.status == AgentStatus::Online && agent.accepting_chats {
-        offer_capacity(state, &agent).await;
-    }
-    AgentView::one(&state.db, agent).await
-}
-
-/// Hands every chat the agent holds back to the line (reassign jobs).
-async fn release(state: &AppState, agent_id: i64) -> Result<(), ApiError> {
-    jobs::agent_presence::release_all(&state.job_context(), agent_id, "agent_offline")
+    chat::agents::set_status(&state, caller, body)
         .await
-        .map(drop)
-        .map_err(|err| match err {
-            jobs::agent_presence::ReleaseError::Db(err) => ApiError::from(err),
-            jobs::agent_presence::ReleaseError::Store(_) => ApiError::Unavailable("job storage"),
-        })
-}
-
-/// Disconnects the agent's sockets on every node.
-async fn sign_out_sockets(state: &AppState, agent_id: i64) {
-    state
-        .push
-        .disconnect(
-            crate::realtime::AGENTS,
-            crate::realtime::room::agent(agent_id),
-        )
-        .await;
-}
-
-/// Capacity may have appeared for `agent`: serve its groups' lines. A lost submission only delays
-/// assignment until the reconciler's next pass, so it is logged, not returned.
-async fn offer_capacity(state: &AppState, agent: &agents::Model) {
-    if let Err(err) = serve_groups_of(&state.job_context(), agent.account_id, agent.id).await {
-        tracing::warn!(agent_id = agent.id, %err, "could not offer new capacity; the reconciler will");
-    }
-}
-
-/// An agent as the API shows it (never the password hash or token version).
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AgentView {
-    id: i64,
-    name: String,
-    email: String,
-    role: AgentRole,
-    status: AgentStatus,
-    accepting_chats: bool,
-    max_concurrent_chats: i32,
-    active_chats: i32,
-    avatar_url: Option<String>,
-    group_ids: Vec<i64>,
-    last_seen_at: Option<chrono::DateTime<Utc>>,
-    created_at: chrono::DateTime<Utc>,
-    updated_at: chrono::DateTime<Utc>,
-    deleted_at: Option<chrono::DateTime<Utc>>,
-}
-
-impl AgentView {
-    fn new(agent: agents::Model, group_ids: Vec<i64>) -> Self {
-        Self {
-            id: agent.id,
-            name: agent.name,
-            email: agent.email,
-            role: agent.role,
-            status: agent.status,
-            accepting_chats: agent.accepting_chats,
-            max_concurrent_chats: agent.max_concurrent_chats,
-            active_chats: agent.active_chats,
-            avatar_url: agent.avatar_url,
-            group_ids,
-            last_seen_at: agent.last_seen_at,
-            created_at: agent.created_at,
-            updated_at: agent.updated_at,
-            deleted_at: agent.deleted_at,
-        }
-    }
-
-    /// Views of `rows` with their group ids, in one query for the memberships.
-    pub async fn many(
-        db: &impl ConnectionTrait,
-        rows: Vec<agents::Model>,
-    ) -> Result<Vec<Self>, ApiError> {
-        let ids: Vec<i64> = rows.iter().map(|agent| agent.id).collect();
-        let memberships = agent_groups::Entity::find()
-            .filter(agent_groups::Column::AgentId.is_in(ids))
-            .all(db)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|agent| {
-                let groups = memberships
-                    .iter()
-                    .filter(|m| m.agent_id == agent.id)
-                    .map(|m| m.group_id)
-                    .collect();
-                Self::new(agent, groups)
-            })
-            .collect())
-    }
-
-    /// The view of one agent.
-    pub async fn one(db: &impl ConnectionTrait, agent: agents::Model) -> Result<Self, ApiError> {
-        let mut views = Self::many(db, vec![agent]).await?;
-        views
-            .pop()
-            .ok_or_else(|| anyhow::anyhow!("view of one agent is empty").into())
-    }
+        .map(Json)
 }
 
 #[derive(Debug, Deserialize)]
@@ -347,7 +201,7 @@ async fn update(
     txn.commit().await?;
     if changed.iter().any(|c| matches!(*c, "password" | "role")) {
         // Signed-out sockets go; a role change reconnects into the rooms of the new role.
-        sign_out_sockets(&state, id).await;
+        sign_out(&state, agent.account_id, id);
     }
     if body.max_concurrent_chats.is_some() {
         offer_capacity(&state, &agent).await;
@@ -395,7 +249,7 @@ async fn remove(
     let staged = state.outbox.stage(&txn, went_offline).await?;
     txn.commit().await?;
     staged.tell(&*state.notifier);
-    sign_out_sockets(&state, id).await;
+    sign_out(&state, agent.account_id, id);
     release(&state, agent.id).await?;
     audit::record(&state, &caller, "agent.deleted", "agent", id, json!({})).await;
     Ok(StatusCode::NO_CONTENT)

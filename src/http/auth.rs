@@ -9,9 +9,10 @@ use entity::agents;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 use serde::{Deserialize, Serialize};
 
-use super::{agents::AgentView, extract::Json, rate_limit};
+use super::{extract::Json, rate_limit};
 use crate::{
     auth::{CurrentAgent, verify_decoy, verify_password},
+    chat::views::AgentView,
     error::ApiError,
     state::AppState,
 };

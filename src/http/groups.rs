@@ -28,6 +28,7 @@ use super::{
 };
 use crate::{
     auth::CurrentAgent,
+    chat::agents::membership_changed,
     domain::{Bounded, Description, Name, nullable},
     error::ApiError,
     state::AppState,
@@ -378,7 +379,7 @@ async fn add_member(
     )
     .exec_without_returning(&state.db)
     .await?;
-    move_member_sockets(&state, body.agent_id, id, true).await;
+    membership_changed(&state, account, body.agent_id, id, true);
     // A new member may take what waits.
     if let Err(err) = request_assign(&state.job_context(), account, id).await {
         tracing::warn!(group_id = id, %err, "could not offer the line to the new member");
@@ -412,7 +413,7 @@ async fn remove_member(
     if removed.rows_affected == 0 {
         return Err(ApiError::NotFound("group member"));
     }
-    move_member_sockets(&state, agent_id, id, false).await;
+    membership_changed(&state, account, agent_id, id, false);
     audit::record(
         &state,
         &caller,
@@ -423,13 +424,4 @@ async fn remove_member(
     )
     .await;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// The agent's open sockets (on every node) join or leave the group's room with its membership.
-async fn move_member_sockets(state: &AppState, agent_id: i64, group_id: i64, join: bool) {
-    use crate::realtime::{AGENTS, room};
-    state
-        .push
-        .move_sockets(AGENTS, room::agent(agent_id), room::group(group_id), join)
-        .await;
 }

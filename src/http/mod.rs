@@ -2,20 +2,20 @@
 //! must see at once, submit jobs, answer. Each feature module builds its own `router()`; this one
 //! only merges them and adds the cross-cutting layers.
 
-pub(crate) mod agents;
+mod agents;
 mod audit;
 mod auth;
-pub(crate) mod conversations;
+mod conversations;
 mod extract;
 mod groups;
 pub mod health;
 pub mod rate_limit;
+mod reply;
 mod resource;
-pub(crate) mod stats;
+mod stats;
 mod tags;
-pub(crate) mod views;
 mod webhooks;
-pub(crate) mod widget;
+mod widget;
 
 use std::time::Duration;
 

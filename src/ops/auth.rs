@@ -161,7 +161,7 @@ impl OpsAuth {
             return Ok(());
         }
         // Counted before the check runs, given back when it passes or cannot run.
-        let client = crate::http::rate_limit::client_key(client);
+        let client = crate::chat::budget::client_key(client);
         let address = Who::Address(client);
         let address_count = self.reserve(address);
         let address_blocked = address_count.err();

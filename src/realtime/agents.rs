@@ -4,7 +4,7 @@
 //! supervisors and admins, `account:{id}`. Every request re-reads the agent's row, so a deleted
 //! agent or a revoked token stops working at once (and the socket is disconnected).
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
 use chrono::{SubsecRound, Utc};
 use entity::{
@@ -16,7 +16,7 @@ use jobs::{
     conversation::groups_of_agent,
 };
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, sea_query::Expr};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use socketioxide::{
     ParserError, SocketIo,
@@ -26,24 +26,27 @@ use socketioxide::{
 };
 use socketioxide_core::adapter::DefinedAdapter;
 
+use super::Node;
 use super::{
-    AGENTS, VISITORS, room,
+    AGENTS, room,
     session::{
         Limiter, Nothing, Refused, Session, auth_field, limiter, occupy, on, on_unknown, vacate,
     },
 };
 use crate::{
     auth::{CurrentAgent, rank},
+    chat::{
+        self,
+        access::{held, visible},
+        agents::{StatusBody, set_status},
+        conversations::{CloseBody, TransferBody},
+        lines::lines_for,
+        messages::{NewEvent, events_since, send_as_agent},
+        signals::{agent_seen, agent_typing},
+        views::{AgentView, ConversationView},
+    },
     domain::{ClientMessageId, MessageContent, Name},
     error::ApiError,
-    http::{
-        agents::{AgentView, StatusBody, set_status_as},
-        conversations::{
-            CloseBody, NewEvent, TransferBody, close_as, event_of, events_since, lines_for,
-            pickup_as, require_holder, send_as_agent, transfer_as, visible,
-        },
-        views::ConversationView,
-    },
     state::AppState,
 };
 
@@ -84,10 +87,7 @@ impl AgentSession {
     }
 }
 
-pub(super) fn register<A: Adapter + DefinedAdapter>(
-    io: &SocketIo<A>,
-    state: AppState,
-) -> A::InitRes {
+pub(super) fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, state: Node) -> A::InitRes {
     let authenticate = {
         let state = state.clone();
         move |socket: SocketRef<A>, TryData(auth): TryData<Value>| {
@@ -104,7 +104,7 @@ pub(super) fn register<A: Adapter + DefinedAdapter>(
 /// before the client hears it is connected: its first request finds everything in place, and a
 /// socket that dies meanwhile already has its disconnect handler.
 async fn handshake<A: Adapter>(
-    state: &AppState,
+    state: &Node,
     socket: &SocketRef<A>,
     auth: Result<Value, ParserError>,
 ) -> Result<(), Refused> {
@@ -296,18 +296,35 @@ struct ListRequest {
     limit: Option<u64>,
 }
 
-/// Registers the requests of a connected agent socket.
-fn attach<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
-    let st = state.clone();
-    on(
+/// Registers `event` for an agent's socket: its handler gets the node, the agent as it is now
+/// (re-read at every request, so a deleted agent or a revoked token is refused) and the request.
+fn on_agent<A, B, T, F, Fut>(node: &Node, socket: &SocketRef<A>, event: &'static str, handle: F)
+where
+    A: Adapter,
+    B: DeserializeOwned + Send + 'static,
+    T: Serialize + Send + 'static,
+    F: Fn(Node, CurrentAgent, B) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<T, ApiError>> + Send + 'static,
+{
+    let node = node.clone();
+    on(socket, event, move |_, session: AgentSession, body: B| {
+        let (node, handle) = (node.clone(), handle.clone());
+        async move {
+            let caller = session.caller(&node).await?;
+            handle(node, caller, body).await
+        }
+    });
+}
+
+/// Registers the requests of a connected agent socket: each one is a use case of `chat`.
+fn attach<A: Adapter>(node: &Node, socket: &SocketRef<A>) {
+    on_agent(
+        node,
         socket,
         "status:set",
-        move |_, session: AgentSession, body: StatusBody| {
-            let state = st.clone();
-            async move { set_status_as(&state, session.caller(&state).await?, body).await }
-        },
+        |node, caller, body: StatusBody| async move { set_status(&node, caller, body).await },
     );
-    let st = state.clone();
+    let st = node.clone();
     on(
         socket,
         "conversation:join",
@@ -315,8 +332,7 @@ fn attach<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
             let state = st.clone();
             async move {
                 let caller = session.caller(&state).await?;
-                let conversation = visible(&state.db, &caller, body.conversation_id).await?;
-                require_holder(&caller, &conversation)?;
+                let conversation = held(&state.db, &caller, body.conversation_id).await?;
                 socket.join(room::conversation(conversation.id));
                 ConversationView::new(&state.db, conversation).await
             }
@@ -330,140 +346,71 @@ fn attach<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
             Ok(json!({ "conversationId": body.conversation_id }))
         },
     );
-    let st = state.clone();
-    on(
+    on_agent(
+        node,
         socket,
         "conversation:pickup",
-        move |_, session: AgentSession, body: ConversationRef| {
-            let state = st.clone();
-            async move { pickup_as(&state, &session.caller(&state).await?, body.conversation_id).await }
+        |node, caller, body: ConversationRef| async move {
+            chat::conversations::pickup(&node, &caller, body.conversation_id).await
         },
     );
-    let st = state.clone();
-    on(
+    on_agent(
+        node,
         socket,
         "conversation:transfer",
-        move |_, session: AgentSession, body: TransferRequest| {
-            let state = st.clone();
-            async move {
-                let caller = session.caller(&state).await?;
-                let transfer = TransferBody::new(body.agent_id, body.group_id, body.reason);
-                transfer_as(&state, &caller, body.conversation_id, transfer).await
-            }
+        |node, caller, body: TransferRequest| async move {
+            let transfer = TransferBody::new(body.agent_id, body.group_id, body.reason);
+            chat::conversations::transfer(&node, &caller, body.conversation_id, transfer).await
         },
     );
-    let st = state.clone();
-    on(
+    on_agent(
+        node,
         socket,
         "conversation:close",
-        move |_, session: AgentSession, body: CloseRequest| {
-            let state = st.clone();
-            async move {
-                let caller = session.caller(&state).await?;
-                close_as(
-                    &state,
-                    &caller,
-                    body.conversation_id,
-                    CloseBody::new(body.reason),
-                )
-                .await
-            }
+        |node, caller, body: CloseRequest| async move {
+            let close = CloseBody::new(body.reason);
+            chat::conversations::close(&node, &caller, body.conversation_id, close).await
         },
     );
-    let st = state.clone();
-    on(
+    on_agent(
+        node,
         socket,
         "message:send",
-        move |_, session: AgentSession, body: SendRequest| {
-            let state = st.clone();
-            async move {
-                let caller = session.caller(&state).await?;
-                let conversation = visible(&state.db, &caller, body.conversation_id).await?;
-                let message = NewEvent::new(body.content, body.client_message_id);
-                let (event, _) = send_as_agent(&state, &caller, &conversation, message).await?;
-                Ok(event)
-            }
+        |node, caller, body: SendRequest| async move {
+            let conversation = visible(&node.db, &caller, body.conversation_id).await?;
+            let message = NewEvent::new(body.content, body.client_message_id);
+            let (event, _) = send_as_agent(&node, &caller, &conversation, message).await?;
+            Ok(event)
         },
     );
-    let st = state.clone();
-    on(
+    on_agent(
+        node,
         socket,
         "typing:set",
-        move |_, session: AgentSession, body: TypingRequest| {
-            let state = st.clone();
-            async move {
-                let caller = session.caller(&state).await?;
-                let conversation = visible(&state.db, &caller, body.conversation_id).await?;
-                require_holder(&caller, &conversation)?;
-                if body.typing {
-                    // Typing holds the response clock; stopping does not restart it.
-                    state.activity.agent_typing(conversation.id);
-                }
-                let typing = json!({
-                    "conversationId": conversation.id,
-                    "from": "agent",
-                    "agentId": caller.id(),
-                    "typing": body.typing,
-                });
-                state
-                    .push
-                    .emit(
-                        VISITORS,
-                        vec![room::conversation(conversation.id)],
-                        "typing",
-                        &typing,
-                    )
-                    .await;
-                Ok(typing)
-            }
+        |node, caller, body: TypingRequest| async move {
+            agent_typing(&node, &caller, body.conversation_id, body.typing).await
         },
     );
-    let st = state.clone();
-    on(
+    on_agent(
+        node,
         socket,
         "message:seen",
-        move |_, session: AgentSession, body: SeenRequest| {
-            let state = st.clone();
-            async move {
-                let caller = session.caller(&state).await?;
-                let conversation = visible(&state.db, &caller, body.conversation_id).await?;
-                require_holder(&caller, &conversation)?;
-                event_of(&state.db, conversation.id, body.event_id).await?;
-                let seen = json!({
-                    "conversationId": conversation.id,
-                    "eventId": body.event_id,
-                    "by": "agent",
-                    "agentId": caller.id(),
-                });
-                state
-                    .push
-                    .emit(
-                        VISITORS,
-                        vec![room::conversation(conversation.id)],
-                        "message:seen",
-                        &seen,
-                    )
-                    .await;
-                Ok(seen)
-            }
+        |node, caller, body: SeenRequest| async move {
+            agent_seen(&node, &caller, body.conversation_id, body.event_id).await
         },
     );
-    let st = state.clone();
-    on(
+    on_agent(
+        node,
         socket,
         "message:list",
-        move |_, session: AgentSession, body: ListRequest| {
-            let state = st.clone();
-            async move {
-                let caller = session.caller(&state).await?;
-                let conversation = visible(&state.db, &caller, body.conversation_id).await?;
-                let events =
-                    events_since(&state.db, conversation.id, body.after, body.limit, false).await?;
-                Ok(json!({ "conversationId": conversation.id, "events": events }))
-            }
+        |node, caller, body: ListRequest| async move {
+            let conversation = visible(&node.db, &caller, body.conversation_id).await?;
+            let events =
+                events_since(&node.db, conversation.id, body.after, body.limit, false).await?;
+            Ok(json!({ "conversationId": conversation.id, "events": events }))
         },
     );
-    let st = state.clone();
+    let st = node.clone();
     on(
         socket,
         "sync",
@@ -473,11 +420,11 @@ fn attach<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
         },
     );
     on_unknown::<A, AgentSession>(socket);
-    let state = state.clone();
+    let node = node.clone();
     socket.on_disconnect(move |socket: SocketRef<A>| async move {
         vacate(&socket);
         if let Some(session) = socket.extensions.get::<AgentSession>() {
-            dropped(&state, socket.id.to_string(), session.agent_id);
+            dropped(&node, socket.id.to_string(), session.agent_id);
         }
     });
 }
@@ -491,8 +438,8 @@ const DROP_SETTLE: Duration = Duration::from_millis(500);
 /// any node, the drop is recorded and the presence job submitted to run after the grace period.
 /// When that cannot be told (a node did not answer, or this one is shutting down), nothing is
 /// recorded: the agent's heartbeat stops, and the reconciler treats the silence as a drop.
-fn dropped(state: &AppState, socket_id: String, agent_id: i64) {
-    let state = state.clone();
+fn dropped(node: &Node, socket_id: String, agent_id: i64) {
+    let state = node.clone();
     tokio::spawn(async move {
         tokio::time::sleep(DROP_SETTLE.min(state.settings.presence_grace() / 4)).await;
         let Some(sockets) = state.push.sockets_in(AGENTS, room::agent(agent_id)).await else {

@@ -1,7 +1,7 @@
 //! Socket.IO: the `/agents` and `/visitors` namespaces, and how pushes reach their rooms.
 //!
-//! The layer is thin: handlers validate, call the same functions as the REST endpoints, and
-//! answer with an acknowledgement. Job outcomes arrive through the [`Notifier`](jobs::notify)
+//! The layer is thin: handlers validate, call the use cases (`chat`, as the REST endpoints do),
+//! and answer with an acknowledgement. Job outcomes arrive through the [`Notifier`](jobs::notify)
 //! seam and are pushed by [`deliver`]. Where pushes go depends on the process:
 //! - embedded (`all` on SQLite): the in-process [`SocketIo`] with its local adapter;
 //! - API nodes on Redis: a [`SocketIo`] with the socketioxide-redis adapter, so an emit on one node
@@ -10,14 +10,15 @@
 
 mod agents;
 pub mod deliver;
+mod lines;
+mod push;
 mod redis_link;
 mod session;
+mod tasks;
 mod visitors;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use serde::Serialize;
-use serde_json::json;
 use socketioxide::{
     SocketIo,
     adapter::{Adapter, Emitter, LocalAdapter},
@@ -27,8 +28,12 @@ use socketioxide_core::adapter::DefinedAdapter;
 use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 
 use crate::state::AppState;
+pub use push::Push;
+pub(crate) use push::checked;
 pub use redis_link::Link;
 pub use session::Slots;
+use tasks::tell_to_resync;
+pub use tasks::{SYNC_REQUIRED, heartbeat, push_stats};
 
 /// The Redis adapter on our own self-healing driver (see `redis_link`).
 type RedisAdapter<E> = CustomRedisAdapter<E, Link>;
@@ -43,7 +48,7 @@ pub const VISITORS: &str = "/visitors";
 /// are limited to 4,000 characters well inside it.
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 
-/// Room names (ARCHITECTURE.md "Real-time protocol"). Ids are global, so a room never spans accounts.
+/// Room names (docs/architecture.md, "Real-time protocol"). Ids are global, so a room never spans accounts.
 pub mod room {
     /// Supervisors and admins of an account.
     pub fn account(id: i64) -> String {
@@ -67,376 +72,21 @@ pub mod room {
     }
 }
 
-/// What carries pushes out of this process.
-#[derive(Clone)]
-pub enum Push {
-    /// Nothing to push to (a worker process without Redis).
-    Off,
-    /// The process's own sockets.
-    Local(SocketIo<LocalAdapter>),
-    /// The process's sockets and, through Redis, every other API node's.
-    Cluster(SocketIo<RedisAdapter<Emitter>>),
-    /// No sockets here: requests are published for the API nodes.
-    Emitter { driver: Link, prefix: Arc<str> },
-}
-
-impl std::fmt::Debug for Push {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Off => "Push::Off",
-            Self::Local(_) => "Push::Local",
-            Self::Cluster(_) => "Push::Cluster",
-            Self::Emitter { .. } => "Push::Emitter",
-        })
-    }
-}
-
-/// A failed send that may have left sockets without a push.
-pub(crate) trait Undelivered: std::fmt::Display {
-    /// Sockets whose queue was full (`InternalChannelFull`): the push is lost for them.
-    fn full(&self) -> usize;
-}
-
-impl Undelivered for socketioxide::BroadcastError {
-    fn full(&self) -> usize {
-        match self {
-            Self::Socket(errors) => errors
-                .iter()
-                .filter(|err| matches!(err, socketioxide::SocketError::InternalChannelFull))
-                .count(),
-            _ => 0,
-        }
-    }
-}
-
-impl Undelivered for socketioxide::SendError {
-    fn full(&self) -> usize {
-        usize::from(matches!(
-            self,
-            Self::Socket(socketioxide::SocketError::InternalChannelFull)
-        ))
-    }
-}
-
-/// Counts the pushes `result` could not queue because a socket's queue was full (a slow or stuck
-/// client, or a burst larger than its buffer): `switchboard_socket_pushes_dropped_total
-/// {namespace}`, and a warning (at most one a second per process, with the count since the last).
-/// Returns the error as text for the caller's own log.
-pub(crate) fn checked<E: Undelivered>(
-    ns: &str,
-    event: &str,
-    result: Result<(), E>,
-) -> Result<(), String> {
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    static UNREPORTED: AtomicU64 = AtomicU64::new(0);
-    static LAST_REPORT: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
-    let Err(err) = result else { return Ok(()) };
-    let full = err.full() as u64;
-    if full > 0 {
-        let namespace = if ns == VISITORS { VISITORS } else { AGENTS };
-        metrics::counter!("switchboard_socket_pushes_dropped_total", "namespace" => namespace)
-            .increment(full);
-        UNREPORTED.fetch_add(full, Relaxed);
-        let mut last = LAST_REPORT
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-            *last = Some(std::time::Instant::now());
-            let dropped = UNREPORTED.swap(0, Relaxed);
-            tracing::warn!(
-                namespace = ns,
-                event,
-                dropped,
-                "pushes dropped: sockets' queues were full (slow clients, or a burst); they catch up with `sync`"
-            );
-        }
-    }
-    Err(err.to_string())
-}
-
-/// Runs `$body` with `$io` bound to whichever `SocketIo` this is; `$otherwise` for the rest.
-macro_rules! with_io {
-    ($push:expr, $io:ident => $body:expr, $emitter:pat => $otherwise:expr) => {
-        match $push {
-            Push::Local($io) => $body,
-            Push::Cluster($io) => $body,
-            $emitter => $otherwise,
-        }
-    };
-}
-
-impl Push {
-    /// Emits `event` to every socket of `ns` in any of `rooms` (each socket once).
-    pub async fn emit(
-        &self,
-        ns: &'static str,
-        rooms: Vec<String>,
-        event: &str,
-        data: &impl Serialize,
-    ) {
-        let result = with_io!(self, io => match io.of(ns) {
-            Some(ops) => checked(ns, event, ops.to(rooms).emit(event, data).await),
-            None => Ok(()),
-        }, other => match other {
-            Self::Emitter { driver, prefix } => socketioxide_emitter::IoEmitter::new()
-                .of(ns)
-                .to(rooms)
-                .prefix(prefix.to_string())
-                .emit(event, data, driver)
-                .await
-                .map_err(|e| e.to_string()),
-            _ => Ok(()),
-        });
-        if let Err(err) = result {
-            tracing::warn!(event, %err, "push failed");
-        }
-    }
-
-    /// Makes the sockets of `ns` in room `of` join (or, `join == false`, leave) room `room`.
-    pub async fn move_sockets(&self, ns: &'static str, of: String, room: String, join: bool) {
-        let result = with_io!(self, io => match io.of(ns) {
-            Some(ops) if join => ops.within(of).join(room).await.map_err(|e| e.to_string()),
-            Some(ops) => ops.within(of).leave(room).await.map_err(|e| e.to_string()),
-            None => Ok(()),
-        }, other => match other {
-            Self::Emitter { driver, prefix } => {
-                let selected = socketioxide_emitter::IoEmitter::new()
-                    .of(ns)
-                    .within(of)
-                    .prefix(prefix.to_string());
-                if join {
-                    selected.join(room, driver).await
-                } else {
-                    selected.leave(room, driver).await
-                }
-                .map_err(|e| e.to_string())
-            }
-            _ => Ok(()),
-        });
-        if let Err(err) = result {
-            tracing::warn!(%err, "moving sockets between rooms failed");
-        }
-    }
-
-    /// Disconnects every socket of `ns` in `room` (a deleted or revoked agent).
-    pub async fn disconnect(&self, ns: &'static str, room: String) {
-        let result = with_io!(self, io => match io.of(ns) {
-            Some(ops) => ops.within(room).disconnect().await.map_err(|e| e.to_string()),
-            None => Ok(()),
-        }, other => match other {
-            Self::Emitter { driver, prefix } => socketioxide_emitter::IoEmitter::new()
-                .of(ns)
-                .within(room)
-                .prefix(prefix.to_string())
-                .disconnect(driver)
-                .await
-                .map_err(|e| e.to_string()),
-            _ => Ok(()),
-        });
-        if let Err(err) = result {
-            tracing::warn!(%err, "disconnecting sockets failed");
-        }
-    }
-
-    /// The ids of the sockets of `ns` in `room` on every node (`None` when unknown: no sockets
-    /// here, or a node did not answer).
-    pub async fn sockets_in(&self, ns: &'static str, room: String) -> Option<Vec<String>> {
-        with_io!(self, io => {
-            let ops = io.of(ns)?;
-            match ops.within(room).fetch_sockets().await {
-                Ok(sockets) => Some(sockets.iter().map(|s| s.data().id.to_string()).collect()),
-                Err(err) => {
-                    tracing::warn!(%err, "could not list the sockets of a room");
-                    None
-                }
-            }
-        }, _ => None)
-    }
-
-    /// Disconnects every socket of this node (shutdown), so the HTTP server can finish.
-    pub async fn close(&self) {
-        with_io!(self, io => io.close().await, _ => ())
-    }
-
-    /// The rooms named `{kind}:{id}` that sockets of `ns` on this node are in: the ids.
-    pub fn local_rooms_of(&self, ns: &'static str, kind: &str) -> std::collections::BTreeSet<i64> {
-        let prefix = format!("{kind}:");
-        with_io!(self, io => io.of(ns).map(|ops| {
-            ops.sockets()
-                .iter()
-                .flat_map(|socket| socket.rooms())
-                .filter_map(|room| room.strip_prefix(prefix.as_str()).and_then(|id| id.parse().ok()))
-                .collect()
-        }).unwrap_or_default(), _ => Default::default())
-    }
-
-    /// Emits `event` to the sockets of `ns` in `room` on this node only (each node serves its
-    /// own sockets, so a cluster pushes once per socket).
-    pub async fn emit_local(
-        &self,
-        ns: &'static str,
-        room: String,
-        event: &str,
-        data: &impl Serialize,
-    ) {
-        let result = with_io!(self, io => match io.of(ns) {
-            Some(ops) => checked(ns, event, ops.local().to(room).emit(event, data).await),
-            None => Ok(()),
-        }, _ => Ok(()));
-        if let Err(err) = result {
-            tracing::warn!(event, %err, "push failed");
-        }
-    }
-
-    /// Emits `event` to every socket of `ns` on this node.
-    pub async fn emit_local_all(&self, ns: &'static str, event: &str, data: &impl Serialize) {
-        let result = with_io!(self, io => match io.of(ns) {
-            Some(ops) => checked(ns, event, ops.local().emit(event, data).await),
-            None => Ok(()),
-        }, _ => Ok(()));
-        if let Err(err) = result {
-            tracing::warn!(event, %err, "push failed");
-        }
-    }
-
-    /// Sockets connected to this node, per namespace (for operators).
-    pub fn local_sockets(&self, ns: &'static str) -> usize {
-        with_io!(self, io => io.of(ns).map_or(0, |ops| ops.sockets().len()), _ => 0)
-    }
-}
-
-/// An interval for a node's periodic pass; a late tick delays the next ones (no burst).
-fn ticker(period: Duration) -> tokio::time::Interval {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick
-}
-
-/// Waits for the next tick; `false` once `shutdown` is cancelled.
-async fn next_tick(
-    tick: &mut tokio::time::Interval,
-    shutdown: &tokio_util::sync::CancellationToken,
-) -> bool {
-    tokio::select! {
-        () = shutdown.cancelled() => false,
-        _ = tick.tick() => true,
-    }
-}
-
-/// Vouches every `period` for the agents with a socket on this node (`agents.last_seen_at`), so
-/// that a presence job does not take offline an agent still connected elsewhere, and the
-/// reconciler can tell a node that died with its sockets (its agents fall silent); and for the
-/// visitors with a socket here (`visitors.last_seen_at`), so a waiting chat whose visitor is still
-/// on the page is not closed as abandoned. Sockets whose
-/// token expired are disconnected on the way. Runs until `shutdown`.
-pub async fn heartbeat(
+/// What this node's socket handlers share: the application's state (the use cases take it, through
+/// `Deref`), and what only sockets need: this node's push side (to see an agent's other sockets)
+/// and its socket slots.
+#[derive(Clone, Debug)]
+pub struct Node {
+    app: AppState,
     push: Push,
-    db: sea_orm::DatabaseConnection,
-    period: Duration,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    use crate::auth::visitor::SEEN_EVERY;
-    use chrono::SubsecRound;
-    use entity::agents as rows;
-    use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, sea_query::Expr};
-
-    let mut tick = ticker(period);
-    while next_tick(&mut tick, &shutdown).await {
-        // Taken before the sockets are listed: a socket that leaves after the listing has its
-        // drop recorded later than this.
-        let at = chrono::Utc::now().trunc_subsecs(6);
-        let ids = with_io!(&push, io => agents::vouch(io), _ => Vec::new());
-        let visitor_ids = with_io!(&push, io => visitors::vouch(io), _ => Vec::new());
-        for chunk in visitor_ids.chunks(500) {
-            // Only what the timer reads: visitors whose chat waits, and not seen for a while
-            // (one row write per waiting visitor every `SEEN_EVERY`, not one per heartbeat).
-            let stale = at - chrono::Duration::from_std(SEEN_EVERY).unwrap_or_default();
-            let waiting = sea_orm::sea_query::Query::select()
-                .column(entity::conversations::Column::VisitorId)
-                .from(entity::conversations::Entity)
-                .and_where(entity::conversations::Column::VisitorId.is_in(chunk.iter().copied()))
-                .and_where(
-                    entity::conversations::Column::Status
-                        .eq(entity::enums::ConversationStatus::Pending),
-                )
-                .to_owned();
-            let vouched = entity::visitors::Entity::update_many()
-                .col_expr(entity::visitors::Column::LastSeenAt, Expr::value(at))
-                .filter(entity::visitors::Column::Id.is_in(chunk.iter().copied()))
-                .filter(entity::visitors::Column::LastSeenAt.lt(stale))
-                .filter(entity::visitors::Column::Id.in_subquery(waiting))
-                .exec(&db)
-                .await;
-            if let Err(err) = vouched {
-                tracing::warn!(%err, "visitor presence heartbeat failed");
-            }
-        }
-        for chunk in ids.chunks(500) {
-            let vouched = rows::Entity::update_many()
-                .col_expr(rows::Column::LastSeenAt, Expr::value(at))
-                .filter(rows::Column::Id.is_in(chunk.iter().copied()))
-                .filter(
-                    Condition::any()
-                        .add(rows::Column::LastSeenAt.is_null())
-                        .add(rows::Column::LastSeenAt.lt(at)),
-                )
-                .exec(&db)
-                .await;
-            if let Err(err) = vouched {
-                tracing::warn!(%err, "presence heartbeat failed");
-            }
-        }
-    }
+    slots: Slots,
 }
 
-/// Pushes `stats:update` (the numbers of `GET /v1/stats`) every `period` to the account rooms
-/// that supervisors on this node are in. Runs until `shutdown`.
-pub async fn push_stats(
-    push: Push,
-    db: sea_orm::DatabaseConnection,
-    period: Duration,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    let mut tick = ticker(period);
-    while next_tick(&mut tick, &shutdown).await {
-        for account_id in push.local_rooms_of(AGENTS, "account") {
-            match crate::http::stats::account_stats(&db, account_id).await {
-                Ok(stats) => {
-                    push.emit_local(AGENTS, room::account(account_id), "stats:update", &stats)
-                        .await;
-                }
-                Err(err) => tracing::warn!(account_id, %err, "stats not computed"),
-            }
-        }
-    }
-}
+impl std::ops::Deref for Node {
+    type Target = AppState;
 
-/// What sockets hear when pushes may have been lost: they re-read their state with `sync`.
-pub const SYNC_REQUIRED: &str = "sync:required";
-/// Over how long clients told `sync:required` should spread their `sync` requests.
-const SYNC_SPREAD_MS: u64 = 1_000;
-
-/// Tells every socket of this node `sync:required` when some process announces that pushes may
-/// have been lost (its Redis link came back, see `redis_link`). Announcements that arrive together
-/// (every process recovers from the same outage) make one.
-async fn tell_to_resync(
-    push: Push,
-    mut announcements: tokio::sync::mpsc::Receiver<socketioxide_redis::drivers::ChanItem>,
-) {
-    while announcements.recv().await.is_some() {
-        // After an outage every process announces its own recovery within a second or so.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        while announcements.try_recv().is_ok() {}
-        // Every client asks at once otherwise: they spread their `sync` over `withinMs`.
-        let told = json!({ "reason": "pushes_may_have_been_lost", "withinMs": SYNC_SPREAD_MS });
-        for ns in [AGENTS, VISITORS] {
-            push.emit_local_all(ns, SYNC_REQUIRED, &told).await;
-        }
-        tracing::info!(
-            agents = push.local_sockets(AGENTS),
-            visitors = push.local_sockets(VISITORS),
-            "told this node's sockets to resync"
-        );
+    fn deref(&self) -> &AppState {
+        &self.app
     }
 }
 
@@ -534,6 +184,15 @@ impl Realtime {
         })
     }
 
+    /// Counts this node's sockets (for `/metrics`).
+    pub fn socket_count(&self) -> crate::state::SocketCount {
+        let push = self.push.clone();
+        crate::state::SocketCount::new(move || crate::state::Sockets {
+            agents: push.local_sockets(AGENTS),
+            visitors: push.local_sockets(VISITORS),
+        })
+    }
+
     /// The Redis link, to leave the set of live processes on a clean stop.
     pub fn link(&self) -> Option<Link> {
         self.link.clone()
@@ -545,13 +204,18 @@ impl Realtime {
         router: axum::Router,
         state: &AppState,
     ) -> anyhow::Result<axum::Router> {
+        let node = Node {
+            app: state.clone(),
+            push: self.push.clone(),
+            slots: Slots::default(),
+        };
         Ok(match (self.layer, &self.push) {
             (Some(Layer::Local(layer)), Push::Local(io)) => {
-                register(io, state);
+                register(io, &node);
                 router.layer(layer)
             }
             (Some(Layer::Cluster(layer)), Push::Cluster(io)) => {
-                let (agents, visitors) = register(io, state);
+                let (agents, visitors) = register(io, &node);
                 agents.await?;
                 visitors.await?;
                 router.layer(layer)
@@ -564,11 +228,11 @@ impl Realtime {
 /// Registers both namespaces; with a remote adapter the returned futures finish the registration.
 fn register<A: Adapter + DefinedAdapter>(
     io: &SocketIo<A>,
-    state: &AppState,
+    node: &Node,
 ) -> (A::InitRes, A::InitRes) {
     (
-        agents::register(io, state.clone()),
-        visitors::register(io, state.clone()),
+        agents::register(io, node.clone()),
+        visitors::register(io, node.clone()),
     )
 }
 

@@ -236,13 +236,13 @@ impl Slots {
 /// Takes a place for `socket` among the sockets of `id` in `ns` (refused past `cap`); it is given
 /// back when the socket disconnects.
 pub fn occupy<A: Adapter>(
-    state: &crate::state::AppState,
+    node: &super::Node,
     socket: &SocketRef<A>,
     ns: &'static str,
     id: i64,
     cap: usize,
 ) -> Result<(), Refused> {
-    let slot = state.socket_slots.take(ns, id, cap)?;
+    let slot = node.slots.take(ns, id, cap)?;
     socket.extensions.insert(slot);
     Ok(())
 }

@@ -15,8 +15,9 @@ use socketioxide::{
 };
 use socketioxide_core::adapter::DefinedAdapter;
 
+use super::Node;
 use super::{
-    AGENTS, VISITORS, room,
+    VISITORS, room,
     session::{
         Limiter, Nothing, Refused, Session, auth_field, client_address, limiter, occupy, on,
         on_unknown, vacate,
@@ -24,11 +25,13 @@ use super::{
 };
 use crate::{
     auth::visitor::CurrentVisitor,
-    http::{
-        conversations::{event_of, events_since},
-        widget::{NewMessage, current_conversation, end_as_visitor, send_as_visitor, visitor_view},
+    chat::{
+        messages::events_since,
+        signals::{visitor_seen, visitor_typing},
+        visitors::{
+            NewMessage, current_conversation, end_as_visitor, send_as_visitor, visitor_view,
+        },
     },
-    state::AppState,
 };
 
 /// Who a socket is, from its handshake.
@@ -48,10 +51,7 @@ impl Session for VisitorSession {
     }
 }
 
-pub(super) fn register<A: Adapter + DefinedAdapter>(
-    io: &SocketIo<A>,
-    state: AppState,
-) -> A::InitRes {
+pub(super) fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, state: Node) -> A::InitRes {
     let authenticate = {
         let state = state.clone();
         move |socket: SocketRef<A>, TryData(auth): TryData<Value>| {
@@ -70,7 +70,7 @@ pub(super) fn register<A: Adapter + DefinedAdapter>(
 }
 
 async fn handshake<A: Adapter>(
-    state: &AppState,
+    state: &Node,
     socket: &SocketRef<A>,
     auth: Result<Value, ParserError>,
 ) -> Result<(), Refused> {
@@ -150,15 +150,8 @@ struct ListRequest {
     limit: Option<u64>,
 }
 
-/// Both sides of a conversation hear this: its room, and the agent holding it.
-fn agent_rooms(conversation: &entity::conversations::Model) -> Vec<String> {
-    let mut rooms = vec![room::conversation(conversation.id)];
-    rooms.extend(conversation.assigned_agent_id.map(room::agent));
-    rooms
-}
-
 /// A waiting visitor hears its place as soon as it connects (pushes come only when it changes).
-async fn tell_place<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
+async fn tell_place<A: Adapter>(state: &Node, socket: &SocketRef<A>) {
     let Some(session) = socket.extensions.get::<VisitorSession>() else {
         return;
     };
@@ -166,7 +159,7 @@ async fn tell_place<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
         .one(&state.db)
         .await;
     let place = match conversation {
-        Ok(Some(conversation)) => super::deliver::place_of(&state.db, &conversation).await,
+        Ok(Some(conversation)) => super::lines::place_of(&state.db, &conversation).await,
         Ok(None) => Ok(None),
         Err(err) => Err(err),
     };
@@ -182,7 +175,7 @@ async fn tell_place<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
     }
 }
 
-fn attach<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
+fn attach<A: Adapter>(state: &Node, socket: &SocketRef<A>) {
     let st = state.clone();
     on(
         socket,
@@ -207,18 +200,8 @@ fn attach<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
         move |_, session: VisitorSession, body: TypingRequest| {
             let state = st.clone();
             async move {
-                let conversation =
-                    current_conversation(&state.db, &session.visitor, body.conversation_id).await?;
-                let typing = json!({
-                    "conversationId": conversation.id,
-                    "from": "visitor",
-                    "typing": body.typing,
-                });
-                state
-                    .push
-                    .emit(AGENTS, agent_rooms(&conversation), "typing", &typing)
-                    .await;
-                Ok(typing)
+                let visitor = &session.visitor;
+                visitor_typing(&state, visitor, body.conversation_id, body.typing).await
             }
         },
     );
@@ -229,19 +212,8 @@ fn attach<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
         move |_, session: VisitorSession, body: SeenRequest| {
             let state = st.clone();
             async move {
-                let conversation =
-                    current_conversation(&state.db, &session.visitor, body.conversation_id).await?;
-                event_of(&state.db, conversation.id, body.event_id).await?;
-                let seen = json!({
-                    "conversationId": conversation.id,
-                    "eventId": body.event_id,
-                    "by": "visitor",
-                });
-                state
-                    .push
-                    .emit(AGENTS, agent_rooms(&conversation), "message:seen", &seen)
-                    .await;
-                Ok(seen)
+                let visitor = &session.visitor;
+                visitor_seen(&state, visitor, body.conversation_id, body.event_id).await
             }
         },
     );

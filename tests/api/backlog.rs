@@ -1,4 +1,4 @@
-//! The apalis-redis backlog defect (STACK-NOTES): with workers stopped, a backlog of due tasks
+//! The apalis-redis backlog defect (docs/stack-notes.md, "apalis-redis backlog"): with workers stopped, a backlog of due tasks
 //! larger than its Lua promotion can unpack made every fetch fail. Ours must drain it.
 
 use std::time::{Duration, Instant};

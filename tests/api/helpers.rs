@@ -200,6 +200,8 @@ pub struct TestApp {
     /// The operator listener (apalis board), `http://host:port`.
     pub ops_address: String,
     pub state: AppState,
+    /// The app's push side (to push to its sockets directly).
+    pub push: switchboard::realtime::Push,
     pub client: reqwest::Client,
     pub storage: Storage,
     shutdown: CancellationToken,
@@ -256,12 +258,14 @@ pub async fn spawn_with(
         .map(|addr| format!("http://{addr}"))
         .expect("an operator listener");
     let state = app.state().clone();
+    let push = app.push();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     TestApp {
         address,
         ops_address,
         state,
+        push,
         client: reqwest::Client::new(),
         storage,
         shutdown,

@@ -225,7 +225,7 @@ async fn pushes_to_a_full_socket_queue_are_counted() {
         Duration::from_secs(10),
         "the socket in its room",
         || async {
-            let sockets = app.state.push.sockets_in(visitors, room.clone()).await?;
+            let sockets = app.push.sockets_in(visitors, room.clone()).await?;
             (!sockets.is_empty()).then_some(())
         },
     )
@@ -235,8 +235,7 @@ async fn pushes_to_a_full_socket_queue_are_counted() {
     let labels = [("namespace", "/visitors")];
     let before = sample(&scrape(&app).await, name, &labels).unwrap_or_default();
     for index in 0..200 {
-        app.state
-            .push
+        app.push
             .emit(
                 visitors,
                 vec![room.clone()],

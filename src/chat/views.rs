@@ -1,14 +1,16 @@
-//! How conversations and events look on the wire, for agents and visitors alike.
+//! How conversations, agents, events and waiting lines look on the wire, for both faces.
 
 use chrono::{DateTime, Utc};
 use entity::{
-    conversations,
-    enums::{ConversationStatus, Priority},
+    agent_groups, agents, conversations,
+    enums::{AgentRole, AgentStatus, ConversationStatus, Priority},
 };
-use sea_orm::ConnectionTrait;
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde::Serialize;
 
 use crate::error::ApiError;
+
+pub use jobs::messages::EventView;
 
 /// A conversation.
 #[derive(Debug, Serialize)]
@@ -69,43 +71,6 @@ impl ConversationView {
     }
 }
 
-pub use jobs::messages::EventView;
-
-/// A stored message's answer for the caller. A new message (not a resent client id) has its
-/// activity recorded and is told to both sides of the conversation (and webhooks): see
-/// `jobs::messages`. A closed conversation is 409.
-pub fn published(
-    state: &crate::state::AppState,
-    stored: Result<jobs::messages::Stored, jobs::conversation::MessageError>,
-) -> Result<(EventView, bool), ApiError> {
-    let stored = stored.map_err(|err| match err {
-        jobs::conversation::MessageError::Closed => {
-            ApiError::Conflict("the conversation is closed".into())
-        }
-    })?;
-    if stored.created {
-        state
-            .activity
-            .record(stored.view.conversation_id, stored.view.author_type);
-    }
-    stored.staged.tell(&*state.notifier);
-    Ok((stored.view, stored.created))
-}
-
-/// The HTTP answer to a sent message: 201 with the stored event, 200 with the first one when the
-/// client sent the same message id again.
-pub fn created(
-    (view, created): (EventView, bool),
-) -> Result<(axum::http::StatusCode, super::extract::Json<EventView>), ApiError> {
-    use axum::http::StatusCode;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, super::extract::Json(view)))
-}
-
 /// One conversation of a group's waiting line, as agents see it (`GET /v1/queue`, `queue:update`).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -140,10 +105,81 @@ pub async fn waiting_count(
     db: &impl ConnectionTrait,
     group_id: i64,
 ) -> Result<u64, sea_orm::DbErr> {
-    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
     conversations::Entity::find()
         .filter(conversations::Column::GroupId.eq(group_id))
         .filter(conversations::Column::Status.eq(ConversationStatus::Pending))
         .count(db)
         .await
+}
+
+/// An agent as the API shows it (never the password hash or token version).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentView {
+    id: i64,
+    name: String,
+    email: String,
+    role: AgentRole,
+    status: AgentStatus,
+    accepting_chats: bool,
+    max_concurrent_chats: i32,
+    active_chats: i32,
+    avatar_url: Option<String>,
+    group_ids: Vec<i64>,
+    last_seen_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    deleted_at: Option<DateTime<Utc>>,
+}
+
+impl AgentView {
+    fn new(agent: agents::Model, group_ids: Vec<i64>) -> Self {
+        Self {
+            id: agent.id,
+            name: agent.name,
+            email: agent.email,
+            role: agent.role,
+            status: agent.status,
+            accepting_chats: agent.accepting_chats,
+            max_concurrent_chats: agent.max_concurrent_chats,
+            active_chats: agent.active_chats,
+            avatar_url: agent.avatar_url,
+            group_ids,
+            last_seen_at: agent.last_seen_at,
+            created_at: agent.created_at,
+            updated_at: agent.updated_at,
+            deleted_at: agent.deleted_at,
+        }
+    }
+
+    /// Views of `rows` with their group ids, in one query for the memberships.
+    pub async fn many(
+        db: &impl ConnectionTrait,
+        rows: Vec<agents::Model>,
+    ) -> Result<Vec<Self>, ApiError> {
+        let ids: Vec<i64> = rows.iter().map(|agent| agent.id).collect();
+        let memberships = agent_groups::Entity::find()
+            .filter(agent_groups::Column::AgentId.is_in(ids))
+            .all(db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|agent| {
+                let groups = memberships
+                    .iter()
+                    .filter(|m| m.agent_id == agent.id)
+                    .map(|m| m.group_id)
+                    .collect();
+                Self::new(agent, groups)
+            })
+            .collect())
+    }
+
+    /// The view of one agent.
+    pub async fn one(db: &impl ConnectionTrait, agent: agents::Model) -> Result<Self, ApiError> {
+        let mut views = Self::many(db, vec![agent]).await?;
+        views
+            .pop()
+            .ok_or_else(|| anyhow::anyhow!("view of one agent is empty").into())
+    }
 }
