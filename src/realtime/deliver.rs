@@ -1,11 +1,12 @@
 //! The [`Notifier`] of a process: job outcomes become room pushes.
 //!
 //! `notify` never blocks a job: outcomes go through bounded channels to delivery tasks, sharded
-//! so that the outcomes of one conversation (or agent) are pushed in order. Waiting lines are pushed at most every [`LINE_PERIOD`] per group
-//! (a burst of assignments moves a line many times a second; clients need its latest state),
-//! and a visitor hears `queue:position` only when its place changed.
+//! so that the outcomes of one conversation (or agent) are pushed in order. Waiting lines leave
+//! through [`Lines`], at most every [`LINE_PERIOD`](super::lines::LINE_PERIOD) per group (a
+//! burst of assignments moves a line many times a second; clients need its latest state), and a
+//! visitor hears `queue:position` only when its place changed.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use jobs::notify::{Notifier, Outcome};
 use sea_orm::DatabaseConnection;
@@ -15,8 +16,6 @@ use tokio::sync::mpsc;
 use super::{AGENTS, Push, VISITORS, lines::Lines, room};
 use crate::chat::signals::{seen_body, typing_body};
 
-/// How often a changed waiting line is pushed.
-pub const LINE_PERIOD: Duration = Duration::from_millis(250);
 /// Outcomes waiting for delivery before new ones are dropped (and logged).
 const BACKLOG: usize = 65_536;
 /// Pushes outcomes to Socket.IO rooms.

@@ -14,9 +14,11 @@ use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrai
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::{AGENTS, Push, VISITORS, deliver::LINE_PERIOD, room};
+use super::{AGENTS, Push, VISITORS, room};
 use crate::chat::views::{Waiting, waiting_count};
 
+/// How often a changed waiting line is pushed.
+pub const LINE_PERIOD: Duration = Duration::from_millis(250);
 /// The part of a line whose visitors hear their place; further back they hear it once they move
 /// into it.
 const LINE_WATCHED: u64 = 1_000;
