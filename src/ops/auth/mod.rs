@@ -4,33 +4,32 @@
 //! argon2 verification as `/v1/auth/login`.
 //!
 //! Rules:
-//! - Argon2 costs tens of milliseconds of CPU, and a board page loads several files and polls
-//!   every few seconds: a successful check is remembered for [`REMEMBER`], so a password change,
-//!   a demotion or a deletion takes effect within that. The cache is keyed by a hash of the
-//!   e-mail and holds a keyed SHA-256 of the whole credentials (the key is random per process),
-//!   compared in constant time; it never holds a password, and it is bounded ([`CACHE_SIZE`]).
-//! - Failed checks are counted per client address (IPv6: per /64) and per e-mail, [`FAILURES`]
-//!   per [`FAILURE_WINDOW`] each, and counted *before* the check runs (a success gives its count
-//!   back), so concurrent requests cannot run more checks than that. An e-mail past its budget is
+//! - A successful check is remembered for [`REMEMBER`] (`remembered.rs`), so a password change,
+//!   a demotion or a deletion takes effect within that. Remembered checks always pass.
+//! - Failed checks are counted per client address and per admin's e-mail, [`FAILURES`] per
+//!   [`FAILURE_WINDOW`] each, before the check runs (`failures.rs`). An e-mail past its budget is
 //!   answered 429 without a check until the window ends, even with the right password, except
 //!   from an address that signed in for it within [`KNOWN_FOR`]: strangers' wrong guesses cannot
-//!   lock an admin out of where it works from. An address
-//!   past its budget is answered 429 too, except for the right password of an admin: an attacker
-//!   sharing the admin's address (a NAT, a proxy) cannot lock the admin out. Only admins' e-mails
-//!   are counted (no other can pass); a blocked address finds them in a list read at most every
-//!   [`ADMINS_FOR`], so it costs no query either. From a blocked
-//!   address only e-mails of admins cost a check (each within its own budget) or are counted, so
-//!   it cannot grow the table of counts either. Remembered checks always pass.
+//!   lock an admin out of where it works from. An address past its budget is answered 429 too,
+//!   except for the right password of an admin: an attacker sharing the admin's address (a NAT, a
+//!   proxy) cannot lock the admin out.
+//! - Only admins' e-mails are counted (no other can pass); a blocked address finds them in a list
+//!   read at most every [`ADMINS_FOR`], so it costs no query either. From a blocked address only
+//!   e-mails of admins cost a check (each within its own budget) or are counted, so it cannot
+//!   grow the table of counts either.
 //! - Checks share the process's bound on password checks (`auth::password`): beyond it a request
 //!   is answered 503 with `Retry-After` at once.
 //! - A refusal is a 401 with `WWW-Authenticate: Basic`, whether the e-mail is unknown, the
 //!   password wrong or the agent not an admin (unknown e-mails cost a decoy verification, so the
 //!   timing does not tell them apart). Credentials are never logged.
 
+mod failures;
+mod remembered;
+
 use std::{
-    collections::HashMap,
+    collections::HashSet,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex, PoisonError},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -46,25 +45,20 @@ use sea_orm::{
     ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, sea_query::Query,
 };
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
+pub use self::{
+    failures::{FAILURE_WINDOW, FAILURES},
+    remembered::REMEMBER,
+};
+use self::{
+    failures::{Failures, TRACKED_CLIENTS, Who},
+    remembered::Remembered,
+};
 use crate::{
     auth::{PasswordError, verify_decoy, verify_password},
     error::ApiError,
 };
 
-/// How long a successful check is remembered.
-pub const REMEMBER: Duration = Duration::from_secs(5);
-/// Most credentials remembered at once.
-const CACHE_SIZE: usize = 1024;
-/// Failed checks a client address, and an e-mail, may make per [`FAILURE_WINDOW`].
-pub const FAILURES: u32 = 10;
-/// The window failed checks are counted in.
-pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-/// Client addresses and e-mails whose failures are tracked at once. Past it (stale counts are
-/// swept out at most once a second), a new address is not counted: the budgets of the admins'
-/// e-mails and the process's bound on password checks still hold.
-const TRACKED_CLIENTS: usize = 10_000;
 /// How long an address that signed in for an e-mail passes that e-mail's block.
 const KNOWN_FOR: Duration = Duration::from_secs(24 * 3600);
 /// How long the list of admin e-mails is trusted.
@@ -80,30 +74,14 @@ struct Inner {
     db: DatabaseConnection,
     /// Random per process: remembered digests mean nothing outside it.
     key: [u8; 32],
-    remembered: Mutex<HashMap<[u8; 32], Remembered>>,
-    failures: Mutex<Tracked>,
+    remembered: Remembered,
+    failures: Failures,
     /// (e-mail slot, address) pairs that signed in recently: their right password passes the
     /// e-mail's block, so strangers' wrong guesses cannot lock an admin out of a place it uses.
     known: jobs::cache::Cache<([u8; 32], IpAddr), ()>,
     /// The operator account's admin e-mails, read again every [`ADMINS_FOR`]: an e-mail that is
     /// none costs no query.
-    admin_emails: tokio::sync::Mutex<Option<(Instant, Arc<std::collections::HashSet<String>>)>>,
-}
-
-/// Failure counts, and when stale ones were last swept out.
-#[derive(Default)]
-struct Tracked {
-    counts: HashMap<Who, Failures>,
-    swept: Option<Instant>,
-}
-
-/// Whose failed checks are counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Who {
-    /// A client address (IPv6: its /64).
-    Address(IpAddr),
-    /// An e-mail (its cache slot: a keyed hash).
-    Email([u8; 32]),
+    admin_emails: tokio::sync::Mutex<Option<(Instant, Arc<HashSet<String>>)>>,
 }
 
 /// What a check found.
@@ -112,16 +90,6 @@ enum Verdict {
     Admin,
     /// Anything else.
     Refused,
-}
-
-struct Remembered {
-    credentials: [u8; 32],
-    until: Instant,
-}
-
-struct Failures {
-    count: u32,
-    since: Instant,
 }
 
 /// E-mail and password from an `Authorization: Basic` header.
@@ -144,8 +112,8 @@ impl OpsAuth {
         Self(Arc::new(Inner {
             db,
             key,
-            remembered: Mutex::default(),
-            failures: Mutex::default(),
+            remembered: Remembered::default(),
+            failures: Failures::default(),
             known: jobs::cache::short_lived(TRACKED_CLIENTS as u64, KNOWN_FOR),
             admin_emails: tokio::sync::Mutex::default(),
         }))
@@ -157,17 +125,17 @@ impl OpsAuth {
             return Err(Refusal::Unauthorized);
         };
         let (slot, digest) = self.digests(&credentials);
-        if self.remembers(&slot, &digest) {
+        if self.0.remembered.passes(&slot, &digest) {
             return Ok(());
         }
         // Counted before the check runs, given back when it passes or cannot run.
         let client = crate::chat::budget::client_key(client);
         let address = Who::Address(client);
-        let address_count = self.reserve(address);
+        let address_count = self.0.failures.reserve(address);
         let address_blocked = address_count.err();
         let give_back_address = || {
             if let Ok(window) = address_count {
-                self.refund(address, window);
+                self.0.failures.refund(address, window);
             }
         };
         let admins = match self
@@ -194,7 +162,7 @@ impl OpsAuth {
         let email_count = if admins.is_empty() {
             Ok(None)
         } else {
-            match self.reserve(email) {
+            match self.0.failures.reserve(email) {
                 Ok(window) => Ok(window),
                 // An address this admin signed in from lately keeps its way in.
                 Err(_) if known => Ok(None),
@@ -210,12 +178,12 @@ impl OpsAuth {
         };
         let verdict = Self::verify(credentials.password, admins).await;
         if !matches!(verdict, Ok(Verdict::Refused)) {
-            self.refund(email, email_window);
+            self.0.failures.refund(email, email_window);
             give_back_address();
         }
         match verdict? {
             Verdict::Admin => {
-                self.remember(slot, digest);
+                self.0.remembered.insert(slot, digest);
                 self.0.known.insert((slot, client), ());
                 Ok(())
             }
@@ -238,112 +206,6 @@ impl OpsAuth {
             .chain_update(credentials.password.as_bytes())
             .finalize();
         (slot.into(), whole.into())
-    }
-
-    fn remembers(&self, slot: &[u8; 32], digest: &[u8; 32]) -> bool {
-        let remembered = self
-            .0
-            .remembered
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        remembered.get(slot).is_some_and(|entry| {
-            entry.until > Instant::now() && bool::from(entry.credentials.ct_eq(digest))
-        })
-    }
-
-    fn remember(&self, slot: [u8; 32], credentials: [u8; 32]) {
-        let now = Instant::now();
-        let mut remembered = self
-            .0
-            .remembered
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if remembered.len() >= CACHE_SIZE {
-            remembered.retain(|_, entry| entry.until > now);
-            if remembered.len() >= CACHE_SIZE {
-                remembered.clear();
-            }
-        }
-        remembered.insert(
-            slot,
-            Remembered {
-                credentials,
-                until: now + REMEMBER,
-            },
-        );
-    }
-
-    /// Counts a failed check of `who` in advance: `Ok` with the window it was counted in (`None`
-    /// when the table is full and `who` is not tracked), `Err` with the wait when its budget is
-    /// spent.
-    fn reserve(&self, who: Who) -> Result<Option<Instant>, Duration> {
-        let now = Instant::now();
-        let mut tracked = self
-            .0
-            .failures
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if tracked.counts.len() >= TRACKED_CLIENTS
-            && !tracked.counts.contains_key(&who)
-            && tracked
-                .swept
-                .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
-        {
-            tracked.swept = Some(now);
-            tracked
-                .counts
-                .retain(|_, entry| now < entry.since + FAILURE_WINDOW);
-        }
-        if tracked.counts.len() >= TRACKED_CLIENTS && !tracked.counts.contains_key(&who) {
-            return Ok(None);
-        }
-        let entry = tracked.counts.entry(who).or_insert(Failures {
-            count: 0,
-            since: now,
-        });
-        if now >= entry.since + FAILURE_WINDOW {
-            *entry = Failures {
-                count: 0,
-                since: now,
-            };
-        }
-        if entry.count >= FAILURES {
-            let wait = (entry.since + FAILURE_WINDOW).saturating_duration_since(now);
-            return Err(wait.max(Duration::from_secs(1)));
-        }
-        entry.count += 1;
-        if entry.count == FAILURES {
-            match who {
-                Who::Address(client) => {
-                    tracing::warn!(%client, "operator listener: too many failed sign-ins from one address, refusing it for a while")
-                }
-                Who::Email(_) => tracing::warn!(
-                    "operator listener: too many failed sign-ins for one e-mail, refusing it for a while"
-                ),
-            }
-        }
-        Ok(Some(entry.since))
-    }
-
-    /// Gives back a count taken by [`Self::reserve`] in `window` (the check passed, or did not
-    /// run); nothing once that window is over. An entry back at zero is forgotten.
-    fn refund(&self, who: Who, window: Option<Instant>) {
-        let Some(window) = window else {
-            return;
-        };
-        let mut tracked = self
-            .0
-            .failures
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = tracked.counts.get_mut(&who)
-            && entry.since == window
-        {
-            entry.count = entry.count.saturating_sub(1);
-            if entry.count == 0 {
-                tracked.counts.remove(&who);
-            }
-        }
     }
 
     /// The admins of the operator account with this e-mail (none for an e-mail nobody can have).
@@ -370,7 +232,7 @@ impl OpsAuth {
     }
 
     /// The operator account's admin e-mails, read at most every [`ADMINS_FOR`].
-    async fn admin_emails(&self) -> Result<Arc<std::collections::HashSet<String>>, Refusal> {
+    async fn admin_emails(&self) -> Result<Arc<HashSet<String>>, Refusal> {
         let mut cached = self.0.admin_emails.lock().await;
         if let Some((at, emails)) = &*cached
             && at.elapsed() < ADMINS_FOR
@@ -387,7 +249,7 @@ impl OpsAuth {
             .all(&self.0.db)
             .await
             .map_err(|err| Refusal::Internal(err.into()))?;
-        let emails = Arc::new(emails.into_iter().collect::<std::collections::HashSet<_>>());
+        let emails = Arc::new(emails.into_iter().collect::<HashSet<_>>());
         *cached = Some((Instant::now(), emails.clone()));
         Ok(emails)
     }
@@ -526,72 +388,13 @@ mod tests {
             password: "secreT".into(),
         };
         let (slot, digest) = auth.digests(&right);
-        assert!(!auth.remembers(&slot, &digest));
-        auth.remember(slot, digest);
-        assert!(auth.remembers(&slot, &digest));
+        assert!(!auth.0.remembered.passes(&slot, &digest));
+        auth.0.remembered.insert(slot, digest);
+        assert!(auth.0.remembered.passes(&slot, &digest));
         let (wrong_slot, wrong_digest) = auth.digests(&wrong);
         assert_eq!(slot, wrong_slot, "the slot is the e-mail's");
-        assert!(!auth.remembers(&wrong_slot, &wrong_digest));
-        auth.0
-            .remembered
-            .lock()
-            .unwrap()
-            .get_mut(&slot)
-            .unwrap()
-            .until = Instant::now();
-        assert!(!auth.remembers(&slot, &digest));
-    }
-
-    #[tokio::test]
-    async fn a_budget_is_spent_in_advance_given_back_and_renewed() {
-        let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
-        let auth = OpsAuth::new(db);
-        let client = Who::Address("10.0.0.1".parse().unwrap());
-        let other = Who::Address("10.0.0.2".parse().unwrap());
-        let mut window = None;
-        for _ in 0..FAILURES {
-            window = auth.reserve(client).unwrap();
-        }
-        let wait = auth.reserve(client).expect_err("blocked");
-        assert!(wait <= FAILURE_WINDOW);
-        let theirs = auth
-            .reserve(other)
-            .expect("another address has its own budget");
-        // A check that passed gives its count back.
-        auth.refund(client, window);
-        auth.reserve(client).expect("one count was given back");
-        assert!(auth.reserve(client).is_err());
-        // An entry given back to zero is forgotten.
-        auth.refund(other, theirs);
-        assert!(!auth.0.failures.lock().unwrap().counts.contains_key(&other));
-        // The window ends; a refund of the old window changes nothing in the new one.
-        auth.0
-            .failures
-            .lock()
-            .unwrap()
-            .counts
-            .get_mut(&client)
-            .unwrap()
-            .since = Instant::now() - FAILURE_WINDOW;
-        let renewed = auth.reserve(client).expect("a new window");
-        auth.refund(client, window);
-        assert_eq!(auth.0.failures.lock().unwrap().counts[&client].count, 1);
-        assert_ne!(renewed, window);
-    }
-
-    #[tokio::test]
-    async fn a_full_table_counts_no_newcomer_and_sweeps_at_most_once_a_second() {
-        let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
-        let auth = OpsAuth::new(db);
-        for n in 0..TRACKED_CLIENTS as u32 {
-            let who = Who::Address(std::net::Ipv4Addr::from(n).into());
-            auth.reserve(who).unwrap();
-        }
-        let newcomer = Who::Address("192.0.2.1".parse().unwrap());
-        assert_eq!(auth.reserve(newcomer), Ok(None), "not tracked, not refused");
-        assert_eq!(
-            auth.0.failures.lock().unwrap().counts.len(),
-            TRACKED_CLIENTS
-        );
+        assert!(!auth.0.remembered.passes(&wrong_slot, &wrong_digest));
+        auth.0.remembered.expire(&slot);
+        assert!(!auth.0.remembered.passes(&slot, &digest));
     }
 }
