@@ -92,175 +92,246 @@ pub async fn account_stats(
     account_id: i64,
 ) -> Result<AccountStats, DbErr> {
     let now = Utc::now();
-    let (five, hour) = (now - Duration::minutes(5), now - Duration::hours(1));
-    let mut by_group: Vec<GroupStats> = groups::Entity::find()
-        .filter(groups::Column::AccountId.eq(account_id))
-        .filter(groups::Column::DeletedAt.is_null())
-        .order_by_asc(groups::Column::Id)
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|group| GroupStats {
-            group_id: group.id,
-            name: group.name,
-            ..Default::default()
-        })
-        .collect();
-    let index: HashMap<i64, usize> = by_group
-        .iter()
-        .enumerate()
-        .map(|(at, group)| (group.group_id, at))
-        .collect();
-    let at = |group_id: i64| index.get(&group_id).copied();
-
-    for (group_id, priority, count, oldest) in waiting_by_priority(db, Some(account_id)).await? {
-        let Some(i) = at(group_id) else { continue };
-        let stats = &mut by_group[i];
-        match priority {
-            Priority::High => stats.waiting.high += count,
-            Priority::Normal => stats.waiting.normal += count,
-            Priority::Low => stats.waiting.low += count,
-        }
-        stats.waiting.total += count;
-        let waited = oldest.map(|oldest| (now - oldest).num_seconds().max(0));
-        stats.oldest_wait_seconds = stats.oldest_wait_seconds.max(waited);
+    let mut tally = Tally::of_groups(db, account_id).await?;
+    tally.waiting(db, account_id, now).await?;
+    tally.agents(db, account_id).await?;
+    tally.occupancy(db, account_id).await?;
+    for (minutes, last5) in [(5, true), (60, false)] {
+        tally
+            .recent(db, account_id, now - Duration::minutes(minutes), last5)
+            .await?;
     }
-
-    let members: Vec<(i64, AgentStatus, bool, i32)> = agents::Entity::find()
-        .select_only()
-        .column(agent_groups::Column::GroupId)
-        .column(agents::Column::Status)
-        .column(agents::Column::AcceptingChats)
-        .column(agents::Column::MaxConcurrentChats)
-        .join(JoinType::InnerJoin, agents::Relation::AgentGroups.def())
-        .filter(agents::Column::AccountId.eq(account_id))
-        .filter(agents::Column::DeletedAt.is_null())
-        .into_tuple()
-        .all(db)
+    tally
+        .medians(db, account_id, now - Duration::hours(1))
         .await?;
-    for (group_id, status, accepting, capacity) in members {
-        let Some(i) = at(group_id) else { continue };
-        let stats = &mut by_group[i];
-        stats.agents.members += 1;
-        if status == AgentStatus::Online {
-            stats.agents.online += 1;
-            stats.occupancy.capacity += i64::from(capacity);
-            if accepting {
-                stats.agents.accepting += 1;
-            }
-        }
-    }
-
-    let active: Vec<(i64, i64)> = conversations::Entity::find()
-        .select_only()
-        .column(conversations::Column::GroupId)
-        .column_as(conversations::Column::Id.count(), "n")
-        .filter(conversations::Column::AccountId.eq(account_id))
-        .filter(conversations::Column::Status.eq(ConversationStatus::Active))
-        .group_by(conversations::Column::GroupId)
-        .into_tuple()
-        .all(db)
-        .await?;
-    for (group_id, count) in active {
-        if let Some(i) = at(group_id) {
-            by_group[i].occupancy.active = count;
-        }
-    }
-    for stats in &mut by_group {
-        let occupancy = &mut stats.occupancy;
-        occupancy.ratio =
-            (occupancy.capacity > 0).then(|| occupancy.active as f64 / occupancy.capacity as f64);
-    }
-
-    for (since, last5) in [(five, true), (hour, false)] {
-        for (group_id, count) in assigned_since(db, account_id, since).await? {
-            if let Some(i) = at(group_id) {
-                let recent = &mut by_group[i].assigned;
-                *if last5 {
-                    &mut recent.last5_minutes
-                } else {
-                    &mut recent.last60_minutes
-                } = count;
-            }
-        }
-        for (group_id, count) in closed_since(db, account_id, since).await? {
-            if let Some(i) = at(group_id) {
-                let recent = &mut by_group[i].closed;
-                *if last5 {
-                    &mut recent.last5_minutes
-                } else {
-                    &mut recent.last60_minutes
-                } = count;
-            }
-        }
-    }
-
-    let waits: Vec<(i64, Option<DateTime<Utc>>, DateTime<Utc>)> = assignments::Entity::find()
-        .select_only()
-        .column(conversations::Column::GroupId)
-        .column(conversations::Column::QueuedAt)
-        .column(assignments::Column::AssignedAt)
-        .join(
-            JoinType::InnerJoin,
-            assignments::Relation::Conversation.def(),
-        )
-        .filter(assignments::Column::AccountId.eq(account_id))
-        .filter(assignments::Column::AssignedAt.gte(hour))
-        .order_by_desc(assignments::Column::AssignedAt)
-        .limit(MEDIAN_SAMPLE)
-        .into_tuple()
-        .all(db)
-        .await?;
-    let mut samples: HashMap<i64, Vec<f64>> = HashMap::new();
-    for (group_id, queued, assigned) in waits {
-        if let Some(queued) = queued {
-            samples
-                .entry(group_id)
-                .or_default()
-                .push(seconds(assigned - queued));
-        }
-    }
-    for (group_id, mut values) in samples {
-        if let Some(i) = at(group_id) {
-            by_group[i].median_wait_seconds = median(&mut values);
-        }
-    }
-
-    let responses: Vec<(i64, DateTime<Utc>, Option<DateTime<Utc>>)> = conversations::Entity::find()
-        .select_only()
-        .column(conversations::Column::GroupId)
-        .column(conversations::Column::CreatedAt)
-        .column(conversations::Column::FirstResponseAt)
-        .filter(conversations::Column::AccountId.eq(account_id))
-        .filter(conversations::Column::FirstResponseAt.gte(hour))
-        .order_by_desc(conversations::Column::FirstResponseAt)
-        .limit(MEDIAN_SAMPLE)
-        .into_tuple()
-        .all(db)
-        .await?;
-    let mut samples: HashMap<i64, Vec<f64>> = HashMap::new();
-    for (group_id, created, answered) in responses {
-        if let Some(answered) = answered {
-            samples
-                .entry(group_id)
-                .or_default()
-                .push(seconds(answered - created));
-        }
-    }
-    for (group_id, mut values) in samples {
-        if let Some(i) = at(group_id) {
-            by_group[i].median_first_response_seconds = median(&mut values);
-        }
-    }
-
     Ok(AccountStats {
         generated_at: now,
-        groups: by_group,
+        groups: tally.groups,
     })
 }
 
-/// Waiting conversations per (group, priority): how many, and when the oldest entered the line.
-/// Of one account, or of every account (`None`, for the metrics).
+/// The numbers of an account's groups as they are counted, one query per kind.
+struct Tally {
+    groups: Vec<GroupStats>,
+    /// Each group's place in `groups`.
+    index: HashMap<i64, usize>,
+}
+
+impl Tally {
+    /// The account's groups, all numbers at zero.
+    async fn of_groups(db: &impl ConnectionTrait, account_id: i64) -> Result<Self, DbErr> {
+        let groups: Vec<GroupStats> = groups::Entity::find()
+            .filter(groups::Column::AccountId.eq(account_id))
+            .filter(groups::Column::DeletedAt.is_null())
+            .order_by_asc(groups::Column::Id)
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|group| GroupStats {
+                group_id: group.id,
+                name: group.name,
+                ..Default::default()
+            })
+            .collect();
+        let index = groups
+            .iter()
+            .enumerate()
+            .map(|(at, group)| (group.group_id, at))
+            .collect();
+        Ok(Self { groups, index })
+    }
+
+    /// A group's numbers (none for a group deleted since it was listed).
+    fn group(&mut self, group_id: i64) -> Option<&mut GroupStats> {
+        let at = *self.index.get(&group_id)?;
+        self.groups.get_mut(at)
+    }
+
+    /// Waiting conversations by priority, and the oldest wait.
+    async fn waiting(
+        &mut self,
+        db: &impl ConnectionTrait,
+        account_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(), DbErr> {
+        for (group_id, priority, count, oldest) in waiting_by_priority(db, Some(account_id)).await?
+        {
+            let Some(stats) = self.group(group_id) else {
+                continue;
+            };
+            match priority {
+                Priority::High => stats.waiting.high += count,
+                Priority::Normal => stats.waiting.normal += count,
+                Priority::Low => stats.waiting.low += count,
+            }
+            stats.waiting.total += count;
+            let waited = oldest.map(|oldest| (now - oldest).num_seconds().max(0));
+            stats.oldest_wait_seconds = stats.oldest_wait_seconds.max(waited);
+        }
+        Ok(())
+    }
+
+    /// Members, online and accepting; the online members' capacity.
+    async fn agents(&mut self, db: &impl ConnectionTrait, account_id: i64) -> Result<(), DbErr> {
+        let members: Vec<(i64, AgentStatus, bool, i32)> = agents::Entity::find()
+            .select_only()
+            .column(agent_groups::Column::GroupId)
+            .column(agents::Column::Status)
+            .column(agents::Column::AcceptingChats)
+            .column(agents::Column::MaxConcurrentChats)
+            .join(JoinType::InnerJoin, agents::Relation::AgentGroups.def())
+            .filter(agents::Column::AccountId.eq(account_id))
+            .filter(agents::Column::DeletedAt.is_null())
+            .into_tuple()
+            .all(db)
+            .await?;
+        for (group_id, status, accepting, capacity) in members {
+            let Some(stats) = self.group(group_id) else {
+                continue;
+            };
+            stats.agents.members += 1;
+            if status == AgentStatus::Online {
+                stats.agents.online += 1;
+                stats.occupancy.capacity += i64::from(capacity);
+                if accepting {
+                    stats.agents.accepting += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Active conversations against the capacity counted by [`Self::agents`].
+    async fn occupancy(&mut self, db: &impl ConnectionTrait, account_id: i64) -> Result<(), DbErr> {
+        let active: Vec<(i64, i64)> = conversations::Entity::find()
+            .select_only()
+            .column(conversations::Column::GroupId)
+            .column_as(conversations::Column::Id.count(), "n")
+            .filter(conversations::Column::AccountId.eq(account_id))
+            .filter(conversations::Column::Status.eq(ConversationStatus::Active))
+            .group_by(conversations::Column::GroupId)
+            .into_tuple()
+            .all(db)
+            .await?;
+        for (group_id, count) in active {
+            if let Some(stats) = self.group(group_id) {
+                stats.occupancy.active = count;
+            }
+        }
+        for stats in &mut self.groups {
+            let occupancy = &mut stats.occupancy;
+            occupancy.ratio = (occupancy.capacity > 0)
+                .then(|| occupancy.active as f64 / occupancy.capacity as f64);
+        }
+        Ok(())
+    }
+
+    /// Assignments and closes since `since`: the last five minutes' numbers, or the hour's.
+    async fn recent(
+        &mut self,
+        db: &impl ConnectionTrait,
+        account_id: i64,
+        since: DateTime<Utc>,
+        last5: bool,
+    ) -> Result<(), DbErr> {
+        for (group_id, count) in assigned_since(db, account_id, since).await? {
+            if let Some(stats) = self.group(group_id) {
+                *stats.assigned.window(last5) = count;
+            }
+        }
+        for (group_id, count) in closed_since(db, account_id, since).await? {
+            if let Some(stats) = self.group(group_id) {
+                *stats.closed.window(last5) = count;
+            }
+        }
+        Ok(())
+    }
+
+    /// The median wait and first response since `since`, over the latest [`MEDIAN_SAMPLE`].
+    async fn medians(
+        &mut self,
+        db: &impl ConnectionTrait,
+        account_id: i64,
+        since: DateTime<Utc>,
+    ) -> Result<(), DbErr> {
+        let waits: Vec<(i64, Option<DateTime<Utc>>, DateTime<Utc>)> = assignments::Entity::find()
+            .select_only()
+            .column(conversations::Column::GroupId)
+            .column(conversations::Column::QueuedAt)
+            .column(assignments::Column::AssignedAt)
+            .join(
+                JoinType::InnerJoin,
+                assignments::Relation::Conversation.def(),
+            )
+            .filter(assignments::Column::AccountId.eq(account_id))
+            .filter(assignments::Column::AssignedAt.gte(since))
+            .order_by_desc(assignments::Column::AssignedAt)
+            .limit(MEDIAN_SAMPLE)
+            .into_tuple()
+            .all(db)
+            .await?;
+        let waits = waits
+            .into_iter()
+            .filter_map(|(group_id, queued, assigned)| {
+                Some((group_id, seconds(assigned - queued?)))
+            });
+        for (group_id, median) in medians_by_group(waits) {
+            if let Some(stats) = self.group(group_id) {
+                stats.median_wait_seconds = median;
+            }
+        }
+
+        let responses: Vec<(i64, DateTime<Utc>, Option<DateTime<Utc>>)> =
+            conversations::Entity::find()
+                .select_only()
+                .column(conversations::Column::GroupId)
+                .column(conversations::Column::CreatedAt)
+                .column(conversations::Column::FirstResponseAt)
+                .filter(conversations::Column::AccountId.eq(account_id))
+                .filter(conversations::Column::FirstResponseAt.gte(since))
+                .order_by_desc(conversations::Column::FirstResponseAt)
+                .limit(MEDIAN_SAMPLE)
+                .into_tuple()
+                .all(db)
+                .await?;
+        let responses = responses
+            .into_iter()
+            .filter_map(|(group_id, created, answered)| {
+                Some((group_id, seconds(answered? - created)))
+            });
+        for (group_id, median) in medians_by_group(responses) {
+            if let Some(stats) = self.group(group_id) {
+                stats.median_first_response_seconds = median;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Recent {
+    /// The last five minutes' number, or the hour's.
+    fn window(&mut self, last5: bool) -> &mut i64 {
+        if last5 {
+            &mut self.last5_minutes
+        } else {
+            &mut self.last60_minutes
+        }
+    }
+}
+
+/// The median of each group's samples.
+fn medians_by_group(
+    samples: impl Iterator<Item = (i64, f64)>,
+) -> impl Iterator<Item = (i64, Option<f64>)> {
+    let mut by_group: HashMap<i64, Vec<f64>> = HashMap::new();
+    for (group_id, value) in samples {
+        by_group.entry(group_id).or_default().push(value);
+    }
+    by_group
+        .into_iter()
+        .map(|(group_id, mut values)| (group_id, median(&mut values)))
+}
+
 pub async fn waiting_by_priority(
     db: &impl ConnectionTrait,
     account_id: Option<i64>,
