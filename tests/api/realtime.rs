@@ -11,7 +11,7 @@ use switchboard::config::Command;
 
 use crate::{
     both_backends,
-    helpers::{Backend, JWT_SECRET, Storage, eventually, spawn_app, spawn_with},
+    helpers::{Backend, Storage, eventually, spawn_app, spawn_with},
     sio::connect,
 };
 
@@ -34,7 +34,7 @@ both_backends! {
         assert_eq!(queued["position"], 1);
 
         // The agent comes online over its socket and gets the chat.
-        let me = agent.ok("status:set", json!({ "status": "online" })).await;
+        let me = agent.set_status("online").await;
         assert_eq!(me["status"], "online");
         let assigned = agent.next_where("conversation:assigned", conversation_is(conversation)).await;
         assert_eq!(assigned["agentId"], agent_id);
@@ -43,7 +43,7 @@ both_backends! {
 
         // Visitor → agent, with the client's id echoed for de-duplication.
         let sent = visitor
-            .ok("message:send", json!({ "content": "my order is late", "clientMessageId": "v-1" }))
+            .send_message(json!({ "content": "my order is late", "clientMessageId": "v-1" }))
             .await;
         assert_eq!(sent["clientMessageId"], "v-1");
         let heard = agent.next_where("message:new", |e| e["content"] == "my order is late").await;
@@ -51,15 +51,15 @@ both_backends! {
         assert_eq!(heard["authorType"], "visitor");
         // Sending the same client id again stores nothing new and pushes nothing.
         let again = visitor
-            .ok("message:send", json!({ "content": "my order is late", "clientMessageId": "v-1" }))
+            .send_message(json!({ "content": "my order is late", "clientMessageId": "v-1" }))
             .await;
         assert_eq!(again["id"], sent["id"]);
 
         // Typing and seen go to the other side.
-        agent.ok("typing:set", json!({ "conversationId": conversation, "typing": true })).await;
+        agent.set_typing(json!({ "conversationId": conversation, "typing": true })).await;
         let typing = visitor.next("typing").await;
         assert_eq!((typing["from"].as_str(), typing["typing"].as_bool()), (Some("agent"), Some(true)));
-        visitor.ok("typing:set", json!({ "typing": true })).await;
+        visitor.set_typing(json!({ "typing": true })).await;
         let typing = agent.next("typing").await;
         assert_eq!(typing["from"], "visitor");
         agent
@@ -70,7 +70,7 @@ both_backends! {
 
         // Agent → visitor.
         let reply = agent
-            .ok("message:send", json!({ "conversationId": conversation, "content": "on its way", "clientMessageId": "a-1" }))
+            .send_message(json!({ "conversationId": conversation, "content": "on its way", "clientMessageId": "a-1" }))
             .await;
         let heard = visitor.next_where("message:new", |e| e["content"] == "on its way").await;
         assert_eq!(heard["id"], reply["id"]);
@@ -90,7 +90,7 @@ both_backends! {
 
         // The agent closes; both sides hear it.
         let closing = agent
-            .ok("conversation:close", json!({ "conversationId": conversation, "reason": "answered" }))
+            .close_conversation(json!({ "conversationId": conversation, "reason": "answered" }))
             .await;
         assert_eq!(closing["accepted"], true);
         let closed = agent.next_where("conversation:closed", conversation_is(conversation)).await;
@@ -118,7 +118,7 @@ both_backends! {
         let place = third_visitor.next_where("queue:position", |p| p["position"] == 2).await;
         assert_eq!(place["conversationId"], third);
 
-        agent.ok("conversation:close", json!({ "conversationId": first })).await;
+        agent.close_conversation(json!({ "conversationId": first })).await;
         app.conversation_becomes(&admin, second, "active").await;
         let place = third_visitor.next_where("queue:position", |p| p["position"] == 1).await;
         assert_eq!(place["conversationId"], third);
@@ -158,17 +158,8 @@ both_backends! {
 async fn an_expired_token_is_refused() {
     // Distributed mode: the JWT secret is the test's own, so a token can be minted here.
     let app = spawn_app(Backend::Distributed).await;
-    let keys = switchboard::auth::TokenKeys::new(JWT_SECRET.as_bytes(), Duration::ZERO);
     let admin = app.admin_token().await;
-    let me = app.me(&admin).await;
-    let row = entity::agents::Entity::find_by_id(me["id"].as_i64().unwrap())
-        .one(app.db())
-        .await
-        .unwrap()
-        .expect("the admin's row");
-    let (token, _) = keys
-        .issue(row.id, row.account_id, row.token_version)
-        .expect("a token");
+    let token = app.mint_token(&admin, Duration::ZERO).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let refusal = connect(&app.address, "/agents", json!({ "token": token }))
         .await
@@ -207,10 +198,7 @@ async fn no_event_crosses_accounts() {
         )
         .await;
     agent
-        .ok(
-            "message:send",
-            json!({ "conversationId": conversation, "content": "hello" }),
-        )
+        .send_message(json!({ "conversationId": conversation, "content": "hello" }))
         .await;
     // The account's supervisor hears it all; the other account's admin nothing.
     insider
@@ -262,7 +250,7 @@ async fn a_reload_inside_the_grace_costs_nothing_and_past_it_chats_move() {
     let group = app.default_group(&admin).await;
     let (agent_id, token) = app.agent_in_group(&admin, group, 2).await;
     let socket = app.agent_socket(&token).await;
-    socket.ok("status:set", json!({ "status": "online" })).await;
+    socket.set_status("online").await;
     let (conversation, _) = app.visitor(json!({})).await;
     app.conversation_becomes(&admin, conversation, "active")
         .await;
@@ -306,7 +294,7 @@ async fn messages_missed_while_away_are_read_after_a_reconnect() {
     app.conversation_becomes(&admin, conversation, "active")
         .await;
     let visitor = app.visitor_socket(&session).await;
-    let first = visitor.ok("message:list", json!({})).await;
+    let first = visitor.list_messages(json!({})).await;
     let last_seen = first["events"].as_array().unwrap().last().unwrap()["id"].clone();
     visitor.disconnect().await;
 
@@ -314,16 +302,11 @@ async fn messages_missed_while_away_are_read_after_a_reconnect() {
     let agent = app.agent_socket(&agent_token).await;
     for text in ["are you there?", "I can help"] {
         agent
-            .ok(
-                "message:send",
-                json!({ "conversationId": conversation, "content": text }),
-            )
+            .send_message(json!({ "conversationId": conversation, "content": text }))
             .await;
     }
     let visitor = app.visitor_socket(&session).await;
-    let missed = visitor
-        .ok("message:list", json!({ "after": last_seen }))
-        .await;
+    let missed = visitor.list_messages(json!({ "after": last_seen })).await;
     let texts: Vec<&str> = missed["events"]
         .as_array()
         .unwrap()
@@ -333,7 +316,7 @@ async fn messages_missed_while_away_are_read_after_a_reconnect() {
     assert_eq!(texts, ["are you there?", "I can help"]);
     // Agents catch up the same way, system notes included.
     let all = agent
-        .ok("message:list", json!({ "conversationId": conversation }))
+        .list_messages(json!({ "conversationId": conversation }))
         .await;
     assert!(
         all["events"]
@@ -367,26 +350,20 @@ async fn two_api_nodes_and_a_worker_share_their_rooms_through_redis() {
     // The worker's push also put node A's socket in the conversation's room.
     let mut visitor = node_b.visitor_socket(&session).await;
     visitor
-        .ok("message:send", json!({ "content": "from node B" }))
+        .send_message(json!({ "content": "from node B" }))
         .await;
     agent
         .next_where("message:new", |e| e["content"] == "from node B")
         .await;
     agent
-        .ok(
-            "message:send",
-            json!({ "conversationId": conversation, "content": "from node A" }),
-        )
+        .send_message(json!({ "conversationId": conversation, "content": "from node A" }))
         .await;
     visitor
         .next_where("message:new", |e| e["content"] == "from node A")
         .await;
     // A close handled by the worker reaches both nodes.
     agent
-        .ok(
-            "conversation:close",
-            json!({ "conversationId": conversation }),
-        )
+        .close_conversation(json!({ "conversationId": conversation }))
         .await;
     visitor.next("conversation:closed").await;
     agent
@@ -460,7 +437,7 @@ async fn tabs_count_once_whether_they_close_together_or_one_stays() {
     // One of two tabs closes: the other keeps the agent online past the grace.
     let first = app.agent_socket(&token).await;
     let second = app.agent_socket(&token).await;
-    first.ok("status:set", json!({ "status": "online" })).await;
+    first.set_status("online").await;
     first.disconnect().await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(status().await, "online");
@@ -516,19 +493,10 @@ async fn an_agent_whose_node_died_silently_is_dropped_by_the_reconciler() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_lives_no_longer_than_its_token() {
     let app = spawn_app(Backend::Distributed).await;
-    let keys = switchboard::auth::TokenKeys::new(JWT_SECRET.as_bytes(), Duration::from_secs(2));
     let admin = app.admin_token().await;
-    let me = app.me(&admin).await;
-    let row = entity::agents::Entity::find_by_id(me["id"].as_i64().unwrap())
-        .one(app.db())
-        .await
-        .unwrap()
-        .expect("the admin's row");
-    let (token, _) = keys
-        .issue(row.id, row.account_id, row.token_version)
-        .expect("a token");
+    let token = app.mint_token(&admin, Duration::from_secs(2)).await;
     let mut socket = app.agent_socket(&token).await;
-    socket.ok("status:set", json!({ "status": "away" })).await;
+    socket.set_status("away").await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     // Expired: refused, and the socket is closed (by the request or by the heartbeat).
     let ack = socket

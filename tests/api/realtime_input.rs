@@ -47,10 +47,7 @@ async fn malformed_and_foreign_requests_are_refused_and_change_nothing() {
     let other_event = app
         .agent_socket(&other_token)
         .await
-        .ok(
-            "message:send",
-            json!({ "conversationId": theirs, "content": "theirs" }),
-        )
+        .send_message(json!({ "conversationId": theirs, "content": "theirs" }))
         .await["id"]
         .clone();
     let before = stored_events(&app).await;
@@ -196,14 +193,9 @@ async fn malformed_and_foreign_requests_are_refused_and_change_nothing() {
 
     // Both sockets still work.
     agent
-        .ok(
-            "message:send",
-            json!({ "conversationId": mine, "content": "still here" }),
-        )
+        .send_message(json!({ "conversationId": mine, "content": "still here" }))
         .await;
-    visitor
-        .ok("message:send", json!({ "content": "me too" }))
-        .await;
+    visitor.send_message(json!({ "content": "me too" })).await;
     assert_eq!(stored_events(&app).await, before + 2);
 }
 
@@ -232,9 +224,7 @@ async fn a_flooding_socket_is_held_to_its_budget() {
     assert_eq!(stored_events(&app).await, before + accepted);
     // The budget refills: the socket works again a moment later.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    visitor
-        .ok("message:send", json!({ "content": "calm now" }))
-        .await;
+    visitor.send_message(json!({ "content": "calm now" })).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,9 +241,7 @@ async fn an_oversized_frame_drops_that_connection_only() {
     assert_eq!(stored_events(&app).await, before);
     // The server and the visitor's next connection are fine.
     let again = app.visitor_socket(&session).await;
-    again
-        .ok("message:send", json!({ "content": "short" }))
-        .await;
+    again.send_message(json!({ "content": "short" })).await;
     assert_eq!(stored_events(&app).await, before + 1);
 }
 

@@ -212,7 +212,7 @@ both_backends! {
         let waiting = app.widget_session(json!({})).await.body["conversationId"].as_i64().unwrap();
 
         let socket = app.agent_socket(&agent).await;
-        let data = socket.ok("sync", json!({})).await;
+        let data = socket.sync(json!({})).await;
         assert_eq!(data["agent"]["id"], agent_id);
         let held: Vec<i64> = data["conversations"].as_array().unwrap().iter().map(|c| c["id"].as_i64().unwrap()).collect();
         assert_eq!(held, [id]);
@@ -225,14 +225,14 @@ both_backends! {
 
         let token = session.body["sessionToken"].as_str().unwrap();
         let visitor = app.visitor_socket(token).await;
-        let data = visitor.ok("sync", json!({})).await;
+        let data = visitor.sync(json!({})).await;
         assert_eq!(data["conversationId"], id);
         assert_eq!(data["status"], "active");
         assert_eq!(data["agent"]["name"], "A agent");
         let events = data["events"].as_array().unwrap();
         assert_eq!(events[0]["content"], "first");
         let last = events.last().unwrap()["id"].as_i64().unwrap();
-        let later = visitor.ok("sync", json!({ "after": last })).await;
+        let later = visitor.sync(json!({ "after": last })).await;
         assert_eq!(later["events"], json!([]));
         socket.disconnect().await;
         visitor.disconnect().await;

@@ -109,7 +109,7 @@ both_backends! {
 
         // The agent keeps typing for twice the timeout without sending: the clock is paused.
         for _ in 0..8 {
-            agent.ok("typing:set", json!({ "conversationId": id, "typing": true })).await;
+            agent.set_typing(json!({ "conversationId": id, "typing": true })).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let view = stored(&app, id).await;
@@ -117,10 +117,10 @@ both_backends! {
         assert!(view.agent_typing_at.is_some());
 
         // It answers; the visitor writes again and is answered in time: still the same agent.
-        agent.ok("message:send", json!({ "conversationId": id, "content": "Hi! Looking." })).await;
+        agent.send_message(json!({ "conversationId": id, "content": "Hi! Looking." })).await;
         app.visitor_says(&session, "thanks").await;
         tokio::time::sleep(Duration::from_millis(800)).await;
-        agent.ok("message:send", json!({ "conversationId": id, "content": "Here you go." })).await;
+        agent.send_message(json!({ "conversationId": id, "content": "Here you go." })).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let view = stored(&app, id).await;
         assert_eq!((view.status, view.assigned_agent_id), (entity::enums::ConversationStatus::Active, Some(agent_id)));

@@ -9,10 +9,10 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, EntityTrait};
 use serde_json::{Value, json};
 
-use super::{ADMIN_EMAIL, ADMIN_PASSWORD, Reply, TestApp, eventually};
+use super::{ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET, Reply, TestApp, eventually};
 use crate::sio::{Sio, connect};
 
 impl TestApp {
@@ -143,6 +143,22 @@ impl TestApp {
             reply.body
         );
         reply.body["token"].as_str().expect("a token").to_owned()
+    }
+
+    /// A token for the agent behind `token`, signed here with the test's own secret and living
+    /// `ttl` (the distributed mode only: the embedded mode keeps its secret in the data dir).
+    pub async fn mint_token(&self, token: &str, ttl: Duration) -> String {
+        let keys = switchboard::auth::TokenKeys::new(JWT_SECRET.as_bytes(), ttl);
+        let me = self.me(token).await;
+        let row = entity::agents::Entity::find_by_id(me["id"].as_i64().unwrap())
+            .one(self.db())
+            .await
+            .unwrap()
+            .expect("the agent's row");
+        let (token, _) = keys
+            .issue(row.id, row.account_id, row.token_version)
+            .expect("a token");
+        token
     }
 
     /// `GET /v1/auth/me`: the caller.
