@@ -422,12 +422,6 @@ impl TestApp {
 
     /// `POST /v1/conversations/{id}/close` (acknowledged, done by a job).
     pub async fn close_conversation(&self, token: &str, id: i64) -> Value {
-        self.try_close_conversation(token, id)
-            .await
-            .expect(StatusCode::ACCEPTED, "POST /v1/conversations/{id}/close")
-    }
-
-    pub async fn try_close_conversation(&self, token: &str, id: i64) -> Reply {
         self.request(
             Method::POST,
             &format!("/v1/conversations/{id}/close"),
@@ -435,6 +429,7 @@ impl TestApp {
             None,
         )
         .await
+        .expect(StatusCode::ACCEPTED, "POST /v1/conversations/{id}/close")
     }
 
     /// `POST /v1/conversations/{id}/reopen`.
