@@ -240,12 +240,7 @@ async fn bad_widget_sessions_are_refused_and_write_nothing() {
 #[tokio::test]
 async fn bad_widget_messages_are_refused_and_write_nothing() {
     let app = spawn_app(Backend::Embedded).await;
-    let reply = app
-        .widget_session(json!({ "initialMessage": "hello" }))
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED);
-    let mine = reply.body["conversationId"].as_i64().unwrap();
-    let token = reply.body["sessionToken"].as_str().unwrap().to_owned();
+    let (mine, token) = app.visitor(json!({ "initialMessage": "hello" })).await;
     let (theirs, their_token) = app.visitor(json!({ "initialMessage": "private" })).await;
     let send = |token: Option<String>, body: Value| {
         let app = &app;

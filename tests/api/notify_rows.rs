@@ -162,13 +162,10 @@ both_backends! {
         let admin = app.admin_token().await;
         let hook = webhook(&app, &admin, &receiver.url("/ok"), json!(["conversation.closed", "sla.breached"])).await;
         // No agent ever writes: the session names someone else's address and carries the text.
-        let session = app
-            .widget_session(json!({ "email": "victim@example.com", "initialMessage": "Cheap pills at spam.example" }))
+        let (id, token) = app
+            .visitor(json!({ "email": "victim@example.com", "initialMessage": "Cheap pills at spam.example" }))
             .await;
-        assert_eq!(session.status, reqwest::StatusCode::CREATED, "{:?}", session.body);
-        let id = session.body["conversationId"].as_i64().unwrap();
-        let token = session.body["sessionToken"].as_str().unwrap();
-        app.end_conversation(token).await;
+        app.end_conversation(&token).await;
         let view = app.conversation_becomes(&admin, id, "closed").await;
         // An outcome of the same conversation after the close: the fan-out handles one
         // conversation's outcomes in order, so once this one's webhook row exists, the close's

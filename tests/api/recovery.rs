@@ -16,12 +16,7 @@ use crate::{both_backends, helpers::*};
 
 /// A chat of `agent`'s, active; returns its id.
 async fn active_chat(app: &TestApp, admin: &str) -> i64 {
-    let id = app
-        .widget_session(json!({ "initialMessage": "hello" }))
-        .await
-        .body["conversationId"]
-        .as_i64()
-        .unwrap();
+    let (id, _) = app.visitor(json!({ "initialMessage": "hello" })).await;
     app.conversation_becomes(admin, id, "active").await;
     id
 }
@@ -206,10 +201,9 @@ both_backends! {
         let admin = app.admin_token().await;
         let group = app.default_group(&admin).await;
         let (agent_id, agent) = app.online_agent(&admin, group, 1).await;
-        let session = app.widget_session(json!({ "initialMessage": "first" })).await;
-        let id = session.body["conversationId"].as_i64().unwrap();
+        let (id, token) = app.visitor(json!({ "initialMessage": "first" })).await;
         app.conversation_becomes(&admin, id, "active").await;
-        let waiting = app.widget_session(json!({})).await.body["conversationId"].as_i64().unwrap();
+        let (waiting, _) = app.visitor(json!({})).await;
 
         let socket = app.agent_socket(&agent).await;
         let data = socket.sync(json!({})).await;
@@ -223,8 +217,7 @@ both_backends! {
         assert_eq!(line["waiting"][0]["conversationId"], waiting);
         assert_eq!(socket.refused("sync", json!({ "extra": 1 })).await, "validation_failed");
 
-        let token = session.body["sessionToken"].as_str().unwrap();
-        let visitor = app.visitor_socket(token).await;
+        let visitor = app.visitor_socket(&token).await;
         let data = visitor.sync(json!({})).await;
         assert_eq!(data["conversationId"], id);
         assert_eq!(data["status"], "active");
