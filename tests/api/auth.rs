@@ -15,10 +15,9 @@ both_backends! {
         assert_eq!(reply.body["agent"]["role"], "admin");
         assert!(reply.body["agent"].get("passwordHash").is_none());
         let token = reply.body["token"].as_str().unwrap();
-        let me = app.get("/v1/auth/me", token).await;
-        assert_eq!(me.status, StatusCode::OK);
-        assert_eq!(me.body["email"], ADMIN_EMAIL);
-        assert_eq!(me.body["groupIds"].as_array().unwrap().len(), 1, "the admin is in the default group");
+        let me = app.me(token).await;
+        assert_eq!(me["email"], ADMIN_EMAIL);
+        assert_eq!(me["groupIds"].as_array().unwrap().len(), 1, "the admin is in the default group");
     }
 }
 
@@ -46,7 +45,7 @@ async fn missing_malformed_forged_and_expired_tokens_are_401() {
     assert_eq!(no_token.status, StatusCode::UNAUTHORIZED);
     assert_eq!(no_token.code(), "unauthorized");
 
-    let garbage = app.get("/v1/auth/me", "not-a-jwt").await;
+    let garbage = app.try_me("not-a-jwt").await;
     assert_eq!(garbage.status, StatusCode::UNAUTHORIZED);
 
     // Signed with another secret.
@@ -59,10 +58,7 @@ async fn missing_malformed_forged_and_expired_tokens_are_401() {
         &EncodingKey::from_secret(b"someone else's secret, 32+ chars long"),
     )
     .unwrap();
-    assert_eq!(
-        app.get("/v1/auth/me", &forged).await.status,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(app.try_me(&forged).await.status, StatusCode::UNAUTHORIZED);
 
     // Ours, but expired.
     let mut expired = claims.clone();
@@ -73,7 +69,7 @@ async fn missing_malformed_forged_and_expired_tokens_are_401() {
         &EncodingKey::from_secret(secret.trim().as_bytes()),
     )
     .unwrap();
-    let reply = app.get("/v1/auth/me", &expired).await;
+    let reply = app.try_me(&expired).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     assert_eq!(reply.body["error"]["message"], "token expired");
 }
@@ -83,28 +79,17 @@ async fn deleting_an_agent_or_changing_its_password_revokes_its_tokens() {
     let app = spawn_app(Backend::Embedded).await;
     let admin = app.admin_token().await;
     let (id, token) = app.agent_with_role(&admin, "agent").await;
-    assert_eq!(app.get("/v1/auth/me", &token).await.status, StatusCode::OK);
+    assert_eq!(app.try_me(&token).await.status, StatusCode::OK);
 
-    let reply = app
-        .patch(
-            &format!("/v1/agents/{id}"),
-            &admin,
-            json!({ "password": "a-new-password" }),
-        )
+    let agent = app
+        .update_agent(&admin, id, json!({ "password": "a-new-password" }))
         .await;
-    assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(
-        app.get("/v1/auth/me", &token).await.status,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(app.try_me(&token).await.status, StatusCode::UNAUTHORIZED);
 
-    let email = reply.body["email"].as_str().unwrap().to_owned();
+    let email = agent["email"].as_str().unwrap().to_owned();
     let token = app.token_for(&email, "a-new-password").await;
-    assert_eq!(
-        app.delete(&format!("/v1/agents/{id}"), &admin).await.status,
-        StatusCode::NO_CONTENT
-    );
-    let reply = app.get("/v1/auth/me", &token).await;
+    app.delete_agent(&admin, id).await;
+    let reply = app.try_me(&token).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         app.login(&email, "a-new-password").await.status,
@@ -121,56 +106,54 @@ async fn roles_are_enforced_per_route() {
     let new_agent = json!({ "name": "X", "email": "x@example.com", "password": "password-123" });
 
     // Everyone reads the team.
-    assert_eq!(app.get("/v1/agents", &agent).await.status, StatusCode::OK);
-    assert_eq!(app.get("/v1/groups", &agent).await.status, StatusCode::OK);
+    assert_eq!(app.try_agents(&agent).await.status, StatusCode::OK);
+    assert_eq!(app.try_groups(&agent).await.status, StatusCode::OK);
     // Only admins manage agents and read the audit trail.
     for token in [&agent, &supervisor] {
-        let reply = app.post("/v1/agents", token, new_agent.clone()).await;
+        let reply = app.try_create_agent(token, new_agent.clone()).await;
         assert_eq!(reply.status, StatusCode::FORBIDDEN);
         assert_eq!(reply.code(), "forbidden");
         assert_eq!(
-            app.get("/v1/audit", token).await.status,
+            app.try_audit(token, None).await.status,
             StatusCode::FORBIDDEN
         );
     }
     // Supervisors manage groups and tags; agents do not.
     assert_eq!(
-        app.post("/v1/groups", &agent, json!({ "name": "Sales" }))
+        app.try_create_group(&agent, json!({ "name": "Sales" }))
             .await
             .status,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        app.post("/v1/tags", &agent, json!({ "name": "vip" }))
+        app.try_create_tag(&agent, json!({ "name": "vip" }))
             .await
             .status,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        app.post("/v1/groups", &supervisor, json!({ "name": "Sales" }))
+        app.try_create_group(&supervisor, json!({ "name": "Sales" }))
             .await
             .status,
         StatusCode::CREATED
     );
     assert_eq!(
-        app.post("/v1/tags", &supervisor, json!({ "name": "vip" }))
+        app.try_create_tag(&supervisor, json!({ "name": "vip" }))
             .await
             .status,
         StatusCode::CREATED
     );
     // An agent sees its own stats, not a colleague's; a supervisor sees both.
     assert_eq!(
-        app.get(&format!("/v1/agents/{agent_id}/stats"), &agent)
-            .await
-            .status,
+        app.try_agent_stats(&agent, agent_id).await.status,
         StatusCode::OK
     );
     assert_eq!(
-        app.get("/v1/agents/1/stats", &agent).await.status,
+        app.try_agent_stats(&agent, 1).await.status,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        app.get("/v1/agents/1/stats", &supervisor).await.status,
+        app.try_agent_stats(&supervisor, 1).await.status,
         StatusCode::OK
     );
 }
@@ -192,8 +175,5 @@ async fn login_is_rate_limited_per_client() {
     assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(reply.code(), "rate_limited");
     // Other endpoints are not limited by the login budget.
-    assert_eq!(
-        app.request(Method::GET, "/health", None, None).await.status,
-        StatusCode::OK
-    );
+    assert_eq!(app.health().await.status, StatusCode::OK);
 }

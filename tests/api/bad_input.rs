@@ -212,9 +212,7 @@ async fn bad_ids_queries_and_updates_are_refused() {
             StatusCode::UNPROCESSABLE_ENTITY
         );
     }
-    let me = app.get("/v1/auth/me", &admin).await.body["id"]
-        .as_i64()
-        .unwrap();
+    let me = app.me(&admin).await["id"].as_i64().unwrap();
     let reply = app
         .patch(
             &format!("/v1/agents/{me}"),
@@ -223,10 +221,7 @@ async fn bad_ids_queries_and_updates_are_refused() {
         )
         .await;
     assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(
-        app.get("/v1/auth/me", &admin).await.body["email"],
-        ADMIN_EMAIL
-    );
+    assert_eq!(app.me(&admin).await["email"], ADMIN_EMAIL);
     assert_eq!(counts(&app).await, before, "nothing written");
 }
 

@@ -84,15 +84,12 @@ async fn a_failing_task(app: &TestApp, backend: Backend) -> Value {
     let (conversation, _) = app.visitor(json!({ "name": "Board" })).await;
     app.conversation_becomes(&admin, conversation, "pending")
         .await;
-    let reply = app
-        .post("/v1/tags", &admin, json!({ "name": "recorded" }))
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    app.create_tag(&admin, json!({ "name": "recorded" })).await;
     eventually(
         Duration::from_secs(15),
         "the first audit record",
         || async {
-            let reply = app.get("/v1/audit?action=tag.created", &admin).await;
+            let reply = app.try_audit(&admin, Some("tag.created")).await;
             (reply.body["items"].as_array().map(Vec::len) == Some(1)).then_some(())
         },
     )
@@ -102,10 +99,8 @@ async fn a_failing_task(app: &TestApp, backend: Backend) -> Value {
         .execute_unprepared("ALTER TABLE audit_log RENAME TO audit_log_unavailable")
         .await
         .expect("renaming the audit table");
-    let reply = app
-        .post("/v1/tags", &admin, json!({ "name": "unrecorded" }))
+    app.create_tag(&admin, json!({ "name": "unrecorded" }))
         .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     eventually(
         Duration::from_secs(60),
         "the audit task to fail and be retried",
@@ -291,8 +286,8 @@ both_backends! {
             assert_eq!(tasks, json!([]), "{status}");
         }
         let token = app.admin_token().await;
-        let audit = app.get("/v1/audit?action=tag.created", &token).await;
-        assert_eq!(audit.body["items"], json!([]), "{:?}", audit.body);
+        let audit = app.audit(&token, Some("tag.created")).await;
+        assert_eq!(audit["items"], json!([]), "{audit:?}");
     }
 }
 
@@ -301,7 +296,7 @@ both_backends! {
         let app = spawn_app(backend).await;
         let token = app.admin_token().await;
         let (supervisor, _) = app.agent_with_role(&token, "supervisor").await;
-        let supervisor = app.get(&format!("/v1/agents/{supervisor}"), &token).await.body["email"]
+        let supervisor = app.agent(&token, supervisor).await["email"]
             .as_str()
             .unwrap()
             .to_owned();
@@ -361,14 +356,13 @@ both_backends! {
 
         // A deleted admin is refused within the few seconds a successful check is remembered.
         let (second, _) = app.agent_with_role(&token, "admin").await;
-        let email = app.get(&format!("/v1/agents/{second}"), &token).await.body["email"]
+        let email = app.agent(&token, second).await["email"]
             .as_str()
             .unwrap()
             .to_owned();
         let second_admin = Some((email.as_str(), "password-123"));
         assert_eq!(ops_get(&app, "/api/v1/queues", second_admin).await.status, StatusCode::OK);
-        let reply = app.delete(&format!("/v1/agents/{second}"), &token).await;
-        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{:?}", reply.body);
+        app.delete_agent(&token, second).await;
         eventually(
             switchboard::ops::auth::REMEMBER + Duration::from_secs(5),
             "the deleted admin to be refused",

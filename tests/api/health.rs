@@ -12,11 +12,11 @@ use crate::{both_backends, helpers::*};
 both_backends! {
     async fn health_reports_each_dependency(backend: Backend) {
         let app = spawn_app(backend).await;
-        let alive = app.request(Method::GET, "/health", None, None).await;
+        let alive = app.health().await;
         assert_eq!(alive.status, StatusCode::OK, "{:?}", alive.body);
         assert_eq!(alive.body["status"], "ok");
 
-        let reply = app.request(Method::GET, "/health/ready", None, None).await;
+        let reply = app.readiness().await;
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
         assert_eq!(reply.body["status"], "ok");
         assert_eq!(reply.body["checks"]["database"]["status"], "ok");
@@ -39,13 +39,13 @@ async fn health_is_503_when_the_job_storage_is_gone() {
         panic!("embedded uses sqlite")
     };
     pool.close().await;
-    let reply = app.request(Method::GET, "/health/ready", None, None).await;
+    let reply = app.readiness().await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.body["status"], "unavailable");
     assert_eq!(reply.body["checks"]["jobStorage"]["status"], "down");
     assert_eq!(reply.body["checks"]["database"]["status"], "ok");
     // Liveness is not readiness: the process still answers, and must not be restarted for it.
-    let alive = app.request(Method::GET, "/health", None, None).await;
+    let alive = app.health().await;
     assert_eq!(alive.status, StatusCode::OK);
 }
 
@@ -102,14 +102,13 @@ async fn a_burst_of_readiness_calls_runs_one_check() {
         settings.redis_url = Some(proxied);
     })
     .await;
-    let first = app.request(Method::GET, "/health/ready", None, None).await;
+    let first = app.readiness().await;
     assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
     assert_eq!(first.body["checks"]["redis"]["status"], "ok");
     // Past the first answer's life, so the burst starts with a fresh check.
     tokio::time::sleep(switchboard::http::health::READY_FOR).await;
     let before = connections.load(Ordering::SeqCst);
-    let replies =
-        join_all((0..50).map(|_| app.request(Method::GET, "/health/ready", None, None))).await;
+    let replies = join_all((0..50).map(|_| app.readiness())).await;
     let opened = connections.load(Ordering::SeqCst) - before;
     for reply in replies {
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);

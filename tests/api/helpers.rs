@@ -1,11 +1,11 @@
 //! `spawn_app()`: the real application on a random port, with a database and job storage of its
-//! own, and a `TestApp` with one method per endpoint.
+//! own, and a `TestApp` with one method per endpoint (in `api`).
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
-use serde_json::{Value, json};
+use serde_json::Value;
 use switchboard::{
     config::{Command, Settings},
     startup::Application,
@@ -13,6 +13,8 @@ use switchboard::{
 };
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
+
+mod api;
 
 pub const ADMIN_EMAIL: &str = "admin@example.com";
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
@@ -222,6 +224,16 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The body of a reply that must have `status`; `what` names the endpoint.
+    pub fn expect(self, status: StatusCode, what: &str) -> Value {
+        assert_eq!(
+            self.status, status,
+            "{what}: expected {status}, got {}: {:?}",
+            self.status, self.body
+        );
+        self.body
+    }
+
     /// The `error.code` of an error body.
     pub fn code(&self) -> &str {
         self.body["error"]["code"]
@@ -273,214 +285,6 @@ pub async fn spawn_with(
     }
 }
 
-impl TestApp {
-    pub fn db(&self) -> &DatabaseConnection {
-        &self.state.db
-    }
-
-    /// Stops the app and waits until its requests and jobs have finished.
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            task.await
-                .expect("the app task")
-                .expect("the app stops cleanly");
-        }
-    }
-
-    pub async fn request(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.address));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("the request is sent");
-        let status = response.status();
-        let text = response.text().await.expect("a body");
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text)
-                .unwrap_or_else(|_| panic!("a JSON body, got {status}: {text}"))
-        };
-        Reply { status, body }
-    }
-
-    pub async fn get(&self, path: &str, token: &str) -> Reply {
-        self.request(Method::GET, path, Some(token), None).await
-    }
-
-    pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
-        self.request(Method::POST, path, Some(token), Some(body))
-            .await
-    }
-
-    pub async fn patch(&self, path: &str, token: &str, body: Value) -> Reply {
-        self.request(Method::PATCH, path, Some(token), Some(body))
-            .await
-    }
-
-    pub async fn delete(&self, path: &str, token: &str) -> Reply {
-        self.request(Method::DELETE, path, Some(token), None).await
-    }
-
-    /// Sends raw bytes with a content type (for malformed bodies).
-    pub async fn send_raw(
-        &self,
-        method: Method,
-        path: &str,
-        token: &str,
-        content_type: &str,
-        body: Vec<u8>,
-    ) -> Reply {
-        let response = self
-            .client
-            .request(method, format!("{}{path}", self.address))
-            .bearer_auth(token)
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .expect("the request is sent");
-        let status = response.status();
-        let text = response.text().await.expect("a body");
-        let body = serde_json::from_str(&text)
-            .unwrap_or_else(|_| panic!("a JSON body, got {status}: {text}"));
-        Reply { status, body }
-    }
-
-    pub async fn login(&self, email: &str, password: &str) -> Reply {
-        self.request(
-            Method::POST,
-            "/v1/auth/login",
-            None,
-            Some(json!({ "email": email, "password": password })),
-        )
-        .await
-    }
-
-    /// A token of the bootstrap admin.
-    pub async fn admin_token(&self) -> String {
-        self.token_for(ADMIN_EMAIL, ADMIN_PASSWORD).await
-    }
-
-    pub async fn token_for(&self, email: &str, password: &str) -> String {
-        let reply = self.login(email, password).await;
-        assert_eq!(
-            reply.status,
-            StatusCode::OK,
-            "login of {email}: {:?}",
-            reply.body
-        );
-        reply.body["token"].as_str().expect("a token").to_owned()
-    }
-
-    /// Creates an agent with `role` through the API; returns its id and token.
-    pub async fn agent_with_role(&self, admin: &str, role: &str) -> (i64, String) {
-        let email = format!(
-            "{role}-{}@example.com",
-            ulid::Ulid::new().to_string().to_lowercase()
-        );
-        let reply = self
-            .post(
-                "/v1/agents",
-                admin,
-                json!({ "name": format!("A {role}"), "email": email, "password": "password-123", "role": role }),
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-        let id = reply.body["id"].as_i64().expect("an id");
-        (id, self.token_for(&email, "password-123").await)
-    }
-
-    /// A second account with its own admin, written straight to the database (accounts have no
-    /// public creation endpoint); returns the admin's token.
-    pub async fn second_account_admin(&self) -> String {
-        let email =
-            switchboard::domain::Email::try_from("other-admin@example.com".to_owned()).unwrap();
-        let hash = switchboard::auth::hash_password("other-password".into())
-            .await
-            .unwrap();
-        switchboard::bootstrap::create_account(self.db(), "Other", &email, hash)
-            .await
-            .expect("a second account");
-        self.token_for(email.as_str(), "other-password").await
-    }
-}
-
-impl TestApp {
-    /// Opens a widget session (no authentication); returns the reply.
-    pub async fn widget_session(&self, body: Value) -> Reply {
-        self.request(Method::POST, "/v1/widget/session", None, Some(body))
-            .await
-    }
-
-    /// Opens a widget session that must succeed; returns (conversation id, session token).
-    pub async fn visitor(&self, body: Value) -> (i64, String) {
-        let reply = self.widget_session(body).await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-        (
-            reply.body["conversationId"].as_i64().unwrap(),
-            reply.body["sessionToken"].as_str().unwrap().to_owned(),
-        )
-    }
-
-    /// The id of the account's default group.
-    pub async fn default_group(&self, admin: &str) -> i64 {
-        let groups = self.get("/v1/groups", admin).await;
-        groups.body["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|g| g["isDefault"] == true)
-            .and_then(|g| g["id"].as_i64())
-            .expect("a default group")
-    }
-
-    /// An agent with `capacity`, member of `group`, online and accepting; returns (id, token).
-    pub async fn online_agent(&self, admin: &str, group: i64, capacity: i64) -> (i64, String) {
-        let (id, token) = self.agent_in_group(admin, group, capacity).await;
-        self.set_status(&token, "online").await;
-        (id, token)
-    }
-
-    pub async fn set_status(&self, token: &str, status: &str) -> Reply {
-        let reply = self
-            .request(
-                Method::PUT,
-                "/v1/agents/me/status",
-                Some(token),
-                Some(json!({ "status": status })),
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-        reply
-    }
-
-    /// Waits until conversation `id` reaches `status`; returns its view.
-    pub async fn conversation_becomes(&self, admin: &str, id: i64, status: &str) -> Value {
-        eventually(
-            Duration::from_secs(15),
-            &format!("conversation {id} to be {status}"),
-            || async {
-                let reply = self.get(&format!("/v1/conversations/{id}"), admin).await;
-                (reply.body["status"] == status).then_some(reply.body)
-            },
-        )
-        .await
-    }
-}
-
 /// Polls `probe` until it returns `Some`, for at most `within`.
 pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
 where
@@ -515,28 +319,4 @@ macro_rules! both_backends {
             async fn distributed() { run(Backend::Distributed).await }
         }
     };
-}
-
-impl TestApp {
-    /// An agent with `capacity`, member of `group`, left offline (as created); returns (id, token).
-    pub async fn agent_in_group(&self, admin: &str, group: i64, capacity: i64) -> (i64, String) {
-        let (id, token) = self.agent_with_role(admin, "agent").await;
-        let reply = self
-            .patch(
-                &format!("/v1/agents/{id}"),
-                admin,
-                json!({ "maxConcurrentChats": capacity }),
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-        let reply = self
-            .post(
-                &format!("/v1/groups/{group}/agents"),
-                admin,
-                json!({ "agentId": id }),
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-        (id, token)
-    }
 }

@@ -24,7 +24,7 @@ use jobs::{
     reassign_conversation::ReassignConversation,
     reconcile::{Repairs, reconcile},
 };
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use sea_orm::{
     ActiveEnum, ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait,
     DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
@@ -317,8 +317,7 @@ both_backends! {
         for &id in &head {
             let (app, admin) = (app.clone(), admin.clone());
             closes.spawn(async move {
-                let reply = app.request(Method::POST, &format!("/v1/conversations/{id}/close"), Some(&admin), None).await;
-                assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+                app.close_conversation(&admin, id).await;
             });
         }
         closes.join_all().await;
@@ -540,7 +539,7 @@ both_backends! {
         assert_eq!(drifted.rows_affected, 1);
         let (second, _) = app.visitor(json!({})).await;
         settle().await;
-        assert_eq!(app.get(&format!("/v1/conversations/{second}"), &admin).await.body["status"], "pending");
+        assert_eq!(app.conversation(&admin, second).await["status"], "pending");
 
         let ctx = app.state.job_context();
         let repairs = reconcile(&ctx).await.expect("reconcile");
@@ -548,16 +547,16 @@ both_backends! {
         assert_eq!(repairs.groups_offered, 1, "{repairs:?}");
         // The freed slot serves the waiting visitor without another pass.
         let conversation = eventually(Duration::from_secs(5), "the waiting visitor to be served after the repair", || async {
-            let reply = app.get(&format!("/v1/conversations/{second}"), &admin).await;
+            let reply = app.try_conversation(&admin, second).await;
             (reply.body["status"] == "active").then_some(reply.body)
         })
         .await;
         assert_eq!(conversation["assignedAgentId"], agent);
-        assert_eq!(app.get("/v1/auth/me", &token).await.body["activeChats"], 2);
+        assert_eq!(app.me(&token).await["activeChats"], 2);
         world(app.db()).await.assert_consistent();
         // The repair is on the record, by the system.
         let audit = eventually(Duration::from_secs(10), "the repair in the audit log", || async {
-            let reply = app.get("/v1/audit", &admin).await;
+            let reply = app.try_audit(&admin, None).await;
             reply.body["items"].as_array().unwrap().iter().find(|r| r["action"] == "agent.counter_repaired").cloned()
         })
         .await;
@@ -681,9 +680,9 @@ both_backends! {
             for id in [first, second] {
                 let (app, admin) = (app.clone(), admin.clone());
                 swaps.spawn(async move {
-                    let holder = app.get(&format!("/v1/conversations/{id}"), &admin).await.body["assignedAgentId"].as_i64().unwrap();
+                    let holder = app.conversation(&admin, id).await["assignedAgentId"].as_i64().unwrap();
                     let to = if holder == ana { bo } else { ana };
-                    app.post(&format!("/v1/conversations/{id}/transfer"), &admin, json!({ "agentId": to })).await
+                    app.try_transfer(&admin, id, json!({ "agentId": to })).await
                 });
             }
             for reply in swaps.join_all().await {
@@ -713,7 +712,7 @@ both_backends! {
         let holder = |id: i64| {
             let app = &app;
             let admin = admin.clone();
-            async move { app.get(&format!("/v1/conversations/{id}"), &admin).await.body["assignedAgentId"].as_i64().unwrap() }
+            async move { app.conversation(&admin, id).await["assignedAgentId"].as_i64().unwrap() }
         };
         let by_agent = [(holder(first).await, first), (holder(second).await, second)];
         let chat_of = |agent: i64| by_agent.iter().find(|(a, _)| *a == agent).unwrap().1;
@@ -784,8 +783,8 @@ both_backends! {
             assert_eq!(c.active_thread_id, Some(open[0].id));
             assert_eq!(now.events_of(*id, &format!("hello {n}")), 1);
         }
-        let queue = app.get("/v1/queue", &admin).await;
-        let waiting: Vec<i64> = queue.body["groups"].as_array().unwrap().iter()
+        let queue = app.queue(&admin).await;
+        let waiting: Vec<i64> = queue["groups"].as_array().unwrap().iter()
             .filter(|g| g["groupId"] == group)
             .flat_map(|g| g["waiting"].as_array().unwrap().iter().map(|c| c["conversationId"].as_i64().unwrap()))
             .collect();
@@ -868,12 +867,7 @@ async fn a_conversation_locked_for_a_change_still_takes_new_messages() {
 
     let sent = tokio::time::timeout(
         Duration::from_secs(10),
-        app.request(
-            Method::POST,
-            "/v1/widget/messages",
-            Some(&visitor),
-            Some(json!({ "content": "still there?" })),
-        ),
+        app.try_visitor_says(&visitor, json!({ "content": "still there?" })),
     )
     .await
     .expect("the message waited for the lock");
@@ -893,7 +887,7 @@ both_backends! {
         let app = spawn_app(backend).await;
         let admin = app.admin_token().await;
         let default = app.default_group(&admin).await;
-        let sales = app.post("/v1/groups", &admin, json!({ "name": "Sales" })).await.body["id"].as_i64().unwrap();
+        let sales = app.create_group(&admin, json!({ "name": "Sales" })).await["id"].as_i64().unwrap();
         // A first session: its place (account, Sales) is now remembered for a moment.
         let (stranded, _) = app.visitor(json!({ "groupId": sales, "initialMessage": "prices?" })).await;
         // The group is deleted meanwhile, as a delete whose check ran before that session
@@ -942,7 +936,7 @@ both_backends! {
         let app = Arc::new(spawn_app(backend).await);
         let admin = app.admin_token().await;
         for round in 0..5 {
-            let group = app.post("/v1/groups", &admin, json!({ "name": format!("Race {round}") })).await.body["id"].as_i64().unwrap();
+            let group = app.create_group(&admin, json!({ "name": format!("Race {round}") })).await["id"].as_i64().unwrap();
             let sessions: Vec<_> = (0..20)
                 .map(|i| {
                     let app = app.clone();
@@ -953,7 +947,7 @@ both_backends! {
                 })
                 .collect();
             tokio::time::sleep(Duration::from_millis(40)).await;
-            let deleted = app.delete(&format!("/v1/groups/{group}"), &admin).await.status;
+            let deleted = app.try_delete_group(&admin, group).await.status;
             for session in sessions {
                 let status = session.await.unwrap();
                 assert!(status == StatusCode::CREATED || status == StatusCode::NOT_FOUND, "{status}");

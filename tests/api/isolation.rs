@@ -9,15 +9,15 @@ both_backends! {
         let admin = app.admin_token().await;
         let other = app.second_account_admin().await;
         let (agent_id, _) = app.agent_with_role(&admin, "agent").await;
-        let group_id = app.post("/v1/groups", &admin, json!({ "name": "Sales" })).await.body["id"].as_i64().unwrap();
-        let tag_id = app.post("/v1/tags", &admin, json!({ "name": "vip" })).await.body["id"].as_i64().unwrap();
+        let group_id = app.create_group(&admin, json!({ "name": "Sales" })).await["id"].as_i64().unwrap();
+        let tag_id = app.create_tag(&admin, json!({ "name": "vip" })).await["id"].as_i64().unwrap();
 
         // Lists show only the caller's account.
-        let agents = app.get("/v1/agents", &other).await;
+        let agents = app.try_agents(&other).await;
         let emails: Vec<_> = agents.body["items"].as_array().unwrap().iter().map(|a| a["email"].clone()).collect();
         assert_eq!(emails, [json!("other-admin@example.com")]);
-        assert_eq!(app.get("/v1/tags", &other).await.body["items"], json!([]));
-        let groups = app.get("/v1/groups", &other).await;
+        assert_eq!(app.tags(&other).await["items"], json!([]));
+        let groups = app.try_groups(&other).await;
         let names: Vec<_> = groups.body["items"].as_array().unwrap().iter().map(|g| g["name"].clone()).collect();
         assert_eq!(names, [json!("General")], "only its own default group");
 
@@ -30,22 +30,22 @@ both_backends! {
             assert_eq!(app.delete(&path, &other).await.status, StatusCode::NOT_FOUND, "DELETE {path}");
             assert_eq!(app.post(&format!("{path}/restore"), &other, json!({})).await.status, StatusCode::NOT_FOUND);
         }
-        assert_eq!(app.get(&format!("/v1/agents/{agent_id}/stats"), &other).await.status, StatusCode::NOT_FOUND);
+        assert_eq!(app.try_agent_stats(&other, agent_id).await.status, StatusCode::NOT_FOUND);
         // Nor can another account's agent be put in one's own group.
-        let other_group = app.post("/v1/groups", &other, json!({ "name": "Sales" })).await;
+        let other_group = app.try_create_group(&other, json!({ "name": "Sales" })).await;
         assert_eq!(other_group.status, StatusCode::CREATED, "names are unique per account only");
         let other_group = other_group.body["id"].as_i64().unwrap();
-        let reply = app.post(&format!("/v1/groups/{other_group}/agents"), &other, json!({ "agentId": agent_id })).await;
+        let reply = app.try_add_to_group(&other, other_group, agent_id).await;
         assert_eq!(reply.status, StatusCode::NOT_FOUND);
 
         // Nothing of the first account changed.
-        let agent = app.get(&format!("/v1/agents/{agent_id}"), &admin).await;
+        let agent = app.try_agent(&admin, agent_id).await;
         assert_eq!(agent.body["deletedAt"], serde_json::Value::Null);
         assert_ne!(agent.body["name"], "hijack");
         assert_eq!(app.get(&format!("/v1/groups/{group_id}"), &admin).await.body["name"], "Sales");
         // The same e-mail may exist in two accounts.
         let email = agent.body["email"].as_str().unwrap();
-        let reply = app.post("/v1/agents", &other, json!({ "name": "Twin", "email": email, "password": "password-123" })).await;
+        let reply = app.try_create_agent(&other, json!({ "name": "Twin", "email": email, "password": "password-123" })).await;
         assert_eq!(reply.status, StatusCode::CREATED);
     }
 }

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use entity::audit_log;
 use jobs::{Job, JobContext, JobError, audit::RecordAudit};
-use reqwest::StatusCode;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, Statement};
 use serde_json::json;
 
@@ -18,12 +17,11 @@ both_backends! {
     async fn creating_an_agent_records_an_audit_entry_through_the_job_queue(backend: Backend) {
         let app = spawn_app(backend).await;
         let admin = app.admin_token().await;
-        let admin_id = app.get("/v1/auth/me", &admin).await.body["id"].as_i64().unwrap();
+        let admin_id = app.me(&admin).await["id"].as_i64().unwrap();
         let (agent_id, _) = app.agent_with_role(&admin, "agent").await;
         let entry = eventually(Duration::from_secs(10), "the audit entry", || async {
-            let reply = app.get("/v1/audit?action=agent.created", &admin).await;
-            assert_eq!(reply.status, StatusCode::OK);
-            reply.body["items"].as_array().and_then(|items| items.first().cloned())
+            let audit = app.audit(&admin, Some("agent.created")).await;
+            audit["items"].as_array().and_then(|items| items.first().cloned())
         })
         .await;
         assert_eq!(entry["subjectType"], "agent");

@@ -123,10 +123,7 @@ async fn the_official_javascript_client_chats_end_to_end() {
         .await;
     assert_eq!(view["assignedAgentId"], agent_id, "{view}");
     let thread = summary["threadId"].as_i64().expect("a thread id");
-    let events = app
-        .get(&format!("/v1/threads/{thread}/events"), &admin)
-        .await
-        .body;
+    let events = app.thread_events(&admin, thread).await;
     let messages: Vec<(&Value, &str, &str, &str)> = events["items"]
         .as_array()
         .expect("a page of events")

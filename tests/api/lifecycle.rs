@@ -1,6 +1,6 @@
 //! A conversation's life: queued, assigned, talked, transferred, closed — through the real jobs.
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::{both_backends, helpers::*};
@@ -31,7 +31,7 @@ both_backends! {
         let visitor = reply.body["sessionToken"].as_str().unwrap().to_owned();
         // The enqueue job says where it stands while nobody can take it.
         eventually(std::time::Duration::from_secs(10), "the queued event", || async {
-            let events = app.get(&format!("/v1/threads/{first_thread}/events"), &admin).await;
+            let events = app.try_thread_events(&admin, first_thread).await;
             texts(&events.body["items"]).contains(&"Queued at position 1 in General".to_owned()).then_some(())
         })
         .await;
@@ -41,56 +41,54 @@ both_backends! {
         assert_eq!(conversation["assignedAgentId"], agent_id);
         let thread = conversation["activeThreadId"].as_i64().unwrap();
         assert_ne!(thread, first_thread, "assignment opens a new thread");
-        let me = app.get("/v1/auth/me", &agent).await;
-        assert_eq!(me.body["activeChats"], 1);
+        let me = app.me(&agent).await;
+        assert_eq!(me["activeChats"], 1);
 
         // The pre-assignment thread says why it closed; the new one says who joined and why.
-        let before = app.get(&format!("/v1/threads/{first_thread}/events"), &admin).await;
-        let before = texts(&before.body["items"]);
+        let before = app.thread_events(&admin, first_thread).await;
+        let before = texts(&before["items"]);
         assert_eq!(before[0], "Hi, I need help");
         assert!(before.iter().any(|t| t == "Queued at position 1 in General"), "{before:?}");
-        let after = app.get(&format!("/v1/threads/{thread}/events"), &agent).await;
-        let after = texts(&after.body["items"]);
+        let after = app.thread_events(&agent, thread).await;
+        let after = texts(&after["items"]);
         assert!(after[0].starts_with("Assigned to A agent: least loaded, 1 of 6 chats"), "{after:?}");
 
         // They talk; the visitor sees the agent's card and every event.
-        let reply = app.post(&format!("/v1/threads/{thread}/events"), &agent, json!({ "content": "Hello Vera!", "clientMessageId": "m-1" })).await;
+        let reply = app.try_agent_says(&agent, thread, json!({ "content": "Hello Vera!", "clientMessageId": "m-1" })).await;
         assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
         assert_eq!(reply.body["clientMessageId"], "m-1");
-        let again = app.post(&format!("/v1/threads/{thread}/events"), &agent, json!({ "content": "Hello Vera!", "clientMessageId": "m-1" })).await;
+        let again = app.try_agent_says(&agent, thread, json!({ "content": "Hello Vera!", "clientMessageId": "m-1" })).await;
         assert_eq!(again.status, StatusCode::OK, "a resent message is stored once");
         assert_eq!(again.body["id"], reply.body["id"]);
-        let sent = app.request(Method::POST, "/v1/widget/messages", Some(&visitor), Some(json!({ "content": "Thanks!" }))).await;
-        assert_eq!(sent.status, StatusCode::CREATED);
-        let seen = app.request(Method::GET, "/v1/widget/conversation", Some(&visitor), None).await;
-        assert_eq!(seen.body["status"], "active");
-        assert_eq!(seen.body["agent"]["name"], "A agent");
+        app.visitor_says(&visitor, "Thanks!").await;
+        let seen = app.widget_conversation(&visitor).await;
+        assert_eq!(seen["status"], "active");
+        assert_eq!(seen["agent"]["name"], "A agent");
         assert!(
-            seen.body["events"].as_array().unwrap().iter().all(|e| e["kind"] == "message" && e["metadata"].is_null()),
+            seen["events"].as_array().unwrap().iter().all(|e| e["kind"] == "message" && e["metadata"].is_null()),
             "visitors see messages, not routing notes"
         );
-        let all = texts(&seen.body["events"]);
+        let all = texts(&seen["events"]);
         assert_eq!(all.iter().filter(|t| *t == "Hello Vera!").count(), 1);
         assert_eq!(all.last().unwrap(), "Thanks!");
         // Activity timestamps are written in batches, a moment later.
         let conversation = eventually(std::time::Duration::from_secs(5), "the first response to be recorded", || async {
-            let view = app.get(&format!("/v1/conversations/{id}"), &admin).await.body;
+            let view = app.try_conversation(&admin, id).await.body;
             (view["firstResponseAt"].is_string() && view["lastVisitorActivityAt"] != view["createdAt"]).then_some(view)
         })
         .await;
         assert!(conversation["lastAgentActivityAt"].is_string());
 
         // The agent resolves it: capacity comes back, the visitor can no longer write.
-        let closed = app.request(Method::POST, &format!("/v1/conversations/{id}/close"), Some(&agent), None).await;
-        assert_eq!(closed.status, StatusCode::ACCEPTED, "{:?}", closed.body);
+        app.close_conversation(&agent, id).await;
         let conversation = app.conversation_becomes(&admin, id, "resolved").await;
         assert!(conversation["resolvedAt"].is_string());
-        assert_eq!(app.get("/v1/auth/me", &agent).await.body["activeChats"], 0);
-        let late = app.request(Method::POST, "/v1/widget/messages", Some(&visitor), Some(json!({ "content": "one more" }))).await;
+        assert_eq!(app.me(&agent).await["activeChats"], 0);
+        let late = app.try_visitor_says(&visitor, json!({ "content": "one more" })).await;
         assert_eq!(late.status, StatusCode::CONFLICT);
-        let stats = app.get(&format!("/v1/agents/{agent_id}/stats"), &agent).await;
-        assert_eq!(stats.body["assignmentsTotal"], 1);
-        assert_eq!(stats.body["conversationsFinished"], 1);
+        let stats = app.agent_stats(&agent, agent_id).await;
+        assert_eq!(stats["assignmentsTotal"], 1);
+        assert_eq!(stats["conversationsFinished"], 1);
     }
 }
 
@@ -105,25 +103,25 @@ both_backends! {
             ids.push(id);
         }
         let (low, normal_1, high, normal_2) = (ids[0], ids[1], ids[2], ids[3]);
-        let queue = app.get("/v1/queue", &admin).await;
-        let line: Vec<i64> = queue.body["groups"][0]["waiting"].as_array().unwrap().iter().map(|w| w["conversationId"].as_i64().unwrap()).collect();
+        let queue = app.queue(&admin).await;
+        let line: Vec<i64> = queue["groups"][0]["waiting"].as_array().unwrap().iter().map(|w| w["conversationId"].as_i64().unwrap()).collect();
         assert_eq!(line, [high, normal_1, normal_2, low]);
-        assert_eq!(queue.body["groups"][0]["waitingCount"], 4);
-        assert_eq!(app.get(&format!("/v1/conversations/{low}"), &admin).await.body["queuePosition"], 4);
+        assert_eq!(queue["groups"][0]["waitingCount"], 4);
+        assert_eq!(app.conversation(&admin, low).await["queuePosition"], 4);
 
         // One agent with room for two: the two at the head, nothing more.
         let (_, agent) = app.online_agent(&admin, group, 2).await;
         app.conversation_becomes(&admin, high, "active").await;
         app.conversation_becomes(&admin, normal_1, "active").await;
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        assert_eq!(app.get(&format!("/v1/conversations/{normal_2}"), &admin).await.body["status"], "pending");
-        assert_eq!(app.get(&format!("/v1/conversations/{normal_2}"), &admin).await.body["queuePosition"], 1);
-        assert_eq!(app.get("/v1/auth/me", &agent).await.body["activeChats"], 2);
+        assert_eq!(app.conversation(&admin, normal_2).await["status"], "pending");
+        assert_eq!(app.conversation(&admin, normal_2).await["queuePosition"], 1);
+        assert_eq!(app.me(&agent).await["activeChats"], 2);
 
         // A freed slot goes to the next in line.
-        app.request(Method::POST, &format!("/v1/conversations/{high}/close"), Some(&agent), None).await;
+        app.close_conversation(&agent, high).await;
         app.conversation_becomes(&admin, normal_2, "active").await;
-        assert_eq!(app.get(&format!("/v1/conversations/{low}"), &admin).await.body["status"], "pending");
+        assert_eq!(app.conversation(&admin, low).await["status"], "pending");
     }
 }
 
@@ -140,22 +138,22 @@ both_backends! {
         let (second_id, second) = app.online_agent(&admin, group, 3).await;
         app.set_status(&first, "offline").await;
         let conversation = eventually(std::time::Duration::from_secs(15), "the hand-over", || async {
-            let reply = app.get(&format!("/v1/conversations/{id}"), &admin).await;
+            let reply = app.try_conversation(&admin, id).await;
             (reply.body["assignedAgentId"] == second_id).then_some(reply.body)
         })
         .await;
         assert_eq!(conversation["reassignmentCount"], 1);
-        assert_eq!(app.get("/v1/auth/me", &first).await.body["activeChats"], 0);
-        assert_eq!(app.get("/v1/auth/me", &second).await.body["activeChats"], 1);
+        assert_eq!(app.me(&first).await["activeChats"], 0);
+        assert_eq!(app.me(&second).await["activeChats"], 1);
 
         // The first agent comes back; the second leaves: the chat waits rather than return.
         app.set_status(&first, "online").await;
         app.set_status(&second, "offline").await;
         app.conversation_becomes(&admin, id, "pending").await;
         tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-        let conversation = app.get(&format!("/v1/conversations/{id}"), &admin).await;
-        assert_eq!(conversation.body["status"], "pending", "never back to an agent that dropped it");
-        assert_eq!(app.get("/v1/auth/me", &first).await.body["activeChats"], 0);
+        let conversation = app.conversation(&admin, id).await;
+        assert_eq!(conversation["status"], "pending", "never back to an agent that dropped it");
+        assert_eq!(app.me(&first).await["activeChats"], 0);
     }
 }
 
@@ -174,58 +172,38 @@ async fn transfers_claims_and_pickups_respect_capacity() {
 
     // Bo is full: a transfer to Bo is refused and nothing moves.
     let refused = app
-        .post(
-            &format!("/v1/conversations/{id}/transfer"),
-            &ana,
-            json!({ "agentId": bo_id }),
-        )
+        .try_transfer(&ana, id, json!({ "agentId": bo_id }))
         .await;
     assert_eq!(refused.status, StatusCode::CONFLICT, "{:?}", refused.body);
-    let still = app.get(&format!("/v1/conversations/{id}"), &admin).await;
-    assert_eq!(still.body["assignedAgentId"], ana_id);
-    assert_eq!(still.body["reassignmentCount"], 0);
-    assert_eq!(app.get("/v1/auth/me", &ana).await.body["activeChats"], 1);
+    let still = app.conversation(&admin, id).await;
+    assert_eq!(still["assignedAgentId"], ana_id);
+    assert_eq!(still["reassignmentCount"], 0);
+    assert_eq!(app.me(&ana).await["activeChats"], 1);
 
     // Bo frees up; the transfer goes through at once.
-    app.request(
-        Method::POST,
-        &format!("/v1/conversations/{other_id}/close"),
-        Some(&bo),
-        None,
-    )
-    .await;
+    app.close_conversation(&bo, other_id).await;
     app.conversation_becomes(&admin, other_id, "resolved").await;
     let moved = app
-        .post(
-            &format!("/v1/conversations/{id}/transfer"),
+        .try_transfer(
             &ana,
+            id,
             json!({ "agentId": bo_id, "reason": "billing question" }),
         )
         .await;
     assert_eq!(moved.status, StatusCode::OK, "{:?}", moved.body);
     assert_eq!(moved.body["assignedAgentId"], bo_id);
-    assert_eq!(app.get("/v1/auth/me", &ana).await.body["activeChats"], 0);
-    assert_eq!(app.get("/v1/auth/me", &bo).await.body["activeChats"], 1);
+    assert_eq!(app.me(&ana).await["activeChats"], 0);
+    assert_eq!(app.me(&bo).await["activeChats"], 1);
     // Ana no longer holds it: she may not transfer or close it.
     let not_hers = app
-        .post(
-            &format!("/v1/conversations/{id}/transfer"),
-            &ana,
-            json!({ "agentId": ana_id }),
-        )
+        .try_transfer(&ana, id, json!({ "agentId": ana_id }))
         .await;
     assert_eq!(not_hers.status, StatusCode::FORBIDDEN);
 
     // Manual assignment and pick-up go through the same claim.
     app.set_status(&ana, "away").await;
     let (waiting, _) = app.visitor(json!({})).await;
-    let to_away = app
-        .post(
-            &format!("/v1/conversations/{waiting}/assign"),
-            &admin,
-            json!({ "agentId": ana_id }),
-        )
-        .await;
+    let to_away = app.try_assign(&admin, waiting, ana_id).await;
     assert_eq!(
         to_away.status,
         StatusCode::CONFLICT,
@@ -236,31 +214,16 @@ async fn transfers_claims_and_pickups_respect_capacity() {
         std::time::Duration::from_secs(10),
         "Ana to get the waiting chat",
         || async {
-            let reply = app
-                .get(&format!("/v1/conversations/{waiting}"), &admin)
-                .await;
+            let reply = app.try_conversation(&admin, waiting).await;
             (reply.body["status"] == "active").then_some(reply.body)
         },
     )
     .await;
     assert_eq!(picked["assignedAgentId"], ana_id);
     let (late, _) = app.visitor(json!({})).await;
-    let full = app
-        .request(
-            Method::POST,
-            &format!("/v1/conversations/{late}/pickup"),
-            Some(&ana),
-            None,
-        )
-        .await;
+    let full = app.try_pickup(&ana, late).await;
     assert_eq!(full.status, StatusCode::CONFLICT, "Ana is at capacity");
-    let closed_assign = app
-        .post(
-            &format!("/v1/conversations/{other_id}/assign"),
-            &admin,
-            json!({ "agentId": ana_id }),
-        )
-        .await;
+    let closed_assign = app.try_assign(&admin, other_id, ana_id).await;
     assert_eq!(
         closed_assign.status,
         StatusCode::CONFLICT,
@@ -268,23 +231,14 @@ async fn transfers_claims_and_pickups_respect_capacity() {
     );
 
     // A transfer to a group puts it back in line, the transferring agent excluded.
-    let sales = app
-        .post("/v1/groups", &admin, json!({ "name": "Sales" }))
-        .await
-        .body["id"]
+    let sales = app.create_group(&admin, json!({ "name": "Sales" })).await["id"]
         .as_i64()
         .unwrap();
-    let reply = app
-        .post(
-            &format!("/v1/conversations/{id}/transfer"),
-            &bo,
-            json!({ "groupId": sales }),
-        )
-        .await;
+    let reply = app.try_transfer(&bo, id, json!({ "groupId": sales })).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED);
     let requeued = app.conversation_becomes(&admin, id, "pending").await;
     assert_eq!(requeued["groupId"], sales);
-    let refused = app.delete(&format!("/v1/groups/{sales}"), &admin).await;
+    let refused = app.try_delete_group(&admin, sales).await;
     assert_eq!(
         refused.status,
         StatusCode::CONFLICT,
@@ -296,24 +250,9 @@ async fn transfers_claims_and_pickups_respect_capacity() {
     assert_eq!(late["assignedAgentId"], bo_id);
 
     // Reopen puts a resolved conversation back in line.
-    let reopened = app
-        .request(
-            Method::POST,
-            &format!("/v1/conversations/{other_id}/reopen"),
-            Some(&admin),
-            None,
-        )
-        .await;
-    assert_eq!(reopened.status, StatusCode::OK, "{:?}", reopened.body);
-    assert_eq!(reopened.body["status"], "pending");
-    let twice = app
-        .request(
-            Method::POST,
-            &format!("/v1/conversations/{other_id}/reopen"),
-            Some(&admin),
-            None,
-        )
-        .await;
+    let reopened = app.reopen(&admin, other_id).await;
+    assert_eq!(reopened["status"], "pending");
+    let twice = app.try_reopen(&admin, other_id).await;
     assert_eq!(twice.status, StatusCode::CONFLICT);
 }
 
@@ -322,13 +261,11 @@ async fn round_robin_rotates_and_sticky_returns_to_the_same_agent() {
     let app = spawn_app(Backend::Embedded).await;
     let admin = app.admin_token().await;
     let rr = app
-        .post(
-            "/v1/groups",
+        .create_group(
             &admin,
             json!({ "name": "Rotation", "routingStrategy": "round_robin" }),
         )
-        .await
-        .body["id"]
+        .await["id"]
         .as_i64()
         .unwrap();
     let (a, _) = app.online_agent(&admin, rr, 10).await;
@@ -350,13 +287,11 @@ async fn round_robin_rotates_and_sticky_returns_to_the_same_agent() {
     );
 
     let sticky = app
-        .post(
-            "/v1/groups",
+        .create_group(
             &admin,
             json!({ "name": "Sticky", "routingStrategy": "sticky" }),
         )
-        .await
-        .body["id"]
+        .await["id"]
         .as_i64()
         .unwrap();
     let (c, c_token) = app.online_agent(&admin, sticky, 10).await;
@@ -371,21 +306,9 @@ async fn round_robin_rotates_and_sticky_returns_to_the_same_agent() {
     } else {
         app.admin_token().await
     };
-    app.request(
-        Method::POST,
-        &format!("/v1/conversations/{id}/close"),
-        Some(&holder),
-        None,
-    )
-    .await;
+    app.close_conversation(&holder, id).await;
     app.conversation_becomes(&admin, id, "resolved").await;
-    app.request(
-        Method::POST,
-        &format!("/v1/conversations/{id}/reopen"),
-        Some(&admin),
-        None,
-    )
-    .await;
+    app.reopen(&admin, id).await;
     let again = app.conversation_becomes(&admin, id, "active").await;
     assert_eq!(
         again["assignedAgentId"], first,

@@ -240,12 +240,7 @@ async fn bad_widget_sessions_are_refused_and_write_nothing() {
 #[tokio::test]
 async fn bad_widget_messages_are_refused_and_write_nothing() {
     let app = spawn_app(Backend::Embedded).await;
-    let reply = app
-        .widget_session(json!({ "initialMessage": "hello" }))
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED);
-    let mine = reply.body["conversationId"].as_i64().unwrap();
-    let token = reply.body["sessionToken"].as_str().unwrap().to_owned();
+    let (mine, token) = app.visitor(json!({ "initialMessage": "hello" })).await;
     let (theirs, their_token) = app.visitor(json!({ "initialMessage": "private" })).await;
     let send = |token: Option<String>, body: Value| {
         let app = &app;
@@ -395,18 +390,16 @@ both_backends! {
         let group = app.default_group(&admin).await;
         // One agent of the line with room for one; a spare agent online in another group only.
         let (full, full_token) = app.online_agent(&admin, group, 1).await;
-        let sales = app.post("/v1/groups", &admin, json!({ "name": "Sales" })).await.body["id"].as_i64().unwrap();
+        let sales = app.create_group(&admin, json!({ "name": "Sales" })).await["id"].as_i64().unwrap();
         let (spare, spare_token) = app.online_agent(&admin, sales, 3).await;
         let (offline, _) = app.agent_in_group(&admin, group, 3).await;
         let (deleted, _) = app.agent_in_group(&admin, group, 3).await;
-        let reply = app.delete(&format!("/v1/agents/{deleted}"), &admin).await;
-        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{:?}", reply.body);
+        app.delete_agent(&admin, deleted).await;
 
         // resolved: served, then resolved; held: active with `full`; waiting: pending; ended: closed.
         let (resolved, _) = app.visitor(json!({})).await;
         app.conversation_becomes(&admin, resolved, "active").await;
-        let reply = app.request(Method::POST, &format!("/v1/conversations/{resolved}/close"), Some(&full_token), None).await;
-        assert_eq!(reply.status, StatusCode::ACCEPTED);
+        app.close_conversation(&full_token, resolved).await;
         app.conversation_becomes(&admin, resolved, "resolved").await;
         let reply = app.widget_session(json!({ "initialMessage": "help" })).await;
         let held = reply.body["conversationId"].as_i64().unwrap();
@@ -415,8 +408,7 @@ both_backends! {
         assert_eq!(held_view["assignedAgentId"], full);
         let (waiting, _) = app.visitor(json!({})).await;
         let (ended, ended_token) = app.visitor(json!({})).await;
-        let reply = app.request(Method::POST, "/v1/widget/conversation/end", Some(&ended_token), None).await;
-        assert_eq!(reply.status, StatusCode::ACCEPTED);
+        app.end_conversation(&ended_token).await;
         app.conversation_becomes(&admin, ended, "closed").await;
         let other_admin = app.second_account_admin().await;
         let (stranger, _) = app.agent_with_role(&other_admin, "agent").await;
@@ -506,13 +498,7 @@ async fn another_accounts_admin_gets_404_on_every_conversation_verb() {
     let (_, agent_token) = app.online_agent(&admin, group, 1).await;
     let (resolved, _) = app.visitor(json!({})).await;
     app.conversation_becomes(&admin, resolved, "active").await;
-    app.request(
-        Method::POST,
-        &format!("/v1/conversations/{resolved}/close"),
-        Some(&agent_token),
-        None,
-    )
-    .await;
+    app.close_conversation(&agent_token, resolved).await;
     app.conversation_becomes(&admin, resolved, "resolved").await;
     let held = app.visitor(json!({})).await.0;
     let held = app.conversation_becomes(&admin, held, "active").await;
@@ -605,9 +591,8 @@ async fn another_accounts_admin_gets_404_on_every_conversation_verb() {
         json!([]),
         "no conversation of the first account is listed"
     );
-    let queue = app.get("/v1/queue", &other).await;
-    assert_eq!(queue.status, StatusCode::OK);
-    let waiting_ids: Vec<&Value> = queue.body["groups"]
+    let queue = app.queue(&other).await;
+    let waiting_ids: Vec<&Value> = queue["groups"]
         .as_array()
         .unwrap()
         .iter()
@@ -616,10 +601,5 @@ async fn another_accounts_admin_gets_404_on_every_conversation_verb() {
     assert!(waiting_ids.is_empty(), "{waiting_ids:?}");
     assert_eq!(footprint(&app).await, before, "nothing changed");
     // The owner still can.
-    assert_eq!(
-        app.get(&format!("/v1/conversations/{waiting}"), &admin)
-            .await
-            .body["status"],
-        "pending"
-    );
+    assert_eq!(app.conversation(&admin, waiting).await["status"], "pending");
 }

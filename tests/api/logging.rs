@@ -37,8 +37,8 @@ async fn socket_credentials_stay_out_of_the_log() {
         )
         .await
         .expect("the visitor connects");
-        agent.ok("sync", json!({})).await;
-        visitor.ok("sync", json!({})).await;
+        agent.sync(json!({})).await;
+        visitor.sync(json!({})).await;
         agent.disconnect().await;
         visitor.disconnect().await;
         let log = server.stop();

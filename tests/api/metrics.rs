@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use sea_orm::ConnectionTrait;
 use serde_json::json;
 
-use crate::{both_backends, helpers::*, realtime::agent_socket};
+use crate::{both_backends, helpers::*};
 
 /// Scrapes `/metrics` as the first admin.
 pub(crate) async fn scrape(app: &TestApp) -> String {
@@ -52,7 +52,7 @@ both_backends! {
         let counted = |text: &str, name: &str, labels: &[(&str, &str)]| sample(text, name, labels).unwrap_or(0.0);
 
         let (_, agent) = app.online_agent(&admin, group, 1).await;
-        let socket = agent_socket(&app, &agent).await;
+        let socket = app.agent_socket(&agent).await;
         let (served, _) = app.visitor(json!({})).await;
         app.conversation_becomes(&admin, served, "active").await;
         app.visitor(json!({ "priority": "high" })).await;
@@ -88,8 +88,7 @@ both_backends! {
             .execute_unprepared("ALTER TABLE audit_log RENAME TO audit_log_unavailable")
             .await
             .unwrap();
-        let reply = app.post("/v1/tags", &admin, json!({ "name": "unrecorded" })).await;
-        assert_eq!(reply.status, StatusCode::CREATED);
+        app.create_tag(&admin, json!({ "name": "unrecorded" })).await;
         let audit = [("queue", "record-audit")];
         eventually(Duration::from_secs(30), "the audit job to fail and be retried", || async {
             let now = scrape(&app).await;
@@ -118,7 +117,7 @@ async fn metrics_are_for_admins_on_the_operator_listener_only() {
         .unwrap();
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
     let (id, _) = app.agent_with_role(&admin, "supervisor").await;
-    let email = app.get(&format!("/v1/agents/{id}"), &admin).await.body["email"]
+    let email = app.agent(&admin, id).await["email"]
         .as_str()
         .unwrap()
         .to_owned();

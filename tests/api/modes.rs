@@ -24,16 +24,11 @@ async fn an_embedded_restart_keeps_the_data_and_the_tokens() {
 
     let app = spawn_with(storage, Command::All, |_| {}).await;
     assert_eq!(
-        app.get("/v1/auth/me", &agent_token).await.status,
+        app.try_me(&agent_token).await.status,
         StatusCode::OK,
         "the secret is kept"
     );
-    assert_eq!(
-        app.get(&format!("/v1/agents/{agent_id}"), &admin)
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(app.try_agent(&admin, agent_id).await.status, StatusCode::OK);
     assert_eq!(
         accounts::Entity::find().count(app.db()).await.unwrap(),
         1,
@@ -74,10 +69,9 @@ async fn distributed_api_and_worker_nodes_share_postgres_and_redis() {
 
     // A second API node accepts the first one's tokens (shared secret) and sees the same data.
     let api2 = spawn_with(storage, Command::Serve, |_| {}).await;
-    let reply = api2.get(&format!("/v1/agents/{agent_id}"), &admin).await;
-    assert_eq!(reply.status, StatusCode::OK);
-    let audit = api2.get("/v1/audit?action=agent.created", &admin).await;
-    assert_eq!(audit.body["items"][0]["subjectId"], json!(agent_id));
+    api2.agent(&admin, agent_id).await;
+    let audit = api2.audit(&admin, Some("agent.created")).await;
+    assert_eq!(audit["items"][0]["subjectId"], json!(agent_id));
 }
 
 #[tokio::test]

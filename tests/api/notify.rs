@@ -6,7 +6,6 @@ use std::time::Duration;
 use chrono::Utc;
 use entity::{deliveries, webhooks};
 use jobs::{Job, notify::Outcome, webhook::DeliverWebhook};
-use reqwest::{Method, StatusCode};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
 use serde_json::{Value, json};
 use switchboard::config::{Command, Settings};
@@ -38,15 +37,13 @@ pub(crate) async fn app_with(backend: Backend, tweak: impl FnOnce(&mut Settings)
 }
 
 pub(crate) async fn webhook(app: &TestApp, admin: &str, url: &str, events: Value) -> i64 {
-    let reply = app
-        .post(
-            "/v1/webhooks",
-            admin,
-            json!({ "url": url, "secret": SECRET, "events": events }),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-    reply.body["id"].as_i64().unwrap()
+    app.create_webhook(
+        admin,
+        json!({ "url": url, "secret": SECRET, "events": events }),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap()
 }
 
 /// The webhook's deliveries once `done` of them are finished (delivered or dead).
@@ -55,9 +52,7 @@ pub(crate) async fn finished(app: &TestApp, admin: &str, hook: i64, done: usize)
         Duration::from_secs(30),
         &format!("{done} finished deliveries"),
         || async {
-            let reply = app
-                .get(&format!("/v1/webhooks/{hook}/deliveries"), admin)
-                .await;
+            let reply = app.try_webhook_deliveries(admin, hook, None).await;
             let items = reply.body["items"].as_array().cloned().unwrap_or_default();
             let finished = items.iter().filter(|d| d["status"] != "pending").count();
             (finished >= done).then_some(items)
@@ -72,18 +67,6 @@ pub(crate) async fn raise(app: &TestApp, outcome: Outcome) {
     staged.tell(&*app.state.notifier);
 }
 
-async fn say(app: &TestApp, visitor: &str, content: &str) {
-    let reply = app
-        .request(
-            Method::POST,
-            "/v1/widget/messages",
-            Some(visitor),
-            Some(json!({ "content": content })),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-}
-
 both_backends! {
     async fn a_failing_receiver_sees_signed_retries_then_success_in_conversation_order(backend: Backend) {
         let receiver = Receiver::start(SECRET).await;
@@ -93,7 +76,7 @@ both_backends! {
         receiver.fail_next(2);
         let (conversation, visitor) = app.visitor(json!({ "name": "Vera" })).await;
         for content in ["first", "second", "third"] {
-            say(&app, &visitor, content).await;
+            app.visitor_says(&visitor, content).await;
         }
         let rows = finished(&app, &admin, hook, 3).await;
         assert!(rows.iter().all(|d| d["status"] == "delivered"), "{rows:?}");
@@ -127,8 +110,8 @@ both_backends! {
         let admin = app.admin_token().await;
         let hook = webhook(&app, &admin, &receiver.url("/down"), json!(["message.created"])).await;
         let (_, visitor) = app.visitor(json!({})).await;
-        say(&app, &visitor, "one").await;
-        say(&app, &visitor, "two").await;
+        app.visitor_says(&visitor, "one").await;
+        app.visitor_says(&visitor, "two").await;
         let rows = finished(&app, &admin, hook, 2).await;
         for row in &rows {
             assert_eq!(row["status"], "dead", "{row:?}");
@@ -136,8 +119,8 @@ both_backends! {
             assert_eq!(row["lastStatusCode"], 503);
             assert_eq!(row["lastError"], "HTTP 503 Service Unavailable");
         }
-        let dead = app.get(&format!("/v1/webhooks/{hook}/deliveries?status=dead"), &admin).await;
-        assert_eq!(dead.body["items"].as_array().unwrap().len(), 2);
+        let dead = app.webhook_deliveries(&admin, hook, Some("dead")).await;
+        assert_eq!(dead["items"].as_array().unwrap().len(), 2);
         let order: Vec<String> = receiver
             .hits_on("/down")
             .iter()
@@ -341,7 +324,7 @@ both_backends! {
         })
         .await;
         // Readiness checks the SMTP server once e-mail is configured.
-        let ready = app.request(Method::GET, "/health/ready", None, None).await;
+        let ready = app.readiness().await;
         assert_eq!(ready.status, reqwest::StatusCode::OK, "{:?}", ready.body);
         assert_eq!(ready.body["checks"]["smtp"]["status"], "ok");
         let admin = app.admin_token().await;
@@ -349,18 +332,16 @@ both_backends! {
         let group = app.default_group(&admin).await;
         // Online through the REST API only: no socket, so not connected.
         let (agent_id, agent) = app.online_agent(&admin, group, 2).await;
-        let agent_email = app.get("/v1/auth/me", &agent).await.body["email"].as_str().unwrap().to_owned();
+        let agent_email = app.me(&agent).await["email"].as_str().unwrap().to_owned();
         let (id, visitor) = app
             .visitor(json!({ "name": "Vera <b>", "email": "vera@example.com", "initialMessage": "Hi, my order?" }))
             .await;
         let view = app.conversation_becomes(&admin, id, "active").await;
         assert_eq!(view["assignedAgentId"], agent_id);
         let thread = view["activeThreadId"].as_i64().unwrap();
-        let reply = app.post(&format!("/v1/threads/{thread}/events"), &agent, json!({ "content": "It ships today & arrives <soon>." })).await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-        say(&app, &visitor, "Great, thanks").await;
-        let closed = app.request(Method::POST, &format!("/v1/conversations/{id}/close"), Some(&agent), None).await;
-        assert_eq!(closed.status, StatusCode::ACCEPTED, "{:?}", closed.body);
+        app.agent_says(&agent, thread, "It ships today & arrives <soon>.").await;
+        app.visitor_says(&visitor, "Great, thanks").await;
+        app.close_conversation(&agent, id).await;
         // The scheduler raises this; the channels must carry it.
         crate::notify::raise(&app, Outcome::SlaBreached {
             account_id: 1,
@@ -421,7 +402,7 @@ both_backends! {
         let receiver = Receiver::start(SECRET).await;
         let url = format!("smtp://127.0.0.1:{}", free_port());
         let app = app_with(backend, move |s| s.smtp_url = Some(url)).await;
-        let ready = app.request(Method::GET, "/health/ready", None, None).await;
+        let ready = app.readiness().await;
         assert_eq!(ready.status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{:?}", ready.body);
         assert_eq!(ready.body["checks"]["smtp"]["status"], "down");
         assert_eq!(ready.body["checks"]["database"]["status"], "ok");
@@ -433,9 +414,8 @@ both_backends! {
         let view = app.conversation_becomes(&admin, id, "active").await;
         // An agent writes, so the visitor is owed a transcript.
         let thread = view["activeThreadId"].as_i64().unwrap();
-        let reply = app.post(&format!("/v1/threads/{thread}/events"), &agent, json!({ "content": "On it." })).await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-        app.request(Method::POST, &format!("/v1/conversations/{id}/close"), Some(&agent), None).await;
+        app.agent_says(&agent, thread, "On it.").await;
+        app.close_conversation(&agent, id).await;
 
         let mails = eventually(Duration::from_secs(20), "the e-mails to die", || async {
             let rows = deliveries::Entity::find().all(app.db()).await.unwrap();
@@ -462,14 +442,14 @@ both_backends! {
         let admin = app.admin_token().await;
         let (_, visitor) = app.visitor(json!({})).await;
         for n in 0..20 {
-            say(&app, &visitor, &format!("message {n}")).await;
+            app.visitor_says(&visitor, &format!("message {n}")).await;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(deliveries::Entity::find().all(app.db()).await.unwrap().is_empty());
         // A webhook created now is heard at once (the cache was dropped on create).
         let receiver = Receiver::start(SECRET).await;
         let hook = webhook(&app, &admin, &receiver.url("/ok"), json!(["message.created"])).await;
-        say(&app, &visitor, "now heard").await;
+        app.visitor_says(&visitor, "now heard").await;
         let rows = finished(&app, &admin, hook, 1).await;
         assert_eq!(rows.len(), 1);
         assert_eq!(receiver.hits_on("/ok")[0].body["data"]["event"]["content"], "now heard");

@@ -7,7 +7,6 @@ use std::time::Duration;
 use chrono::Utc;
 use entity::deliveries;
 use jobs::{Job, email::SendEmail, notify::Outcome, webhook::DeliverWebhook};
-use reqwest::Method;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, QueryOrder};
 use serde_json::json;
 
@@ -163,14 +162,10 @@ both_backends! {
         let admin = app.admin_token().await;
         let hook = webhook(&app, &admin, &receiver.url("/ok"), json!(["conversation.closed", "sla.breached"])).await;
         // No agent ever writes: the session names someone else's address and carries the text.
-        let session = app
-            .widget_session(json!({ "email": "victim@example.com", "initialMessage": "Cheap pills at spam.example" }))
+        let (id, token) = app
+            .visitor(json!({ "email": "victim@example.com", "initialMessage": "Cheap pills at spam.example" }))
             .await;
-        assert_eq!(session.status, reqwest::StatusCode::CREATED, "{:?}", session.body);
-        let id = session.body["conversationId"].as_i64().unwrap();
-        let token = session.body["sessionToken"].as_str().unwrap();
-        let ended = app.request(Method::POST, "/v1/widget/conversation/end", Some(token), None).await;
-        assert_eq!(ended.status, reqwest::StatusCode::ACCEPTED, "{:?}", ended.body);
+        app.end_conversation(&token).await;
         let view = app.conversation_becomes(&admin, id, "closed").await;
         // An outcome of the same conversation after the close: the fan-out handles one
         // conversation's outcomes in order, so once this one's webhook row exists, the close's
@@ -259,16 +254,11 @@ both_backends! {
         for id in [early, late] {
             let view = app.conversation_becomes(&admin, id, "active").await;
             let thread = view["activeThreadId"].as_i64().unwrap();
-            let reply = app.post(&format!("/v1/threads/{thread}/events"), &agent, json!({ "content": "Here is our answer." })).await;
-            assert_eq!(reply.status, reqwest::StatusCode::CREATED, "{:?}", reply.body);
+            app.agent_says(&agent, thread, "Here is our answer.").await;
         }
-        let named = app
-            .request(Method::PUT, "/v1/widget/contact", Some(&late_token), Some(json!({ "email": "third.party@example.com" })))
-            .await;
-        assert_eq!(named.status, reqwest::StatusCode::OK, "{:?}", named.body);
+        app.leave_contact(&late_token, json!({ "email": "third.party@example.com" })).await;
         for id in [early, late] {
-            let closed = app.request(Method::POST, &format!("/v1/conversations/{id}/close"), Some(&agent), None).await;
-            assert_eq!(closed.status, reqwest::StatusCode::ACCEPTED, "{:?}", closed.body);
+            app.close_conversation(&agent, id).await;
             app.conversation_becomes(&admin, id, "resolved").await;
         }
         // A close's webhook and e-mail rows are recorded together: once both webhooks are
@@ -284,10 +274,10 @@ both_backends! {
 
         // Once the chat is over, the address stays what it was.
         let changed = app
-            .request(Method::PUT, "/v1/widget/contact", Some(&late_token), Some(json!({ "email": "someone.else@example.com" })))
+            .try_leave_contact(&late_token, json!({ "email": "someone.else@example.com" }))
             .await;
         assert_eq!(changed.status, reqwest::StatusCode::CONFLICT, "{:?}", changed.body);
-        let visitor = app.get(&format!("/v1/conversations/{late}"), &admin).await.body["visitorId"].as_i64().unwrap();
+        let visitor = app.conversation(&admin, late).await["visitorId"].as_i64().unwrap();
         let stored = entity::visitors::Entity::find_by_id(visitor).one(app.db()).await.unwrap().unwrap();
         assert_eq!(stored.email.as_deref(), Some("third.party@example.com"));
         eventually(Duration::from_secs(20), "the transcript", || async { (!smtp.mails().is_empty()).then_some(()) }).await;
@@ -306,10 +296,9 @@ both_backends! {
         let app = app_with(backend, move |s| s.smtp_url = Some(url)).await;
         let admin = app.admin_token().await;
         let (_, supervisor) = app.agent_with_role(&admin, "supervisor").await;
-        let supervisor = app.get("/v1/auth/me", &supervisor).await.body["email"].as_str().unwrap().to_owned();
+        let supervisor = app.me(&supervisor).await["email"].as_str().unwrap().to_owned();
         let group = app.default_group(&admin).await;
-        let reply = app.patch(&format!("/v1/groups/{group}"), &admin, json!({ "firstResponseSlaSeconds": 2 })).await;
-        assert_eq!(reply.status, reqwest::StatusCode::OK, "{:?}", reply.body);
+        app.update_group(&admin, group, json!({ "firstResponseSlaSeconds": 2 })).await;
         // A dozen chats nobody answers: a dozen breaches.
         for _ in 0..12 {
             app.visitor(json!({ "initialMessage": "anyone?" })).await;

@@ -111,14 +111,11 @@ async fn a_burst_of_wrong_passwords_is_bounded_in_checks_and_memory() {
 async fn sign_in_failures_are_counted_per_address_and_per_email() {
     let app = spawn_app(Backend::Embedded).await;
     let admin = app.admin_token().await;
-    let reply = app
-        .post(
-            "/v1/agents",
-            &admin,
-            json!({ "name": "Ops two", "email": "ops2@example.com", "password": "password-123", "role": "admin" }),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    app.create_agent(
+        &admin,
+        json!({ "name": "Ops two", "email": "ops2@example.com", "password": "password-123", "role": "admin" }),
+    )
+    .await;
     let from = |last: u8| {
         reqwest::Client::builder()
             .local_address(IpAddr::from([127, 0, 0, last]))

@@ -11,25 +11,9 @@ use switchboard::config::Command;
 
 use crate::{
     both_backends,
-    helpers::{Backend, JWT_SECRET, Storage, TestApp, eventually, spawn_app, spawn_with},
-    sio::{Sio, connect},
+    helpers::{Backend, Storage, eventually, spawn_app, spawn_with},
+    sio::connect,
 };
-
-pub async fn agent_socket(app: &TestApp, token: &str) -> Sio {
-    connect(&app.address, "/agents", json!({ "token": token }))
-        .await
-        .expect("the agent connects")
-}
-
-pub async fn visitor_socket(app: &TestApp, session_token: &str) -> Sio {
-    connect(
-        &app.address,
-        "/visitors",
-        json!({ "sessionToken": session_token }),
-    )
-    .await
-    .expect("the visitor connects")
-}
 
 fn conversation_is(id: i64) -> impl Fn(&Value) -> bool {
     move |body| body["conversationId"] == id
@@ -41,16 +25,16 @@ both_backends! {
         let admin = app.admin_token().await;
         let group = app.default_group(&admin).await;
         let (agent_id, agent_token) = app.agent_in_group(&admin, group, 2).await;
-        let mut agent = agent_socket(&app, &agent_token).await;
+        let mut agent = app.agent_socket(&agent_token).await;
 
         let (conversation, session) = app.visitor(json!({ "initialMessage": "hello?" })).await;
-        let mut visitor = visitor_socket(&app, &session).await;
+        let mut visitor = app.visitor_socket(&session).await;
         // Nobody is online: it waits, and the agent's group hears it.
         let queued = agent.next_where("conversation:queued", conversation_is(conversation)).await;
         assert_eq!(queued["position"], 1);
 
         // The agent comes online over its socket and gets the chat.
-        let me = agent.ok("status:set", json!({ "status": "online" })).await;
+        let me = agent.set_status("online").await;
         assert_eq!(me["status"], "online");
         let assigned = agent.next_where("conversation:assigned", conversation_is(conversation)).await;
         assert_eq!(assigned["agentId"], agent_id);
@@ -59,7 +43,7 @@ both_backends! {
 
         // Visitor → agent, with the client's id echoed for de-duplication.
         let sent = visitor
-            .ok("message:send", json!({ "content": "my order is late", "clientMessageId": "v-1" }))
+            .send_message(json!({ "content": "my order is late", "clientMessageId": "v-1" }))
             .await;
         assert_eq!(sent["clientMessageId"], "v-1");
         let heard = agent.next_where("message:new", |e| e["content"] == "my order is late").await;
@@ -67,15 +51,15 @@ both_backends! {
         assert_eq!(heard["authorType"], "visitor");
         // Sending the same client id again stores nothing new and pushes nothing.
         let again = visitor
-            .ok("message:send", json!({ "content": "my order is late", "clientMessageId": "v-1" }))
+            .send_message(json!({ "content": "my order is late", "clientMessageId": "v-1" }))
             .await;
         assert_eq!(again["id"], sent["id"]);
 
         // Typing and seen go to the other side.
-        agent.ok("typing:set", json!({ "conversationId": conversation, "typing": true })).await;
+        agent.set_typing(json!({ "conversationId": conversation, "typing": true })).await;
         let typing = visitor.next("typing").await;
         assert_eq!((typing["from"].as_str(), typing["typing"].as_bool()), (Some("agent"), Some(true)));
-        visitor.ok("typing:set", json!({ "typing": true })).await;
+        visitor.set_typing(json!({ "typing": true })).await;
         let typing = agent.next("typing").await;
         assert_eq!(typing["from"], "visitor");
         agent
@@ -86,7 +70,7 @@ both_backends! {
 
         // Agent → visitor.
         let reply = agent
-            .ok("message:send", json!({ "conversationId": conversation, "content": "on its way", "clientMessageId": "a-1" }))
+            .send_message(json!({ "conversationId": conversation, "content": "on its way", "clientMessageId": "a-1" }))
             .await;
         let heard = visitor.next_where("message:new", |e| e["content"] == "on its way").await;
         assert_eq!(heard["id"], reply["id"]);
@@ -106,7 +90,7 @@ both_backends! {
 
         // The agent closes; both sides hear it.
         let closing = agent
-            .ok("conversation:close", json!({ "conversationId": conversation, "reason": "answered" }))
+            .close_conversation(json!({ "conversationId": conversation, "reason": "answered" }))
             .await;
         assert_eq!(closing["accepted"], true);
         let closed = agent.next_where("conversation:closed", conversation_is(conversation)).await;
@@ -125,16 +109,16 @@ both_backends! {
         let admin = app.admin_token().await;
         let group = app.default_group(&admin).await;
         let (_, agent_token) = app.online_agent(&admin, group, 1).await;
-        let agent = agent_socket(&app, &agent_token).await;
+        let agent = app.agent_socket(&agent_token).await;
         let (first, _) = app.visitor(json!({})).await;
         app.conversation_becomes(&admin, first, "active").await;
         let (second, _) = app.visitor(json!({})).await;
         let (third, third_session) = app.visitor(json!({})).await;
-        let mut third_visitor = visitor_socket(&app, &third_session).await;
+        let mut third_visitor = app.visitor_socket(&third_session).await;
         let place = third_visitor.next_where("queue:position", |p| p["position"] == 2).await;
         assert_eq!(place["conversationId"], third);
 
-        agent.ok("conversation:close", json!({ "conversationId": first })).await;
+        agent.close_conversation(json!({ "conversationId": first })).await;
         app.conversation_becomes(&admin, second, "active").await;
         let place = third_visitor.next_where("queue:position", |p| p["position"] == 1).await;
         assert_eq!(place["conversationId"], third);
@@ -162,8 +146,8 @@ both_backends! {
 
         // A deleted agent: its open socket is disconnected and its token no longer connects.
         let (id, token) = app.agent_with_role(&admin, "agent").await;
-        let mut socket = agent_socket(&app, &token).await;
-        assert_eq!(app.delete(&format!("/v1/agents/{id}"), &admin).await.status, StatusCode::NO_CONTENT);
+        let mut socket = app.agent_socket(&token).await;
+        app.delete_agent(&admin, id).await;
         socket.next("disconnect").await;
         let refusal = connect(&app.address, "/agents", json!({ "token": token })).await.err().expect("refused");
         assert!(refusal.contains("revoked"), "{refusal}");
@@ -174,17 +158,8 @@ both_backends! {
 async fn an_expired_token_is_refused() {
     // Distributed mode: the JWT secret is the test's own, so a token can be minted here.
     let app = spawn_app(Backend::Distributed).await;
-    let keys = switchboard::auth::TokenKeys::new(JWT_SECRET.as_bytes(), Duration::ZERO);
     let admin = app.admin_token().await;
-    let me = app.get("/v1/auth/me", &admin).await.body;
-    let row = entity::agents::Entity::find_by_id(me["id"].as_i64().unwrap())
-        .one(app.db())
-        .await
-        .unwrap()
-        .expect("the admin's row");
-    let (token, _) = keys
-        .issue(row.id, row.account_id, row.token_version)
-        .expect("a token");
+    let token = app.mint_token(&admin, Duration::ZERO).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let refusal = connect(&app.address, "/agents", json!({ "token": token }))
         .await
@@ -198,8 +173,8 @@ async fn no_event_crosses_accounts() {
     let app = spawn_app(Backend::Embedded).await;
     let admin = app.admin_token().await;
     let other_admin = app.second_account_admin().await;
-    let mut outsider = agent_socket(&app, &other_admin).await;
-    let mut insider = agent_socket(&app, &admin).await;
+    let mut outsider = app.agent_socket(&other_admin).await;
+    let mut insider = app.agent_socket(&admin).await;
     let group = app.default_group(&admin).await;
     let (_, agent_token) = app.online_agent(&admin, group, 1).await;
     let account = entity::groups::Entity::find_by_id(group)
@@ -213,8 +188,8 @@ async fn no_event_crosses_accounts() {
         .await;
     app.conversation_becomes(&admin, conversation, "active")
         .await;
-    let mut visitor = visitor_socket(&app, &session).await;
-    let agent = agent_socket(&app, &agent_token).await;
+    let mut visitor = app.visitor_socket(&session).await;
+    let agent = app.agent_socket(&agent_token).await;
     // A supervisor may watch any conversation of its account.
     insider
         .ok(
@@ -223,10 +198,7 @@ async fn no_event_crosses_accounts() {
         )
         .await;
     agent
-        .ok(
-            "message:send",
-            json!({ "conversationId": conversation, "content": "hello" }),
-        )
+        .send_message(json!({ "conversationId": conversation, "content": "hello" }))
         .await;
     // The account's supervisor hears it all; the other account's admin nothing.
     insider
@@ -277,25 +249,19 @@ async fn a_reload_inside_the_grace_costs_nothing_and_past_it_chats_move() {
     let admin = app.admin_token().await;
     let group = app.default_group(&admin).await;
     let (agent_id, token) = app.agent_in_group(&admin, group, 2).await;
-    let socket = agent_socket(&app, &token).await;
-    socket.ok("status:set", json!({ "status": "online" })).await;
+    let socket = app.agent_socket(&token).await;
+    socket.set_status("online").await;
     let (conversation, _) = app.visitor(json!({})).await;
     app.conversation_becomes(&admin, conversation, "active")
         .await;
 
     // A reload: the socket drops and a new one connects at once.
     socket.disconnect().await;
-    let socket = agent_socket(&app, &token).await;
+    let socket = app.agent_socket(&token).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let me = app
-        .get(&format!("/v1/agents/{agent_id}"), &admin)
-        .await
-        .body;
+    let me = app.agent(&admin, agent_id).await;
     assert_eq!(me["status"], "online", "{me}");
-    let view = app
-        .get(&format!("/v1/conversations/{conversation}"), &admin)
-        .await
-        .body;
+    let view = app.conversation(&admin, conversation).await;
     assert_eq!(
         (view["status"].as_str(), view["assignedAgentId"].as_i64()),
         (Some("active"), Some(agent_id))
@@ -307,10 +273,7 @@ async fn a_reload_inside_the_grace_costs_nothing_and_past_it_chats_move() {
         Duration::from_secs(15),
         "the agent to go offline",
         || async {
-            let me = app
-                .get(&format!("/v1/agents/{agent_id}"), &admin)
-                .await
-                .body;
+            let me = app.try_agent(&admin, agent_id).await.body;
             (me["status"] == "offline").then_some(())
         },
     )
@@ -330,25 +293,20 @@ async fn messages_missed_while_away_are_read_after_a_reconnect() {
     let (conversation, session) = app.visitor(json!({ "initialMessage": "first" })).await;
     app.conversation_becomes(&admin, conversation, "active")
         .await;
-    let visitor = visitor_socket(&app, &session).await;
-    let first = visitor.ok("message:list", json!({})).await;
+    let visitor = app.visitor_socket(&session).await;
+    let first = visitor.list_messages(json!({})).await;
     let last_seen = first["events"].as_array().unwrap().last().unwrap()["id"].clone();
     visitor.disconnect().await;
 
     // Written while the visitor is away: stored.
-    let agent = agent_socket(&app, &agent_token).await;
+    let agent = app.agent_socket(&agent_token).await;
     for text in ["are you there?", "I can help"] {
         agent
-            .ok(
-                "message:send",
-                json!({ "conversationId": conversation, "content": text }),
-            )
+            .send_message(json!({ "conversationId": conversation, "content": text }))
             .await;
     }
-    let visitor = visitor_socket(&app, &session).await;
-    let missed = visitor
-        .ok("message:list", json!({ "after": last_seen }))
-        .await;
+    let visitor = app.visitor_socket(&session).await;
+    let missed = visitor.list_messages(json!({ "after": last_seen })).await;
     let texts: Vec<&str> = missed["events"]
         .as_array()
         .unwrap()
@@ -358,7 +316,7 @@ async fn messages_missed_while_away_are_read_after_a_reconnect() {
     assert_eq!(texts, ["are you there?", "I can help"]);
     // Agents catch up the same way, system notes included.
     let all = agent
-        .ok("message:list", json!({ "conversationId": conversation }))
+        .list_messages(json!({ "conversationId": conversation }))
         .await;
     assert!(
         all["events"]
@@ -381,7 +339,7 @@ async fn two_api_nodes_and_a_worker_share_their_rooms_through_redis() {
     let admin = node_a.admin_token().await;
     let group = node_a.default_group(&admin).await;
     let (agent_id, token) = node_a.online_agent(&admin, group, 1).await;
-    let mut agent = agent_socket(&node_a, &token).await;
+    let mut agent = node_a.agent_socket(&token).await;
 
     // The session is opened on node B; the worker process assigns it; node A's socket hears it.
     let (conversation, session) = node_b.visitor(json!({ "initialMessage": "hi" })).await;
@@ -390,28 +348,22 @@ async fn two_api_nodes_and_a_worker_share_their_rooms_through_redis() {
         .await;
     assert_eq!(assigned["agentId"], agent_id);
     // The worker's push also put node A's socket in the conversation's room.
-    let mut visitor = visitor_socket(&node_b, &session).await;
+    let mut visitor = node_b.visitor_socket(&session).await;
     visitor
-        .ok("message:send", json!({ "content": "from node B" }))
+        .send_message(json!({ "content": "from node B" }))
         .await;
     agent
         .next_where("message:new", |e| e["content"] == "from node B")
         .await;
     agent
-        .ok(
-            "message:send",
-            json!({ "conversationId": conversation, "content": "from node A" }),
-        )
+        .send_message(json!({ "conversationId": conversation, "content": "from node A" }))
         .await;
     visitor
         .next_where("message:new", |e| e["content"] == "from node A")
         .await;
     // A close handled by the worker reaches both nodes.
     agent
-        .ok(
-            "conversation:close",
-            json!({ "conversationId": conversation }),
-        )
+        .close_conversation(json!({ "conversationId": conversation }))
         .await;
     visitor.next("conversation:closed").await;
     agent
@@ -476,24 +428,22 @@ async fn tabs_count_once_whether_they_close_together_or_one_stays() {
     let group = app.default_group(&admin).await;
     let (agent_id, token) = app.agent_in_group(&admin, group, 2).await;
     let status = || async {
-        app.get(&format!("/v1/agents/{agent_id}"), &admin)
-            .await
-            .body["status"]
+        app.try_agent(&admin, agent_id).await.body["status"]
             .as_str()
             .unwrap()
             .to_owned()
     };
 
     // One of two tabs closes: the other keeps the agent online past the grace.
-    let first = agent_socket(&app, &token).await;
-    let second = agent_socket(&app, &token).await;
-    first.ok("status:set", json!({ "status": "online" })).await;
+    let first = app.agent_socket(&token).await;
+    let second = app.agent_socket(&token).await;
+    first.set_status("online").await;
     first.disconnect().await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(status().await, "online");
 
     // Both close at the same moment (a laptop lid): neither counts the other, the agent goes.
-    let third = agent_socket(&app, &token).await;
+    let third = app.agent_socket(&token).await;
     tokio::join!(second.disconnect(), third.disconnect());
     eventually(
         Duration::from_secs(15),
@@ -536,29 +486,17 @@ async fn an_agent_whose_node_died_silently_is_dropped_by_the_reconciler() {
     assert_eq!(again.agents_dropped, 0);
     app.conversation_becomes(&admin, conversation, "pending")
         .await;
-    let me = app
-        .get(&format!("/v1/agents/{agent_id}"), &admin)
-        .await
-        .body;
+    let me = app.agent(&admin, agent_id).await;
     assert_eq!(me["status"], "offline");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_lives_no_longer_than_its_token() {
     let app = spawn_app(Backend::Distributed).await;
-    let keys = switchboard::auth::TokenKeys::new(JWT_SECRET.as_bytes(), Duration::from_secs(2));
     let admin = app.admin_token().await;
-    let me = app.get("/v1/auth/me", &admin).await.body;
-    let row = entity::agents::Entity::find_by_id(me["id"].as_i64().unwrap())
-        .one(app.db())
-        .await
-        .unwrap()
-        .expect("the admin's row");
-    let (token, _) = keys
-        .issue(row.id, row.account_id, row.token_version)
-        .expect("a token");
-    let mut socket = agent_socket(&app, &token).await;
-    socket.ok("status:set", json!({ "status": "away" })).await;
+    let token = app.mint_token(&admin, Duration::from_secs(2)).await;
+    let mut socket = app.agent_socket(&token).await;
+    socket.set_status("away").await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     // Expired: refused, and the socket is closed (by the request or by the heartbeat).
     let ack = socket

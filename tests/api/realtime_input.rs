@@ -9,10 +9,7 @@ use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{Value, json};
 use switchboard::config::Command;
 
-use crate::{
-    helpers::{Backend, Storage, TestApp, spawn_app, spawn_with},
-    realtime::{agent_socket, visitor_socket},
-};
+use crate::helpers::{Backend, Storage, TestApp, spawn_app, spawn_with};
 
 async fn stored_events(app: &TestApp) -> u64 {
     // Messages only: system notes of the routing jobs may land at any moment.
@@ -35,29 +32,22 @@ async fn malformed_and_foreign_requests_are_refused_and_change_nothing() {
     app.conversation_becomes(&admin, mine, "active").await;
     app.conversation_becomes(&admin, theirs, "active").await;
     // Which agent got which chat is the router's choice: find out.
-    let holder = app
-        .get(&format!("/v1/conversations/{mine}"), &admin)
-        .await
-        .body["assignedAgentId"]
+    let holder = app.conversation(&admin, mine).await["assignedAgentId"]
         .as_i64()
         .unwrap();
-    let me_id = app.get("/v1/auth/me", &token).await.body["id"]
-        .as_i64()
-        .unwrap();
+    let me_id = app.me(&token).await["id"].as_i64().unwrap();
     let (token, other_token) = if holder == me_id {
         (token, other_token)
     } else {
         (other_token, token)
     };
-    let agent = agent_socket(&app, &token).await;
-    let visitor = visitor_socket(&app, &session).await;
-    let _other_visitor = visitor_socket(&app, &other_session).await;
-    let other_event = agent_socket(&app, &other_token)
+    let agent = app.agent_socket(&token).await;
+    let visitor = app.visitor_socket(&session).await;
+    let _other_visitor = app.visitor_socket(&other_session).await;
+    let other_event = app
+        .agent_socket(&other_token)
         .await
-        .ok(
-            "message:send",
-            json!({ "conversationId": theirs, "content": "theirs" }),
-        )
+        .send_message(json!({ "conversationId": theirs, "content": "theirs" }))
         .await["id"]
         .clone();
     let before = stored_events(&app).await;
@@ -198,22 +188,14 @@ async fn malformed_and_foreign_requests_are_refused_and_change_nothing() {
         assert_eq!(refused, code, "visitor {event} {payload}");
     }
     assert_eq!(stored_events(&app).await, before, "nothing was stored");
-    let view = app
-        .get(&format!("/v1/conversations/{theirs}"), &admin)
-        .await
-        .body;
+    let view = app.conversation(&admin, theirs).await;
     assert_eq!(view["status"], "active", "the other chat was not touched");
 
     // Both sockets still work.
     agent
-        .ok(
-            "message:send",
-            json!({ "conversationId": mine, "content": "still here" }),
-        )
+        .send_message(json!({ "conversationId": mine, "content": "still here" }))
         .await;
-    visitor
-        .ok("message:send", json!({ "content": "me too" }))
-        .await;
+    visitor.send_message(json!({ "content": "me too" })).await;
     assert_eq!(stored_events(&app).await, before + 2);
 }
 
@@ -222,7 +204,7 @@ async fn a_flooding_socket_is_held_to_its_budget() {
     let storage = Storage::new(Backend::Embedded).await;
     let app = spawn_with(storage, Command::All, |s| s.socket_events_per_second = 5).await;
     let (_, session) = app.visitor(json!({})).await;
-    let visitor = visitor_socket(&app, &session).await;
+    let visitor = app.visitor_socket(&session).await;
     let before = stored_events(&app).await;
     let mut accepted = 0;
     let mut limited = 0;
@@ -242,16 +224,14 @@ async fn a_flooding_socket_is_held_to_its_budget() {
     assert_eq!(stored_events(&app).await, before + accepted);
     // The budget refills: the socket works again a moment later.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    visitor
-        .ok("message:send", json!({ "content": "calm now" }))
-        .await;
+    visitor.send_message(json!({ "content": "calm now" })).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_frame_drops_that_connection_only() {
     let app = spawn_app(Backend::Embedded).await;
     let (_, session) = app.visitor(json!({})).await;
-    let mut visitor = visitor_socket(&app, &session).await;
+    let mut visitor = app.visitor_socket(&session).await;
     let before = stored_events(&app).await;
     // Over the 64 KiB frame limit: the server closes this connection without reading it.
     visitor
@@ -260,10 +240,8 @@ async fn an_oversized_frame_drops_that_connection_only() {
     visitor.drain(Duration::from_millis(500)).await;
     assert_eq!(stored_events(&app).await, before);
     // The server and the visitor's next connection are fine.
-    let again = visitor_socket(&app, &session).await;
-    again
-        .ok("message:send", json!({ "content": "short" }))
-        .await;
+    let again = app.visitor_socket(&session).await;
+    again.send_message(json!({ "content": "short" })).await;
     assert_eq!(stored_events(&app).await, before + 1);
 }
 
@@ -275,28 +253,12 @@ async fn messages_written_together_keep_their_own_outcomes() {
     let admin = app.admin_token().await;
     let (open, open_session) = app.visitor(json!({})).await;
     let (closed, closed_session) = app.visitor(json!({})).await;
-    let end = app
-        .request(
-            reqwest::Method::POST,
-            "/v1/widget/conversation/end",
-            Some(&closed_session),
-            None,
-        )
-        .await;
-    assert_eq!(end.status, reqwest::StatusCode::ACCEPTED);
+    app.end_conversation(&closed_session).await;
     app.conversation_becomes(&admin, closed, "closed").await;
     let before = stored_events(&app).await;
     let send = |session: String, body: Value| {
         let app = &app;
-        async move {
-            app.request(
-                reqwest::Method::POST,
-                "/v1/widget/messages",
-                Some(&session),
-                Some(body),
-            )
-            .await
-        }
+        async move { app.try_visitor_says(&session, body).await }
     };
     let mut sends = Vec::new();
     for n in 0..30 {
@@ -341,10 +303,7 @@ async fn messages_written_together_keep_their_own_outcomes() {
     assert_eq!(ids.len(), 30);
     assert_eq!(resent.len(), 1, "a resent id is one message");
     assert_eq!(stored_events(&app).await, before + 31);
-    let view = app
-        .get(&format!("/v1/conversations/{open}"), &admin)
-        .await
-        .body;
+    let view = app.conversation(&admin, open).await;
     assert_eq!(view["status"], "pending");
 }
 
@@ -391,5 +350,5 @@ async fn handshakes_are_limited_per_client_address_but_open_sessions_are_not() {
         .unwrap();
     assert_eq!(poll.status(), reqwest::StatusCode::OK);
     // The HTTP API is not affected.
-    assert_eq!(app.get("/health", "").await.status, reqwest::StatusCode::OK);
+    assert_eq!(app.health().await.status, reqwest::StatusCode::OK);
 }

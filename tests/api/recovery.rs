@@ -6,23 +6,17 @@ use std::time::Duration;
 use chrono::Utc;
 use entity::{agents, intents};
 use jobs::{Job, close_conversation::CloseConversation, intent::Intended};
-use reqwest::StatusCode;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, Set, sea_query::Expr,
 };
 use serde_json::json;
 use switchboard::config::Command;
 
-use crate::{both_backends, helpers::*, sio};
+use crate::{both_backends, helpers::*};
 
 /// A chat of `agent`'s, active; returns its id.
 async fn active_chat(app: &TestApp, admin: &str) -> i64 {
-    let id = app
-        .widget_session(json!({ "initialMessage": "hello" }))
-        .await
-        .body["conversationId"]
-        .as_i64()
-        .unwrap();
+    let (id, _) = app.visitor(json!({ "initialMessage": "hello" })).await;
     app.conversation_becomes(admin, id, "active").await;
     id
 }
@@ -73,10 +67,7 @@ async fn a_close_acknowledged_and_then_lost_with_redis_still_takes_effect() {
 
     // Nobody works while the close is accepted, and then Redis loses every task it held.
     worker.stop().await;
-    let reply = api
-        .post(&format!("/v1/conversations/{id}/close"), &agent, json!({}))
-        .await;
-    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+    api.close_conversation(&agent, id).await;
     let outstanding = || {
         intents::Entity::find()
             .filter(intents::Column::ConversationId.eq(id))
@@ -119,7 +110,7 @@ async fn a_close_acknowledged_and_then_lost_with_redis_still_takes_effect() {
         Duration::from_secs(30),
         "the lost close to take effect",
         || async {
-            let reply = api.get(&format!("/v1/conversations/{id}"), &admin).await;
+            let reply = api.try_conversation(&admin, id).await;
             (reply.body["status"] == "resolved").then_some(reply.body)
         },
     )
@@ -130,8 +121,8 @@ async fn a_close_acknowledged_and_then_lost_with_redis_still_takes_effect() {
         0,
         "the close consumed its intent"
     );
-    let me = api.get("/v1/auth/me", &agent).await;
-    assert_eq!(me.body["activeChats"], 0, "the slot came back");
+    let me = api.me(&agent).await;
+    assert_eq!(me["activeChats"], 0, "the slot came back");
 }
 
 both_backends! {
@@ -163,16 +154,14 @@ both_backends! {
 
         // A second close asked for before a reopen must not land after it.
         let second = close_intent(&app, id).await;
-        let reopened = app.post(&format!("/v1/conversations/{id}/reopen"), &agent, json!({})).await;
-        assert_eq!(reopened.status, StatusCode::OK, "{:?}", reopened.body);
+        app.reopen(&agent, id).await;
         assert_eq!(intents::Entity::find_by_id(second).one(app.db()).await.unwrap(), None);
         assert_eq!(job(second).run(&ctx).await.unwrap(), "already closed");
         assert_eq!(job(first).run(&ctx).await.unwrap(), "already closed");
-        let now = app.get(&format!("/v1/conversations/{id}"), &admin).await;
+        let now = app.conversation(&admin, id).await;
         assert!(
-            ["pending", "active"].contains(&now.body["status"].as_str().unwrap()),
-            "still open after stale closes: {:?}",
-            now.body
+            ["pending", "active"].contains(&now["status"].as_str().unwrap()),
+            "still open after stale closes: {now}"
         );
     }
 }
@@ -212,13 +201,12 @@ both_backends! {
         let admin = app.admin_token().await;
         let group = app.default_group(&admin).await;
         let (agent_id, agent) = app.online_agent(&admin, group, 1).await;
-        let session = app.widget_session(json!({ "initialMessage": "first" })).await;
-        let id = session.body["conversationId"].as_i64().unwrap();
+        let (id, token) = app.visitor(json!({ "initialMessage": "first" })).await;
         app.conversation_becomes(&admin, id, "active").await;
-        let waiting = app.widget_session(json!({})).await.body["conversationId"].as_i64().unwrap();
+        let (waiting, _) = app.visitor(json!({})).await;
 
-        let socket = sio::connect(&app.address, "/agents", json!({ "token": agent })).await.unwrap();
-        let data = socket.ok("sync", json!({})).await;
+        let socket = app.agent_socket(&agent).await;
+        let data = socket.sync(json!({})).await;
         assert_eq!(data["agent"]["id"], agent_id);
         let held: Vec<i64> = data["conversations"].as_array().unwrap().iter().map(|c| c["id"].as_i64().unwrap()).collect();
         assert_eq!(held, [id]);
@@ -229,16 +217,15 @@ both_backends! {
         assert_eq!(line["waiting"][0]["conversationId"], waiting);
         assert_eq!(socket.refused("sync", json!({ "extra": 1 })).await, "validation_failed");
 
-        let token = session.body["sessionToken"].as_str().unwrap();
-        let visitor = sio::connect(&app.address, "/visitors", json!({ "sessionToken": token })).await.unwrap();
-        let data = visitor.ok("sync", json!({})).await;
+        let visitor = app.visitor_socket(&token).await;
+        let data = visitor.sync(json!({})).await;
         assert_eq!(data["conversationId"], id);
         assert_eq!(data["status"], "active");
         assert_eq!(data["agent"]["name"], "A agent");
         let events = data["events"].as_array().unwrap();
         assert_eq!(events[0]["content"], "first");
         let last = events.last().unwrap()["id"].as_i64().unwrap();
-        let later = visitor.ok("sync", json!({ "after": last })).await;
+        let later = visitor.sync(json!({ "after": last })).await;
         assert_eq!(later["events"], json!([]));
         socket.disconnect().await;
         visitor.disconnect().await;
@@ -255,10 +242,7 @@ both_backends! {
         let (conversation, visitor) = app.visitor(json!({ "name": "Olga" })).await;
 
         // The ordinary path: the message's outbox row becomes its delivery and goes.
-        let said = app
-            .request(reqwest::Method::POST, "/v1/widget/messages", Some(&visitor), Some(json!({ "content": "hi" })))
-            .await;
-        assert_eq!(said.status, StatusCode::CREATED, "{:?}", said.body);
+        app.visitor_says(&visitor, "hi").await;
         finished(&app, &admin, hook, 1).await;
         assert_eq!(entity::outbox::Entity::find().count(app.db()).await.unwrap(), 0, "the fan-out took its row");
 

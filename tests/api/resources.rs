@@ -7,40 +7,38 @@ both_backends! {
     async fn agents_are_created_updated_soft_deleted_and_restored(backend: Backend) {
         let app = spawn_app(backend).await;
         let admin = app.admin_token().await;
-        let reply = app
-            .post("/v1/agents", &admin, json!({
+        let agent = app
+            .create_agent(&admin, json!({
                 "name": "Ana", "email": "Ana@Example.com", "password": "password-123",
                 "role": "supervisor", "maxConcurrentChats": 4
             }))
             .await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-        let id = reply.body["id"].as_i64().unwrap();
-        assert_eq!(reply.body["email"], "ana@example.com");
-        assert_eq!(reply.body["role"], "supervisor");
-        assert_eq!(reply.body["status"], "offline");
-        assert_eq!(reply.body["acceptingChats"], false);
-        assert_eq!(reply.body["maxConcurrentChats"], 4);
-        assert_eq!(reply.body["activeChats"], 0);
+        let id = agent["id"].as_i64().unwrap();
+        assert_eq!(agent["email"], "ana@example.com");
+        assert_eq!(agent["role"], "supervisor");
+        assert_eq!(agent["status"], "offline");
+        assert_eq!(agent["acceptingChats"], false);
+        assert_eq!(agent["maxConcurrentChats"], 4);
+        assert_eq!(agent["activeChats"], 0);
 
-        let reply = app.patch(&format!("/v1/agents/{id}"), &admin, json!({
+        let agent = app.update_agent(&admin, id, json!({
             "name": "Ana Lima", "maxConcurrentChats": 8, "avatarUrl": "https://cdn.example.com/ana.png"
         })).await;
-        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-        assert_eq!(reply.body["name"], "Ana Lima");
-        assert_eq!(reply.body["maxConcurrentChats"], 8);
-        assert_eq!(reply.body["avatarUrl"], "https://cdn.example.com/ana.png");
-        let reply = app.patch(&format!("/v1/agents/{id}"), &admin, json!({ "avatarUrl": null })).await;
+        assert_eq!(agent["name"], "Ana Lima");
+        assert_eq!(agent["maxConcurrentChats"], 8);
+        assert_eq!(agent["avatarUrl"], "https://cdn.example.com/ana.png");
+        let reply = app.try_update_agent(&admin, id, json!({ "avatarUrl": null })).await;
         assert_eq!(reply.body["avatarUrl"], serde_json::Value::Null, "null clears");
         assert_eq!(reply.body["name"], "Ana Lima", "absent fields are kept");
 
-        assert_eq!(app.delete(&format!("/v1/agents/{id}"), &admin).await.status, StatusCode::NO_CONTENT);
-        let listed = app.get("/v1/agents", &admin).await;
-        assert!(listed.body["items"].as_array().unwrap().iter().all(|a| a["id"] != id));
+        app.delete_agent(&admin, id).await;
+        let listed = app.agents(&admin).await;
+        assert!(listed["items"].as_array().unwrap().iter().all(|a| a["id"] != id));
         let deleted = app.get("/v1/agents?deleted=only", &admin).await;
         assert_eq!(deleted.body["items"][0]["id"], id);
         assert!(deleted.body["items"][0]["deletedAt"].is_string());
-        assert_eq!(app.delete(&format!("/v1/agents/{id}"), &admin).await.status, StatusCode::NOT_FOUND);
-        assert_eq!(app.patch(&format!("/v1/agents/{id}"), &admin, json!({ "name": "x" })).await.status, StatusCode::NOT_FOUND);
+        assert_eq!(app.try_delete_agent(&admin, id).await.status, StatusCode::NOT_FOUND);
+        assert_eq!(app.try_update_agent(&admin, id, json!({ "name": "x" })).await.status, StatusCode::NOT_FOUND);
 
         let restored = app.post(&format!("/v1/agents/{id}/restore"), &admin, json!({})).await;
         assert_eq!(restored.status, StatusCode::OK);
@@ -57,29 +55,27 @@ both_backends! {
         let app = spawn_app(backend).await;
         let admin = app.admin_token().await;
         let (agent_id, _) = app.agent_with_role(&admin, "agent").await;
-        let reply = app.post("/v1/groups", &admin, json!({
+        let group = app.create_group(&admin, json!({
             "name": "Sales", "description": "Buyers", "routingStrategy": "round_robin",
             "agentResponseTimeoutSeconds": 90, "maxQueueWaitSeconds": 600
         })).await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-        let id = reply.body["id"].as_i64().unwrap();
-        assert_eq!(reply.body["routingStrategy"], "round_robin");
-        assert_eq!(reply.body["agentResponseTimeoutSeconds"], 90);
-        assert_eq!(reply.body["visitorIdleTimeoutSeconds"], 900, "defaults fill the rest");
-        assert_eq!(reply.body["firstResponseSlaSeconds"], 60);
-        assert_eq!(reply.body["maxReassignments"], 3);
-        assert_eq!(reply.body["maxQueueWaitSeconds"], 600);
-        assert_eq!(reply.body["isDefault"], false);
+        let id = group["id"].as_i64().unwrap();
+        assert_eq!(group["routingStrategy"], "round_robin");
+        assert_eq!(group["agentResponseTimeoutSeconds"], 90);
+        assert_eq!(group["visitorIdleTimeoutSeconds"], 900, "defaults fill the rest");
+        assert_eq!(group["firstResponseSlaSeconds"], 60);
+        assert_eq!(group["maxReassignments"], 3);
+        assert_eq!(group["maxQueueWaitSeconds"], 600);
+        assert_eq!(group["isDefault"], false);
 
-        let members = app.post(&format!("/v1/groups/{id}/agents"), &admin, json!({ "agentId": agent_id })).await;
-        assert_eq!(members.status, StatusCode::OK);
-        assert_eq!(members.body["agentIds"], json!([agent_id]));
-        let twice = app.post(&format!("/v1/groups/{id}/agents"), &admin, json!({ "agentId": agent_id })).await;
+        let members = app.add_to_group(&admin, id, agent_id).await;
+        assert_eq!(members["agentIds"], json!([agent_id]));
+        let twice = app.try_add_to_group(&admin, id, agent_id).await;
         assert_eq!(twice.body["agentIds"], json!([agent_id]), "adding twice adds once");
-        let agent = app.get(&format!("/v1/agents/{agent_id}"), &admin).await;
+        let agent = app.try_agent(&admin, agent_id).await;
         assert_eq!(agent.body["groupIds"], json!([id]));
 
-        let unknown = app.post(&format!("/v1/groups/{id}/agents"), &admin, json!({ "agentId": 999_999 })).await;
+        let unknown = app.try_add_to_group(&admin, id, 999_999).await;
         assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 
         let removed = app.delete(&format!("/v1/groups/{id}/agents/{agent_id}"), &admin).await;
@@ -88,20 +84,20 @@ both_backends! {
         assert_eq!(gone.status, StatusCode::NOT_FOUND);
 
         // Exactly one default group: making Sales the default unsets General.
-        let reply = app.patch(&format!("/v1/groups/{id}"), &admin, json!({ "isDefault": true, "maxQueueWaitSeconds": null })).await;
+        let reply = app.try_update_group(&admin, id, json!({ "isDefault": true, "maxQueueWaitSeconds": null })).await;
         assert_eq!(reply.body["isDefault"], true);
         assert_eq!(reply.body["maxQueueWaitSeconds"], serde_json::Value::Null);
-        let groups = app.get("/v1/groups", &admin).await;
+        let groups = app.try_groups(&admin).await;
         let defaults: Vec<_> = groups.body["items"].as_array().unwrap().iter().filter(|g| g["isDefault"] == true).collect();
         assert_eq!(defaults.len(), 1);
         assert_eq!(defaults[0]["id"], id);
-        let refused = app.delete(&format!("/v1/groups/{id}"), &admin).await;
+        let refused = app.try_delete_group(&admin, id).await;
         assert_eq!(refused.status, StatusCode::CONFLICT, "the default group stays");
-        let refused = app.patch(&format!("/v1/groups/{id}"), &admin, json!({ "isDefault": false })).await;
+        let refused = app.try_update_group(&admin, id, json!({ "isDefault": false })).await;
         assert_eq!(refused.status, StatusCode::CONFLICT);
 
         let general = groups.body["items"].as_array().unwrap().iter().find(|g| g["name"] == "General").unwrap()["id"].as_i64().unwrap();
-        assert_eq!(app.delete(&format!("/v1/groups/{general}"), &admin).await.status, StatusCode::NO_CONTENT);
+        assert_eq!(app.try_delete_group(&admin, general).await.status, StatusCode::NO_CONTENT);
         assert!(app.get(&format!("/v1/groups/{general}"), &admin).await.body["deletedAt"].is_string());
         assert_eq!(app.post(&format!("/v1/groups/{general}/restore"), &admin, json!({})).await.status, StatusCode::OK);
     }
@@ -111,20 +107,19 @@ both_backends! {
     async fn tags_are_managed_and_names_are_unique(backend: Backend) {
         let app = spawn_app(backend).await;
         let admin = app.admin_token().await;
-        let reply = app.post("/v1/tags", &admin, json!({ "name": "vip", "color": "#FF0000" })).await;
-        assert_eq!(reply.status, StatusCode::CREATED);
-        assert_eq!(reply.body["color"], "#ff0000");
-        let id = reply.body["id"].as_i64().unwrap();
-        let duplicate = app.post("/v1/tags", &admin, json!({ "name": "vip" })).await;
+        let tag = app.create_tag(&admin, json!({ "name": "vip", "color": "#FF0000" })).await;
+        assert_eq!(tag["color"], "#ff0000");
+        let id = tag["id"].as_i64().unwrap();
+        let duplicate = app.try_create_tag(&admin, json!({ "name": "vip" })).await;
         assert_eq!(duplicate.status, StatusCode::CONFLICT);
         assert_eq!(duplicate.code(), "conflict");
         let renamed = app.patch(&format!("/v1/tags/{id}"), &admin, json!({ "name": "VIP", "color": null })).await;
         assert_eq!(renamed.body["name"], "VIP");
         assert_eq!(renamed.body["color"], serde_json::Value::Null);
         assert_eq!(app.delete(&format!("/v1/tags/{id}"), &admin).await.status, StatusCode::NO_CONTENT);
-        assert_eq!(app.get("/v1/tags", &admin).await.body["items"], json!([]));
+        assert_eq!(app.tags(&admin).await["items"], json!([]));
         assert_eq!(app.post(&format!("/v1/tags/{id}/restore"), &admin, json!({})).await.status, StatusCode::OK);
-        assert_eq!(app.get("/v1/tags", &admin).await.body["items"][0]["name"], "VIP");
+        assert_eq!(app.tags(&admin).await["items"][0]["name"], "VIP");
     }
 }
 
@@ -133,10 +128,8 @@ async fn lists_page_with_a_cursor() {
     let app = spawn_app(Backend::Embedded).await;
     let admin = app.admin_token().await;
     for n in 0..5 {
-        let reply = app
-            .post("/v1/tags", &admin, json!({ "name": format!("tag-{n}") }))
+        app.create_tag(&admin, json!({ "name": format!("tag-{n}") }))
             .await;
-        assert_eq!(reply.status, StatusCode::CREATED);
     }
     let mut seen = Vec::new();
     let mut path = "/v1/tags?limit=2".to_owned();
@@ -158,30 +151,18 @@ async fn lists_page_with_a_cursor() {
 async fn the_last_admin_cannot_be_removed_or_demoted() {
     let app = spawn_app(Backend::Embedded).await;
     let admin = app.admin_token().await;
-    let me = app.get("/v1/auth/me", &admin).await.body["id"]
-        .as_i64()
-        .unwrap();
-    let self_delete = app.delete(&format!("/v1/agents/{me}"), &admin).await;
+    let me = app.me(&admin).await["id"].as_i64().unwrap();
+    let self_delete = app.try_delete_agent(&admin, me).await;
     assert_eq!(self_delete.status, StatusCode::CONFLICT);
     let demote = app
-        .patch(
-            &format!("/v1/agents/{me}"),
-            &admin,
-            json!({ "role": "agent" }),
-        )
+        .try_update_agent(&admin, me, json!({ "role": "agent" }))
         .await;
     assert_eq!(demote.status, StatusCode::CONFLICT);
-    assert_eq!(app.get("/v1/auth/me", &admin).await.body["role"], "admin");
+    assert_eq!(app.me(&admin).await["role"], "admin");
     // With a second admin, the first may step down.
     app.agent_with_role(&admin, "admin").await;
-    let demote = app
-        .patch(
-            &format!("/v1/agents/{me}"),
-            &admin,
-            json!({ "role": "supervisor" }),
-        )
+    app.update_agent(&admin, me, json!({ "role": "supervisor" }))
         .await;
-    assert_eq!(demote.status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -246,14 +227,11 @@ async fn agent_stats_count_rows() {
         .await
         .unwrap();
     }
-    let stats = app
-        .get(&format!("/v1/agents/{agent_id}/stats"), &token)
-        .await;
-    assert_eq!(stats.status, StatusCode::OK, "{:?}", stats.body);
-    assert_eq!(stats.body["activeConversations"], 1);
-    assert_eq!(stats.body["conversationsFinished"], 1);
-    assert_eq!(stats.body["assignmentsTotal"], 2);
-    assert_eq!(stats.body["assignmentsLast24h"], 2);
-    assert_eq!(stats.body["averageFirstResponseSeconds"], 60.0);
-    assert_eq!(stats.body["maxConcurrentChats"], 6);
+    let stats = app.agent_stats(&token, agent_id).await;
+    assert_eq!(stats["activeConversations"], 1);
+    assert_eq!(stats["conversationsFinished"], 1);
+    assert_eq!(stats["assignmentsTotal"], 2);
+    assert_eq!(stats["assignmentsLast24h"], 2);
+    assert_eq!(stats["averageFirstResponseSeconds"], 60.0);
+    assert_eq!(stats["maxConcurrentChats"], 6);
 }

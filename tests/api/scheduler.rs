@@ -14,19 +14,12 @@ use reqwest::{Method, StatusCode};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use serde_json::{Value, json};
 
-use crate::{
-    both_backends,
-    helpers::*,
-    realtime::{agent_socket, visitor_socket},
-};
+use crate::{both_backends, helpers::*};
 
 /// Sets the default group's timers; returns its id.
 async fn timers(app: &TestApp, admin: &str, settings: Value) -> i64 {
     let group = app.default_group(admin).await;
-    let reply = app
-        .patch(&format!("/v1/groups/{group}"), admin, settings)
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    app.update_group(admin, group, settings).await;
     group
 }
 
@@ -57,10 +50,7 @@ async fn assigned_to_other(app: &TestApp, admin: &str, id: i64, not: Option<i64>
         Duration::from_secs(20),
         "the conversation to be assigned",
         || async {
-            let view = app
-                .get(&format!("/v1/conversations/{id}"), admin)
-                .await
-                .body;
+            let view = app.try_conversation(admin, id).await.body;
             let agent = view["assignedAgentId"].as_i64();
             agent.filter(|agent| view["status"] == "active" && Some(*agent) != not)
         },
@@ -96,14 +86,13 @@ both_backends! {
         let pending = app.conversation_becomes(&admin, id, "pending").await;
         assert_eq!(pending["assignedAgentId"], Value::Null);
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let view = app.get(&format!("/v1/conversations/{id}"), &admin).await.body;
+        let view = app.conversation(&admin, id).await;
         assert_eq!(view["status"], "pending", "the silent agents are excluded: {view}");
         assert_eq!(stored(&app, id).await.reassignment_count, 2);
-        let me = app.get("/v1/agents", &admin).await;
+        let me = app.agents(&admin).await;
         assert!(
-            me.body["items"].as_array().unwrap().iter().all(|a| a["activeChats"] == 0),
-            "capacity came back: {}",
-            me.body
+            me["items"].as_array().unwrap().iter().all(|a| a["activeChats"] == 0),
+            "capacity came back: {me}"
         );
     }
 }
@@ -114,13 +103,13 @@ both_backends! {
         let admin = app.admin_token().await;
         let group = timers(&app, &admin, json!({ "agentResponseTimeoutSeconds": 2 })).await;
         let (agent_id, token) = app.online_agent(&admin, group, 2).await;
-        let agent = agent_socket(&app, &token).await;
+        let agent = app.agent_socket(&token).await;
         let (id, session) = app.visitor(json!({ "initialMessage": "hello" })).await;
         assert_eq!(assigned_to_other(&app, &admin, id, None).await, agent_id);
 
         // The agent keeps typing for twice the timeout without sending: the clock is paused.
         for _ in 0..8 {
-            agent.ok("typing:set", json!({ "conversationId": id, "typing": true })).await;
+            agent.set_typing(json!({ "conversationId": id, "typing": true })).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let view = stored(&app, id).await;
@@ -128,19 +117,17 @@ both_backends! {
         assert!(view.agent_typing_at.is_some());
 
         // It answers; the visitor writes again and is answered in time: still the same agent.
-        agent.ok("message:send", json!({ "conversationId": id, "content": "Hi! Looking." })).await;
-        let sent = app.request(Method::POST, "/v1/widget/messages", Some(&session), Some(json!({ "content": "thanks" }))).await;
-        assert_eq!(sent.status, StatusCode::CREATED);
+        agent.send_message(json!({ "conversationId": id, "content": "Hi! Looking." })).await;
+        app.visitor_says(&session, "thanks").await;
         tokio::time::sleep(Duration::from_millis(800)).await;
-        agent.ok("message:send", json!({ "conversationId": id, "content": "Here you go." })).await;
+        agent.send_message(json!({ "conversationId": id, "content": "Here you go." })).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let view = stored(&app, id).await;
         assert_eq!((view.status, view.assigned_agent_id), (entity::enums::ConversationStatus::Active, Some(agent_id)));
         assert_eq!(view.reassignment_count, 0);
 
         // Typing stops and the visitor's next message goes unanswered: reassigned.
-        let sent = app.request(Method::POST, "/v1/widget/messages", Some(&session), Some(json!({ "content": "hello??" }))).await;
-        assert_eq!(sent.status, StatusCode::CREATED);
+        app.visitor_says(&session, "hello??").await;
         app.conversation_becomes(&admin, id, "pending").await;
         assert!(history(&app, &admin, id).await.contains(&"Reassigned: no agent reply in 2 s".to_owned()));
         agent.disconnect().await;
@@ -152,7 +139,7 @@ both_backends! {
         let app = spawn_app(backend).await;
         let admin = app.admin_token().await;
         let group = timers(&app, &admin, json!({ "agentResponseTimeoutSeconds": 2, "maxReassignments": 0, "firstResponseSlaSeconds": 3600 })).await;
-        let mut supervisor = agent_socket(&app, &admin).await;
+        let mut supervisor = app.agent_socket(&admin).await;
         let (silent, _) = app.online_agent(&admin, group, 1).await;
         let (id, _) = app.visitor(json!({ "initialMessage": "help" })).await;
         assert_eq!(assigned_to_other(&app, &admin, id, None).await, silent);
@@ -175,11 +162,10 @@ both_backends! {
         let (behind, _) = app.visitor(json!({})).await;
         assert_eq!(assigned_to_other(&app, &admin, behind, None).await, helper);
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(app.get(&format!("/v1/conversations/{id}"), &admin).await.body["status"], "pending");
+        assert_eq!(app.conversation(&admin, id).await["status"], "pending");
         supervisor.none("sla:breached", Duration::from_millis(500)).await;
         // ...but can take it by hand, which lifts the hold.
-        let taken = app.post(&format!("/v1/conversations/{id}/pickup"), &helper_token, json!({})).await;
-        assert_eq!(taken.status, StatusCode::OK, "{:?}", taken.body);
+        app.pickup(&helper_token, id).await;
         let view = stored(&app, id).await;
         assert_eq!(view.assigned_agent_id, Some(helper));
         assert!(view.routing_held_at.is_none());
@@ -195,8 +181,8 @@ both_backends! {
         let (agent_id, token) = app.online_agent(&admin, group, 1).await;
         let (id, session) = app.visitor(json!({})).await;
         assert_eq!(assigned_to_other(&app, &admin, id, None).await, agent_id);
-        let thread = app.get(&format!("/v1/conversations/{id}"), &admin).await.body["activeThreadId"].as_i64().unwrap();
-        app.post(&format!("/v1/threads/{thread}/events"), &token, json!({ "content": "How can I help?" })).await;
+        let thread = app.conversation(&admin, id).await["activeThreadId"].as_i64().unwrap();
+        app.agent_says(&token, thread, "How can I help?").await;
 
         let closed = app.conversation_becomes(&admin, id, "closed").await;
         assert_eq!(closed["assignedAgentId"], agent_id, "the record keeps who had it");
@@ -206,9 +192,9 @@ both_backends! {
             (Some(entity::enums::ClosedBy::System), Some("visitor_idle")),
             "{last:?}"
         );
-        assert_eq!(app.get("/v1/auth/me", &token).await.body["activeChats"], 0, "capacity came back");
-        let seen = app.request(Method::GET, "/v1/widget/conversation", Some(&session), None).await;
-        assert_eq!(seen.body["status"], "closed");
+        assert_eq!(app.me(&token).await["activeChats"], 0, "capacity came back");
+        let seen = app.widget_conversation(&session).await;
+        assert_eq!(seen["status"], "closed");
         let texts = history(&app, &admin, id).await;
         assert_eq!(texts.iter().filter(|t| *t == "Closed by the system: visitor_idle").count(), 1, "{texts:?}");
     }
@@ -219,7 +205,7 @@ both_backends! {
         let app = spawn_app(backend).await;
         let admin = app.admin_token().await;
         timers(&app, &admin, json!({ "firstResponseSlaSeconds": 2 })).await;
-        let mut supervisor = agent_socket(&app, &admin).await;
+        let mut supervisor = app.agent_socket(&admin).await;
         let (id, _) = app.visitor(json!({ "initialMessage": "hi" })).await;
 
         let breach = supervisor.next_where("sla:breached", |b| b["conversationId"] == id).await;
@@ -248,7 +234,7 @@ both_backends! {
         let admin = app.admin_token().await;
         timers(&app, &admin, json!({ "maxQueueWaitSeconds": 2 })).await;
         let (id, session) = app.visitor(json!({})).await;
-        let mut visitor = visitor_socket(&app, &session).await;
+        let mut visitor = app.visitor_socket(&session).await;
 
         let overdue = visitor.next("queue:overdue").await;
         assert_eq!(overdue["conversationId"], id);
@@ -256,16 +242,15 @@ both_backends! {
         assert!(overdue["waitedSeconds"].as_i64().unwrap() >= 2);
         visitor.none("queue:overdue", Duration::from_secs(2)).await;
 
-        let left = app.request(Method::PUT, "/v1/widget/contact", Some(&session), Some(json!({ "email": "vera@example.com", "name": "Vera" }))).await;
-        assert_eq!(left.status, StatusCode::OK, "{:?}", left.body);
-        assert_eq!(left.body["email"], "vera@example.com");
+        let left = app.leave_contact(&session, json!({ "email": "vera@example.com", "name": "Vera" })).await;
+        assert_eq!(left["email"], "vera@example.com");
         for bad in [json!({ "email": "not an address" }), json!({}), json!({ "email": "a@b.co", "extra": 1 })] {
             let refused = app.request(Method::PUT, "/v1/widget/contact", Some(&session), Some(bad.clone())).await;
             assert!(refused.status.is_client_error(), "{bad}: {:?}", refused.body);
         }
         let refused = app.request(Method::PUT, "/v1/widget/contact", Some("not-a-session"), Some(json!({ "email": "x@example.com" }))).await;
         assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
-        let view = app.get(&format!("/v1/conversations/{id}"), &admin).await.body;
+        let view = app.conversation(&admin, id).await;
         assert_eq!(view["status"], "pending", "it still waits");
         let texts = history(&app, &admin, id).await;
         assert_eq!(texts.iter().filter(|t| t.starts_with("Waited ") && t.contains("leave an e-mail")).count(), 1, "{texts:?}");
@@ -288,8 +273,7 @@ both_backends! {
         let (first, _) = app.visitor(json!({ "initialMessage": "one" })).await;
         let (second, _) = app.visitor(json!({})).await;
         for id in [first, second] {
-            let taken = app.post(&format!("/v1/conversations/{id}/assign"), &admin, json!({ "agentId": agent_id })).await;
-            assert_eq!(taken.status, StatusCode::OK, "{:?}", taken.body);
+            app.assign(&admin, id, agent_id).await;
         }
         tokio::time::sleep(Duration::from_millis(2_300)).await;
 
@@ -304,7 +288,7 @@ both_backends! {
         assert_eq!(idle.run(&ctx).await.unwrap(), "not expired (any more)");
         let texts = history(&app, &admin, second).await;
         assert_eq!(texts.iter().filter(|t| t.starts_with("Closed by the system")).count(), 1, "{texts:?}");
-        assert_eq!(app.get("/v1/agents", &admin).await.body["items"].as_array().unwrap().iter().find(|a| a["id"] == agent_id).unwrap()["activeChats"], 0);
+        assert_eq!(app.agents(&admin).await["items"].as_array().unwrap().iter().find(|a| a["id"] == agent_id).unwrap()["activeChats"], 0);
 
         // The sweep finds nothing more to do.
         let swept = jobs::timers::sweep(&ctx).await.unwrap();
@@ -322,7 +306,7 @@ both_backends! {
         let (here, session) = app.visitor(json!({ "initialMessage": "hello?" })).await;
         // A third left an address and went: it asked to be answered later.
         let (reachable, _) = app.visitor(json!({ "email": "later@example.com", "initialMessage": "call me back" })).await;
-        let socket = visitor_socket(&app, &session).await;
+        let socket = app.visitor_socket(&session).await;
         // Neither visitor was seen for half an hour (the idle timeout is 15 minutes)...
         let long_ago = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now() - chrono::Duration::minutes(30), 6);
         let (gone_visitor, here_visitor) = (stored(&app, gone).await.visitor_id, stored(&app, here).await.visitor_id);

@@ -12,7 +12,7 @@ use rust_socketio::{
     Event, Payload, TransportType,
     asynchronous::{Client, ClientBuilder},
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 /// How long a test waits for an event that must come.
@@ -126,6 +126,36 @@ impl Sio {
         let ack = self.request(event, payload).await;
         assert_eq!(ack["ok"], false, "{event} was accepted: {ack}");
         ack["error"]["code"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// `status:set`: the agent's presence; returns the agent.
+    pub async fn set_status(&self, status: &str) -> Value {
+        self.ok("status:set", json!({ "status": status })).await
+    }
+
+    /// `message:send`; returns the stored message.
+    pub async fn send_message(&self, payload: Value) -> Value {
+        self.ok("message:send", payload).await
+    }
+
+    /// `message:list`: a page of the conversation's events.
+    pub async fn list_messages(&self, payload: Value) -> Value {
+        self.ok("message:list", payload).await
+    }
+
+    /// `typing:set`.
+    pub async fn set_typing(&self, payload: Value) -> Value {
+        self.ok("typing:set", payload).await
+    }
+
+    /// `conversation:close`.
+    pub async fn close_conversation(&self, payload: Value) -> Value {
+        self.ok("conversation:close", payload).await
+    }
+
+    /// `sync`: what the socket's side holds now.
+    pub async fn sync(&self, payload: Value) -> Value {
+        self.ok("sync", payload).await
     }
 
     /// Sends `event` without asking for an acknowledgement.

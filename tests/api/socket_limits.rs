@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use sea_orm::ConnectionTrait;
 use serde_json::json;
 use switchboard::config::Command;
@@ -77,12 +77,7 @@ async fn sockets_of_one_visitor_share_one_message_budget_with_rest() {
     let mut rest_limited = 0;
     for _ in 0..3 {
         let rest = app
-            .request(
-                Method::POST,
-                "/v1/widget/messages",
-                Some(&session_token),
-                Some(json!({ "content": "over REST" })),
-            )
+            .try_visitor_says(&session_token, json!({ "content": "over REST" }))
             .await;
         match rest.status {
             StatusCode::CREATED => rest_accepted += 1,

@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::{both_backends, helpers::*, realtime::agent_socket};
+use crate::{both_backends, helpers::*};
 
 fn group_of(stats: &Value, group: i64) -> Value {
     stats["groups"]
@@ -32,14 +32,12 @@ both_backends! {
         for priority in ["high", "normal", "low"] {
             waiting.push(app.visitor(json!({ "priority": priority })).await.0);
         }
-        let thread = app.get(&format!("/v1/conversations/{served}"), &admin).await.body["activeThreadId"].as_i64().unwrap();
-        let reply = app.post(&format!("/v1/threads/{thread}/events"), &agent, json!({ "content": "hello" })).await;
-        assert_eq!(reply.status, StatusCode::CREATED);
+        let thread = app.conversation(&admin, served).await["activeThreadId"].as_i64().unwrap();
+        app.agent_says(&agent, thread, "hello").await;
 
         let stats = eventually(Duration::from_secs(10), "the first response in the stats", || async {
-            let stats = app.get("/v1/stats", &admin).await;
-            assert_eq!(stats.status, StatusCode::OK, "{:?}", stats.body);
-            let g = group_of(&stats.body, group);
+            let stats = app.stats(&admin).await;
+            let g = group_of(&stats, group);
             g["medianFirstResponseSeconds"].is_number().then_some(g)
         })
         .await;
@@ -53,13 +51,12 @@ both_backends! {
         assert!(stats["medianWaitSeconds"].as_f64().unwrap() >= 0.0, "{stats}");
 
         // Supervisors hear the same numbers every few seconds.
-        let mut supervisor = agent_socket(&app, &admin).await;
+        let mut supervisor = app.agent_socket(&admin).await;
         let pushed = supervisor.next_where("stats:update", |s| s["groups"].is_array()).await;
         assert_eq!(group_of(&pushed, group)["waiting"]["total"], 3);
 
         // The agent resolves its chat: the high-priority visitor is next.
-        let closed = app.post(&format!("/v1/conversations/{served}/close"), &agent, json!({})).await;
-        assert_eq!(closed.status, StatusCode::ACCEPTED, "{:?}", closed.body);
+        app.close_conversation(&agent, served).await;
         let next = app.conversation_becomes(&admin, waiting[0], "active").await;
         assert_eq!(next["assignedAgentId"], agent_id);
         let pushed = supervisor
@@ -80,22 +77,20 @@ both_backends! {
         app.visitor(json!({})).await;
 
         let (_, agent) = app.agent_with_role(&admin, "agent").await;
-        assert_eq!(app.get("/v1/stats", &agent).await.status, StatusCode::FORBIDDEN);
+        assert_eq!(app.try_stats(&agent).await.status, StatusCode::FORBIDDEN);
         assert_eq!(app.request(Method::GET, "/v1/stats", None, None).await.status, StatusCode::UNAUTHORIZED);
         let (_, supervisor) = app.agent_with_role(&admin, "supervisor").await;
-        let seen = app.get("/v1/stats", &supervisor).await;
-        assert_eq!(seen.status, StatusCode::OK);
-        assert_eq!(group_of(&seen.body, group)["waiting"]["total"], 1);
+        let seen = app.stats(&supervisor).await;
+        assert_eq!(group_of(&seen, group)["waiting"]["total"], 1);
 
         // Another account sees its own groups, none of this one's.
         let other = app.second_account_admin().await;
-        let theirs = app.get("/v1/stats", &other).await;
-        assert_eq!(theirs.status, StatusCode::OK);
-        let groups = theirs.body["groups"].as_array().unwrap();
-        assert!(groups.iter().all(|g| g["groupId"] != group && g["waiting"]["total"] == 0), "{}", theirs.body);
+        let theirs = app.stats(&other).await;
+        let groups = theirs["groups"].as_array().unwrap();
+        assert!(groups.iter().all(|g| g["groupId"] != group && g["waiting"]["total"] == 0), "{theirs}");
 
         // An agent's socket hears no stats.
-        let mut plain = agent_socket(&app, &agent).await;
+        let mut plain = app.agent_socket(&agent).await;
         plain.none("stats:update", Duration::from_millis(2_500)).await;
         plain.disconnect().await;
     }

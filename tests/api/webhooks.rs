@@ -16,47 +16,43 @@ both_backends! {
         let app = spawn_app(backend).await;
         let admin = app.admin_token().await;
         let created = app
-            .post(
-                "/v1/webhooks",
+            .create_webhook(
                 &admin,
                 json!({ "url": "https://hooks.example.com/in", "secret": SECRET,
                         "events": ["message.created", "conversation.queued"] }),
             )
             .await;
-        assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
-        let id = created.body["id"].as_i64().unwrap();
+        let id = created["id"].as_i64().unwrap();
         // Kinds come back in their canonical order; the secret only as its last four characters.
-        assert_eq!(created.body["events"], json!(["conversation.queued", "message.created"]));
-        assert_eq!(created.body["active"], true);
-        assert_eq!(created.body["secret"], "••••1234");
-        assert!(!created.body.to_string().contains(SECRET));
+        assert_eq!(created["events"], json!(["conversation.queued", "message.created"]));
+        assert_eq!(created["active"], true);
+        assert_eq!(created["secret"], "••••1234");
+        assert!(!created.to_string().contains(SECRET));
 
-        let listed = app.get("/v1/webhooks", &admin).await;
-        assert_eq!(listed.body["items"].as_array().unwrap().len(), 1);
-        assert!(!listed.body.to_string().contains(SECRET));
+        let listed = app.webhooks(&admin).await;
+        assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+        assert!(!listed.to_string().contains(SECRET));
 
         let updated = app
-            .patch(
-                &format!("/v1/webhooks/{id}"),
+            .update_webhook(
                 &admin,
+                id,
                 json!({ "active": false, "events": ["sla.breached"], "secret": "another-secret-abcd" }),
             )
             .await;
-        assert_eq!(updated.status, StatusCode::OK, "{:?}", updated.body);
-        assert_eq!(updated.body["active"], false);
-        assert_eq!(updated.body["events"], json!(["sla.breached"]));
-        assert_eq!(updated.body["secret"], "••••abcd");
+        assert_eq!(updated["active"], false);
+        assert_eq!(updated["events"], json!(["sla.breached"]));
+        assert_eq!(updated["secret"], "••••abcd");
 
-        let deliveries = app.get(&format!("/v1/webhooks/{id}/deliveries"), &admin).await;
-        assert_eq!(deliveries.status, StatusCode::OK);
-        assert_eq!(deliveries.body["items"], json!([]));
+        let deliveries = app.webhook_deliveries(&admin, id, None).await;
+        assert_eq!(deliveries["items"], json!([]));
 
-        assert_eq!(app.delete(&format!("/v1/webhooks/{id}"), &admin).await.status, StatusCode::NO_CONTENT);
-        assert!(app.get(&format!("/v1/webhooks/{id}"), &admin).await.body["deletedAt"].is_string());
-        assert_eq!(app.get("/v1/webhooks", &admin).await.body["items"], json!([]));
+        assert_eq!(app.try_delete_webhook(&admin, id).await.status, StatusCode::NO_CONTENT);
+        assert!(app.webhook(&admin, id).await["deletedAt"].is_string());
+        assert_eq!(app.webhooks(&admin).await["items"], json!([]));
         // The audit trail names changes, never the secret.
         let audit = crate::helpers::eventually(std::time::Duration::from_secs(10), "audit rows", || async {
-            let reply = app.get("/v1/audit", &admin).await;
+            let reply = app.try_audit(&admin, None).await;
             let rows = reply.body["items"].as_array().cloned().unwrap_or_default();
             (rows.iter().filter(|r| r["subjectType"] == "webhook").count() >= 3).then_some(reply.body)
         })
@@ -117,12 +113,11 @@ both_backends! {
         }
         let unknown_field = app.post("/v1/webhooks", &admin, json!({ "url": "https://93.184.216.34/", "secret": SECRET, "events": ["agent.status"], "extra": 1 })).await;
         assert_eq!(unknown_field.status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert_eq!(app.get("/v1/webhooks", &admin).await.body["items"], json!([]));
+        assert_eq!(app.webhooks(&admin).await["items"], json!([]));
 
         // A valid one, then bad updates leave it as it was.
-        let created = app.post("/v1/webhooks", &admin, good.clone()).await;
-        assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
-        let id = created.body["id"].as_i64().unwrap();
+        let created = app.create_webhook(&admin, good.clone()).await;
+        let id = created["id"].as_i64().unwrap();
         for body in [
             json!({ "url": "http://127.0.0.1/x" }),
             json!({ "secret": "short" }),
@@ -132,29 +127,29 @@ both_backends! {
             let reply = app.patch(&format!("/v1/webhooks/{id}"), &admin, body.clone()).await;
             assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {:?}", reply.body);
         }
-        let now = app.get(&format!("/v1/webhooks/{id}"), &admin).await;
-        assert_eq!(now.body["url"], created.body["url"]);
-        assert_eq!(now.body["active"], true);
-        assert_eq!(now.body["events"], created.body["events"]);
-        assert_eq!(now.body["updatedAt"], created.body["updatedAt"]);
+        let now = app.webhook(&admin, id).await;
+        assert_eq!(now["url"], created["url"]);
+        assert_eq!(now["active"], true);
+        assert_eq!(now["events"], created["events"]);
+        assert_eq!(now["updatedAt"], created["updatedAt"]);
 
         // Other roles and other accounts see nothing and change nothing.
         let (_, agent) = app.agent_with_role(&admin, "agent").await;
         let (_, supervisor) = app.agent_with_role(&admin, "supervisor").await;
         for token in [&agent, &supervisor] {
-            assert_eq!(app.get("/v1/webhooks", token).await.status, StatusCode::FORBIDDEN);
-            assert_eq!(app.post("/v1/webhooks", token, good.clone()).await.status, StatusCode::FORBIDDEN);
-            assert_eq!(app.delete(&format!("/v1/webhooks/{id}"), token).await.status, StatusCode::FORBIDDEN);
+            assert_eq!(app.try_webhooks(token).await.status, StatusCode::FORBIDDEN);
+            assert_eq!(app.try_create_webhook(token, good.clone()).await.status, StatusCode::FORBIDDEN);
+            assert_eq!(app.try_delete_webhook(token, id).await.status, StatusCode::FORBIDDEN);
         }
         let other = app.second_account_admin().await;
-        assert_eq!(app.get(&format!("/v1/webhooks/{id}"), &other).await.status, StatusCode::NOT_FOUND);
-        assert_eq!(app.get(&format!("/v1/webhooks/{id}/deliveries"), &other).await.status, StatusCode::NOT_FOUND);
-        assert_eq!(app.patch(&format!("/v1/webhooks/{id}"), &other, json!({ "active": false })).await.status, StatusCode::NOT_FOUND);
-        assert_eq!(app.delete(&format!("/v1/webhooks/{id}"), &other).await.status, StatusCode::NOT_FOUND);
-        assert_eq!(app.get("/v1/webhooks", &other).await.body["items"], json!([]));
-        let still = app.get(&format!("/v1/webhooks/{id}"), &admin).await;
-        assert_eq!(still.body["active"], true);
-        assert!(still.body["deletedAt"].is_null());
+        assert_eq!(app.try_webhook(&other, id).await.status, StatusCode::NOT_FOUND);
+        assert_eq!(app.try_webhook_deliveries(&other, id, None).await.status, StatusCode::NOT_FOUND);
+        assert_eq!(app.try_update_webhook(&other, id, json!({ "active": false })).await.status, StatusCode::NOT_FOUND);
+        assert_eq!(app.try_delete_webhook(&other, id).await.status, StatusCode::NOT_FOUND);
+        assert_eq!(app.webhooks(&other).await["items"], json!([]));
+        let still = app.webhook(&admin, id).await;
+        assert_eq!(still["active"], true);
+        assert!(still["deletedAt"].is_null());
         // Bad query parameters.
         assert_eq!(app.get(&format!("/v1/webhooks/{id}/deliveries?status=lost"), &admin).await.status, StatusCode::BAD_REQUEST);
         assert_eq!(app.get("/v1/webhooks/abc", &admin).await.status, StatusCode::BAD_REQUEST);
