@@ -154,11 +154,7 @@ impl Delivery {
                     "agentId": agent_id,
                     "reason": reason,
                 });
-                let rooms = vec![
-                    room::agent(agent_id),
-                    room::group(group_id),
-                    room::account(account_id),
-                ];
+                let rooms = holder_and_group(account_id, group_id, agent_id);
                 push.emit(AGENTS, rooms, "conversation:unassigned", &body)
                     .await;
                 leave_conversation(push, agent_id, conversation_id).await;
@@ -324,11 +320,7 @@ impl Delivery {
             "agentId": agent_id,
             "reason": reason,
         });
-        let rooms = vec![
-            room::agent(agent_id),
-            room::group(group_id),
-            room::account(account_id),
-        ];
+        let rooms = holder_and_group(account_id, group_id, agent_id);
         push.emit(AGENTS, rooms, "conversation:assigned", &body)
             .await;
         let card = json!({
@@ -376,6 +368,16 @@ async fn closed(push: &Push, outcome: Outcome) {
     if let Some(agent_id) = agent_id {
         leave_conversation(push, agent_id, conversation_id).await;
     }
+}
+
+/// Who hears that a conversation changed hands: the agent, the group's agents and the account's
+/// supervisors.
+fn holder_and_group(account_id: i64, group_id: i64, agent_id: i64) -> Vec<String> {
+    vec![
+        room::agent(agent_id),
+        room::group(group_id),
+        room::account(account_id),
+    ]
 }
 
 /// The agent's sockets leave the conversation's room.
