@@ -12,7 +12,6 @@
 //!   switchboard-load --admin-password P sockets --agents 50 --visitors 4950 --messages-per-second 2000
 //! See the README, "Load generator".
 
-#[path = "switchboard-load/sockets.rs"]
 mod sockets;
 
 use std::{
@@ -151,13 +150,20 @@ pub(crate) fn summary(mut values: Vec<f64>) -> Value {
     })
 }
 
+/// The same choice as the server's (`switchboard::install_crypto_provider`, docs/stack-notes.md,
+/// "TLS crypto providers"): aws-lc-rs, installed before anything builds a TLS config, so an
+/// `https://` URL works however many providers the dependencies compile in.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 fn timestamp(value: &Value) -> Option<DateTime<Utc>> {
     value.as_str()?.parse().ok()
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    switchboard::install_crypto_provider();
+    install_crypto_provider();
     let args = Args::parse();
     let client = Arc::new(Client {
         http: reqwest::Client::builder()
