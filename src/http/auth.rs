@@ -37,6 +37,9 @@ struct Login {
 #[serde(rename_all = "camelCase")]
 struct Session {
     token: String,
+    /// The same token under the name the API Switchboard replaces (and OAuth 2) gives it.
+    #[serde(rename = "access_token")]
+    access_token: String,
     token_type: &'static str,
     /// Unix seconds.
     expires_at: i64,
@@ -74,6 +77,7 @@ async fn login(
                     .tokens
                     .issue(agent.id, agent.account_id, agent.token_version)?;
             return Ok(Json(Session {
+                access_token: token.clone(),
                 token,
                 token_type: "Bearer",
                 expires_at,

@@ -349,29 +349,72 @@ async fn restore(
     Ok(Json(GroupView::one(&state.db, group).await?))
 }
 
+/// Most agents one request adds.
+const MEMBERS_PER_REQUEST: usize = 100;
+
+/// One agent (`agentId`) or several (`agentIds`, the form of the API Switchboard replaces).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct AddMember {
-    agent_id: i64,
+struct AddMembers {
+    agent_id: Option<i64>,
+    agent_ids: Option<Vec<i64>>,
+}
+
+impl AddMembers {
+    /// The agents to add, each once, in the order given.
+    fn agent_ids(self) -> Result<Vec<i64>, ApiError> {
+        let ids = match (self.agent_id, self.agent_ids) {
+            (Some(id), None) => vec![id],
+            (None, Some(ids)) => ids,
+            _ => {
+                return Err(ApiError::Unprocessable(
+                    "give either agentId or agentIds".into(),
+                ));
+            }
+        };
+        if ids.is_empty() || ids.len() > MEMBERS_PER_REQUEST {
+            return Err(ApiError::Unprocessable(format!(
+                "agentIds takes 1 to {MEMBERS_PER_REQUEST} agents"
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        Ok(ids.into_iter().filter(|id| seen.insert(*id)).collect())
+    }
 }
 
 async fn add_member(
     State(state): State<AppState>,
     caller: CurrentAgent,
     Path(id): Path<i64>,
-    Json(body): Json<AddMember>,
+    Json(body): Json<AddMembers>,
 ) -> Result<Json<GroupView>, ApiError> {
     caller.require(AgentRole::Supervisor)?;
+    let agent_ids = body.agent_ids()?;
     let account = caller.account_id();
     let group = resource::fetch::<groups::Entity>(&state.db, account, id, false).await?;
-    resource::fetch::<agents::Entity>(&state.db, account, body.agent_id, false).await?;
+    // Every agent must be the account's before any is added: a refused request changes nothing.
+    let found = agents::Entity::find()
+        .select_only()
+        .column(agents::Column::Id)
+        .filter(agents::Column::AccountId.eq(account))
+        .filter(agents::Column::Id.is_in(agent_ids.clone()))
+        .filter(agents::Column::DeletedAt.is_null())
+        .into_tuple::<i64>()
+        .all(&state.db)
+        .await?;
+    if found.len() != agent_ids.len() {
+        return Err(ApiError::NotFound("agent"));
+    }
     // Adding a member twice is the same as adding it once.
-    agent_groups::Entity::insert(agent_groups::ActiveModel {
-        agent_id: Set(body.agent_id),
-        group_id: Set(id),
-        account_id: Set(account),
-        created_at: Set(Utc::now()),
-    })
+    let now = Utc::now();
+    agent_groups::Entity::insert_many(agent_ids.iter().map(|&agent_id| {
+        agent_groups::ActiveModel {
+            agent_id: Set(agent_id),
+            group_id: Set(id),
+            account_id: Set(account),
+            created_at: Set(now),
+        }
+    }))
     .on_conflict(
         OnConflict::columns([agent_groups::Column::AgentId, agent_groups::Column::GroupId])
             .do_nothing()
@@ -379,20 +422,24 @@ async fn add_member(
     )
     .exec_without_returning(&state.db)
     .await?;
-    membership_changed(&state, account, body.agent_id, id, true);
+    for &agent_id in &agent_ids {
+        membership_changed(&state, account, agent_id, id, true);
+    }
     // A new member may take what waits.
     if let Err(err) = request_assign(&state.job_context(), account, id).await {
-        tracing::warn!(group_id = id, %err, "could not offer the line to the new member");
+        tracing::warn!(group_id = id, %err, "could not offer the line to the new members");
     }
-    audit::record(
-        &state,
-        &caller,
-        "group.member_added",
-        "group",
-        id,
-        json!({ "agentId": body.agent_id }),
-    )
-    .await;
+    for &agent_id in &agent_ids {
+        audit::record(
+            &state,
+            &caller,
+            "group.member_added",
+            "group",
+            id,
+            json!({ "agentId": agent_id }),
+        )
+        .await;
+    }
     Ok(Json(GroupView::one(&state.db, group).await?))
 }
 

@@ -15,6 +15,7 @@ both_backends! {
         assert_eq!(reply.body["agent"]["role"], "admin");
         assert!(reply.body["agent"].get("passwordHash").is_none());
         let token = reply.body["token"].as_str().unwrap();
+        assert_eq!(reply.body["access_token"], token, "the seed API's name for the same token");
         let me = app.me(token).await;
         assert_eq!(me["email"], ADMIN_EMAIL);
         assert_eq!(me["groupIds"].as_array().unwrap().len(), 1, "the admin is in the default group");

@@ -235,3 +235,56 @@ async fn agent_stats_count_rows() {
     assert_eq!(stats["averageFirstResponseSeconds"], 60.0);
     assert_eq!(stats["maxConcurrentChats"], 6);
 }
+
+both_backends! {
+    async fn members_are_added_in_batches_as_the_seed_api_sends_them(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let admin = app.admin_token().await;
+        let (first, _) = app.agent_with_role(&admin, "agent").await;
+        let (second, _) = app.agent_with_role(&admin, "agent").await;
+        let group = app.create_group(&admin, json!({ "name": "Batch" })).await;
+        let id = group["id"].as_i64().unwrap();
+        let path = format!("/v1/groups/{id}/agents");
+
+        // Both forms at once, neither, an empty or oversized list: refused, nothing added.
+        let too_many: Vec<i64> = (1..=101).collect();
+        for bad in [
+            json!({ "agentId": first, "agentIds": [second] }),
+            json!({}),
+            json!({ "agentIds": [] }),
+            json!({ "agentIds": too_many }),
+            json!({ "agentIds": [first, "x"] }),
+        ] {
+            let reply = app.post(&path, &admin, bad.clone()).await;
+            assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        }
+        // One unknown agent refuses the whole batch.
+        let unknown = app.post(&path, &admin, json!({ "agentIds": [first, 999_999] })).await;
+        assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+        assert_eq!(app.get(&format!("/v1/groups/{id}"), &admin).await.body["agentIds"], json!([]));
+
+        let added = app.post(&path, &admin, json!({ "agentIds": [second, first, second] })).await;
+        assert_eq!(added.status, StatusCode::OK);
+        let mut members: Vec<i64> = serde_json::from_value(added.body["agentIds"].clone()).unwrap();
+        members.sort_unstable();
+        let mut expected = vec![first, second];
+        expected.sort_unstable();
+        assert_eq!(members, expected);
+        assert_eq!(app.agent(&admin, first).await["groupIds"], json!([id]));
+    }
+}
+
+#[tokio::test]
+async fn a_batch_with_another_account_s_agent_adds_nobody() {
+    let app = spawn_app(Backend::Embedded).await;
+    let admin = app.admin_token().await;
+    let (theirs, _) = app.agent_with_role(&admin, "agent").await;
+    let other = app.second_account_admin().await;
+    let own = app.me(&other).await["id"].as_i64().unwrap();
+    let group = app.create_group(&other, json!({ "name": "Mine" })).await;
+    let id = group["id"].as_i64().unwrap();
+    let path = format!("/v1/groups/{id}/agents");
+    let reply = app.post(&path, &other, json!({ "agentIds": [own, theirs] })).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.get(&format!("/v1/groups/{id}"), &other).await.body["agentIds"], json!([]));
+}
