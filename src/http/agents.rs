@@ -4,7 +4,7 @@ use axum::{
     Router,
     extract::State,
     http::StatusCode,
-    routing::{get, post, put},
+    routing::{get, patch, post, put},
 };
 use chrono::{Duration, Utc};
 use entity::{
@@ -22,10 +22,11 @@ use serde_json::json;
 use super::{
     audit,
     extract::{Json, Path, Query},
+    rate_limit,
     resource::{self, ListParams, Page},
 };
 use crate::{
-    auth::{CurrentAgent, hash_password},
+    auth::{CurrentAgent, hash_password, verify_password},
     chat::{
         self,
         agents::{StatusBody, offer_capacity, release, sign_out},
@@ -36,9 +37,12 @@ use crate::{
     state::AppState,
 };
 
-pub fn router() -> Router<AppState> {
+pub fn router(state: &AppState) -> Router<AppState> {
+    // A password change checks the current password: it draws from a budget like sign-ins.
+    let checks = rate_limit::per_client(state.settings.login_rate_per_minute);
     Router::new()
         .route("/agents", get(list).post(create))
+        .route("/agents/me", get(me).merge(patch(update_me).layer(checks)))
         .route("/agents/{id}", get(show).patch(update).delete(remove))
         .route("/agents/{id}/restore", post(restore))
         .route("/agents/{id}/stats", get(stats))
@@ -82,6 +86,50 @@ struct UpdateAgent {
     max_concurrent_chats: Option<Capacity>,
     #[serde(default, deserialize_with = "nullable")]
     avatar_url: Option<Option<HttpUrl>>,
+}
+
+/// What agents may change of their own profile (`PATCH /v1/agents/me`).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct UpdateMe {
+    name: Option<Name>,
+    #[serde(default, deserialize_with = "nullable")]
+    avatar_url: Option<Option<HttpUrl>>,
+    /// The new password; needs `currentPassword`.
+    password: Option<Password>,
+    current_password: Option<String>,
+}
+
+/// The profile fields an update writes, and the names of those it changed (for the audit).
+struct Profile {
+    name: Option<Name>,
+    avatar_url: Option<Option<HttpUrl>>,
+    /// The new password's hash; writing it signs the agent out everywhere.
+    password_hash: Option<String>,
+}
+
+impl Profile {
+    fn apply(
+        self,
+        agent: &agents::Model,
+        row: &mut agents::ActiveModel,
+        changed: &mut Vec<&'static str>,
+    ) {
+        if let Some(name) = self.name {
+            row.name = Set(name.into());
+            changed.push("name");
+        }
+        if let Some(avatar) = self.avatar_url {
+            row.avatar_url = Set(avatar.map(Into::into));
+            changed.push("avatarUrl");
+        }
+        if let Some(hash) = self.password_hash {
+            row.password_hash = Set(hash);
+            // A new password signs the agent out everywhere.
+            row.token_version = Set(agent.token_version + 1);
+            changed.push("password");
+        }
+    }
 }
 
 const DUPLICATE_EMAIL: &str =
@@ -167,10 +215,6 @@ async fn update(
     }
     let mut changed = Vec::new();
     let mut row: agents::ActiveModel = agent.clone().into();
-    if let Some(name) = body.name {
-        row.name = Set(name.into());
-        changed.push("name");
-    }
     if let Some(email) = body.email {
         row.email = Set(email.into());
         changed.push("email");
@@ -183,16 +227,12 @@ async fn update(
         row.max_concurrent_chats = Set(capacity.get());
         changed.push("maxConcurrentChats");
     }
-    if let Some(avatar) = body.avatar_url {
-        row.avatar_url = Set(avatar.map(Into::into));
-        changed.push("avatarUrl");
-    }
-    if let Some(hash) = password_hash {
-        row.password_hash = Set(hash);
-        // A new password signs the agent out everywhere.
-        row.token_version = Set(agent.token_version + 1);
-        changed.push("password");
-    }
+    let profile = Profile {
+        name: body.name,
+        avatar_url: body.avatar_url,
+        password_hash,
+    };
+    profile.apply(&agent, &mut row, &mut changed);
     row.updated_at = Set(Utc::now());
     let agent = row
         .update(&txn)
@@ -212,6 +252,72 @@ async fn update(
         "agent.updated",
         "agent",
         id,
+        json!({ "changed": changed }),
+    )
+    .await;
+    Ok(Json(AgentView::one(&state.db, agent).await?))
+}
+
+/// The caller's own profile.
+async fn me(
+    State(state): State<AppState>,
+    caller: CurrentAgent,
+) -> Result<Json<AgentView>, ApiError> {
+    Ok(Json(AgentView::one(&state.db, caller.agent).await?))
+}
+
+/// Changes the caller's own name, picture or password (with the current one). A new password
+/// signs the agent out everywhere, this session included: it signs in again with it.
+async fn update_me(
+    State(state): State<AppState>,
+    caller: CurrentAgent,
+    Json(body): Json<UpdateMe>,
+) -> Result<Json<AgentView>, ApiError> {
+    let password_hash = match (body.password, body.current_password) {
+        (None, None) => None,
+        (Some(new), Some(current)) => {
+            let hash = caller.agent.password_hash.clone();
+            if current.len() > 1024 || !verify_password(current, hash).await? {
+                return Err(ApiError::Unprocessable(
+                    "currentPassword is not your password".into(),
+                ));
+            }
+            Some(hash_password(new.expose().to_owned()).await?)
+        }
+        (Some(_), None) => {
+            return Err(ApiError::Unprocessable(
+                "give currentPassword to change the password".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::Unprocessable(
+                "currentPassword goes with a new password".into(),
+            ));
+        }
+    };
+    let agent = caller.agent.clone();
+    let mut row: agents::ActiveModel = agent.clone().into();
+    let mut changed = Vec::new();
+    let profile = Profile {
+        name: body.name,
+        avatar_url: body.avatar_url,
+        password_hash,
+    };
+    profile.apply(&agent, &mut row, &mut changed);
+    if changed.is_empty() {
+        return Ok(Json(AgentView::one(&state.db, agent).await?));
+    }
+    row.updated_at = Set(Utc::now());
+    let agent = row.update(&state.db).await?;
+    if changed.contains(&"password") {
+        sign_out(&state, agent.account_id, agent.id);
+    }
+    audit::record(
+        &state,
+        &caller,
+        "agent.updated",
+        "agent",
+        agent.id,
         json!({ "changed": changed }),
     )
     .await;

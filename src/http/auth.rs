@@ -1,18 +1,23 @@
-//! `/v1/auth`: sign in with e-mail and password, and ask who you are.
+//! `/v1/auth`: sign in with e-mail and password, ask who you are, sign out everywhere.
 
 use axum::{
     Router,
     extract::State,
+    http::StatusCode,
     routing::{get, post},
 };
+use chrono::Utc;
 use entity::agents;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::{
+    ColumnTrait, EntityTrait, QueryFilter, QuerySelect,
+    sea_query::{Expr, ExprTrait},
+};
 use serde::{Deserialize, Serialize};
 
 use super::{extract::Json, rate_limit};
 use crate::{
     auth::{CurrentAgent, verify_decoy, verify_password},
-    chat::views::AgentView,
+    chat::{agents::sign_out, views::AgentView},
     error::ApiError,
     state::AppState,
 };
@@ -22,6 +27,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
         .route("/auth/login", post(login).layer(login_limit))
         .route("/auth/me", get(me))
+        .route("/auth/logout", post(logout))
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,4 +99,23 @@ async fn me(
     caller: CurrentAgent,
 ) -> Result<Json<AgentView>, ApiError> {
     Ok(Json(AgentView::one(&state.db, caller.agent).await?))
+}
+
+/// Revokes every token of the caller (this one included) and closes its sockets on every node.
+async fn logout(
+    State(state): State<AppState>,
+    caller: CurrentAgent,
+) -> Result<StatusCode, ApiError> {
+    agents::Entity::update_many()
+        .col_expr(
+            agents::Column::TokenVersion,
+            Expr::col(agents::Column::TokenVersion).add(1),
+        )
+        .col_expr(agents::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(agents::Column::Id.eq(caller.id()))
+        .filter(agents::Column::AccountId.eq(caller.account_id()))
+        .exec(&state.db)
+        .await?;
+    sign_out(&state, caller.account_id(), caller.id());
+    Ok(StatusCode::NO_CONTENT)
 }

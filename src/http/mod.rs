@@ -43,7 +43,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .merge(auth::router(&state))
-        .merge(agents::router())
+        .merge(agents::router(&state))
         .merge(groups::router())
         .merge(tags::router())
         .merge(audit::router())

@@ -30,6 +30,7 @@ mod receivers;
 mod recovery;
 mod resources;
 mod scheduler;
+mod self_service;
 mod socket_limits;
 mod stats;
 mod webhooks;

@@ -284,7 +284,12 @@ async fn a_batch_with_another_account_s_agent_adds_nobody() {
     let group = app.create_group(&other, json!({ "name": "Mine" })).await;
     let id = group["id"].as_i64().unwrap();
     let path = format!("/v1/groups/{id}/agents");
-    let reply = app.post(&path, &other, json!({ "agentIds": [own, theirs] })).await;
+    let reply = app
+        .post(&path, &other, json!({ "agentIds": [own, theirs] }))
+        .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
-    assert_eq!(app.get(&format!("/v1/groups/{id}"), &other).await.body["agentIds"], json!([]));
+    assert_eq!(
+        app.get(&format!("/v1/groups/{id}"), &other).await.body["agentIds"],
+        json!([])
+    );
 }
