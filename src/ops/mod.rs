@@ -4,6 +4,7 @@
 //! Rules: never public. Every route here sits behind HTTP basic auth of admin agents
 //! ([`auth`]); a feature adds its routes in [`router`], beside the board's, and gets that for free.
 
+pub mod accounts;
 pub mod auth;
 mod board;
 
@@ -24,6 +25,7 @@ pub fn router(state: &AppState) -> Router {
             "/metrics",
             get(crate::metrics::scrape).with_state(state.clone()),
         )
+        .merge(accounts::router(state))
         .merge(board::router(&state.jobs))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

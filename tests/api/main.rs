@@ -6,6 +6,7 @@ mod helpers;
 mod process;
 mod sio;
 
+mod accounts;
 mod auth;
 mod backlog;
 mod bad_input;

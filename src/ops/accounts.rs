@@ -1,0 +1,124 @@
+//! Accounts, for operators: `GET /accounts` lists them, `POST /accounts` creates one with its
+//! first admin and default group (the same as the first start does for the operator account).
+//! Only here and in `switchboard account create`: an account's own admins never see others.
+
+use axum::{Router, extract::State, http::StatusCode, routing::get};
+use chrono::{DateTime, Utc};
+use entity::accounts;
+use jobs::audit::RecordAudit;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::{
+    auth::hash_password,
+    bootstrap::create_account,
+    domain::{Email, Name, Password},
+    error::ApiError,
+    http::{
+        extract::{Json, Query},
+        resource::{Page, page_limit, split_page},
+    },
+    state::AppState,
+};
+
+pub fn router(state: &AppState) -> Router {
+    Router::new()
+        .route("/accounts", get(list).post(create))
+        .with_state(state.clone())
+}
+
+/// A new account and its first admin.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewAccount {
+    pub name: Name,
+    pub admin_email: Email,
+    pub admin_password: Password,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AccountView {
+    id: i64,
+    name: String,
+    created_at: DateTime<Utc>,
+    /// Set when the account was just created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin_agent_id: Option<i64>,
+}
+
+impl From<accounts::Model> for AccountView {
+    fn from(account: accounts::Model) -> Self {
+        Self {
+            id: account.id,
+            name: account.name,
+            created_at: account.created_at,
+            admin_agent_id: None,
+        }
+    }
+}
+
+/// Creates the account, its admin and its default group in one transaction, and records it in
+/// the new account's audit trail. Returns (account id, admin id).
+pub async fn open_account(state: &AppState, new: NewAccount) -> anyhow::Result<(i64, i64)> {
+    let hash = hash_password(new.admin_password.expose().to_owned()).await?;
+    let (account, admin) =
+        create_account(&state.db, new.name.as_str(), &new.admin_email, hash).await?;
+    let job = RecordAudit::new(
+        account.id,
+        None,
+        "account.created",
+        "account",
+        Some(account.id),
+        json!({ "name": account.name, "adminAgentId": admin.id }),
+    );
+    if let Err(err) = state.jobs.submit(job).await {
+        tracing::warn!(account_id = account.id, %err, "audit record not submitted");
+    }
+    tracing::info!(
+        account_id = account.id,
+        admin_agent_id = admin.id,
+        "account created"
+    );
+    Ok((account.id, admin.id))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Json(body): Json<NewAccount>,
+) -> Result<(StatusCode, Json<AccountView>), ApiError> {
+    let (id, admin_agent_id) = open_account(&state, body).await?;
+    let account = accounts::Entity::find_by_id(id)
+        .one(&state.db)
+        .await?
+        .ok_or(ApiError::NotFound("account"))?;
+    let view = AccountView {
+        admin_agent_id: Some(admin_agent_id),
+        ..account.into()
+    };
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ListParams {
+    limit: Option<u64>,
+    after: Option<i64>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<Page<AccountView>>, ApiError> {
+    let limit = page_limit(params.limit)?;
+    let rows = accounts::Entity::find()
+        .filter(accounts::Column::Id.gt(params.after.unwrap_or(0)))
+        .order_by_asc(accounts::Column::Id)
+        .limit(limit + 1)
+        .all(&state.db)
+        .await?;
+    let (rows, next_cursor) = split_page(rows, limit, |account| account.id);
+    let items = rows.into_iter().map(AccountView::from).collect();
+    Ok(Json(Page { items, next_cursor }))
+}
