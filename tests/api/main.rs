@@ -4,6 +4,7 @@
 
 mod helpers;
 mod process;
+mod protocol;
 mod sio;
 
 mod accounts;

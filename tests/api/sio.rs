@@ -18,9 +18,18 @@ use tokio::sync::{mpsc, oneshot};
 /// How long a test waits for an event that must come.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// What a socket heard and answered, in order: pushes as (event, payload), requests as
+/// (event, payload sent, acknowledgement).
+#[derive(Debug, Default)]
+pub struct Heard {
+    pub pushes: Vec<(String, Value)>,
+    pub requests: Vec<(String, Value, Value)>,
+}
+
 /// One connected socket.
 pub struct Sio {
     client: Client,
+    heard: Arc<Mutex<Heard>>,
     inbox: mpsc::UnboundedReceiver<(String, Value)>,
     /// Events read while waiting for another one.
     seen: VecDeque<(String, Value)>,
@@ -45,6 +54,8 @@ pub async fn connect(address: &str, ns: &str, auth: Value) -> Result<Sio, String
     let on_connect = answer.clone();
     let on_error = answer;
     let closed = events.clone();
+    let heard = Arc::new(Mutex::new(Heard::default()));
+    let hears = heard.clone();
     let client = ClientBuilder::new(format!("{address}/"))
         .namespace(ns)
         .auth(auth)
@@ -70,7 +81,10 @@ pub async fn connect(address: &str, ns: &str, auth: Value) -> Result<Sio, String
         })
         .on_any(move |event, payload, _| {
             if let Event::Custom(name) = event {
-                let _ = events.send((name, first(payload)));
+                let payload = first(payload);
+                let pushed = (name.clone(), payload.clone());
+                hears.lock().unwrap().pushes.push(pushed);
+                let _ = events.send((name, payload));
             }
             async {}.boxed()
         })
@@ -80,6 +94,7 @@ pub async fn connect(address: &str, ns: &str, auth: Value) -> Result<Sio, String
     match tokio::time::timeout(WAIT, answered).await {
         Ok(Ok(Ok(()))) => Ok(Sio {
             client,
+            heard,
             inbox,
             seen: VecDeque::new(),
         }),
@@ -94,6 +109,7 @@ impl Sio {
     pub async fn request(&self, event: &str, payload: Value) -> Value {
         let (tx, rx) = oneshot::channel();
         let tx = Arc::new(Mutex::new(Some(tx)));
+        let sent = payload.clone();
         self.client
             .emit_with_ack(event, payload, WAIT, move |payload, _| {
                 // The acknowledgement's arguments arrive as one array.
@@ -108,10 +124,22 @@ impl Sio {
             })
             .await
             .expect("the request is sent");
-        tokio::time::timeout(WAIT, rx)
+        let ack = tokio::time::timeout(WAIT, rx)
             .await
             .unwrap_or_else(|_| panic!("no acknowledgement of {event}"))
-            .expect("an acknowledgement")
+            .expect("an acknowledgement");
+        let answered = (event.to_owned(), sent, ack.clone());
+        self.heard.lock().unwrap().requests.push(answered);
+        ack
+    }
+
+    /// Everything this socket heard and answered so far.
+    pub fn heard(&self) -> Heard {
+        let heard = self.heard.lock().unwrap();
+        Heard {
+            pushes: heard.pushes.clone(),
+            requests: heard.requests.clone(),
+        }
     }
 
     /// A request that must succeed; returns its `data`.
