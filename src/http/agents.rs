@@ -296,7 +296,7 @@ async fn update_me(
         }
     };
     let agent = caller.agent.clone();
-    let mut row: agents::ActiveModel = agent.clone().into();
+    let mut row = <agents::ActiveModel as Default>::default();
     let mut changed = Vec::new();
     let profile = Profile {
         name: body.name,
@@ -308,7 +308,23 @@ async fn update_me(
         return Ok(Json(AgentView::one(&state.db, agent).await?));
     }
     row.updated_at = Set(Utc::now());
-    let agent = row.update(&state.db).await?;
+    // Only the agent as the caller's token knows it: a sign-out, a deletion or another password
+    // change since (the password check above may have waited its turn) wins, and nothing is written.
+    let written = agents::Entity::update_many()
+        .set(row)
+        .filter(agents::Column::Id.eq(agent.id))
+        .filter(agents::Column::AccountId.eq(agent.account_id))
+        .filter(agents::Column::TokenVersion.eq(agent.token_version))
+        .filter(agents::Column::DeletedAt.is_null())
+        .exec(&state.db)
+        .await?;
+    if written.rows_affected == 0 {
+        return Err(ApiError::Unauthorized("token revoked"));
+    }
+    let agent = agents::Entity::find_by_id(agent.id)
+        .one(&state.db)
+        .await?
+        .ok_or(ApiError::NotFound("agent"))?;
     if changed.contains(&"password") {
         sign_out(&state, agent.account_id, agent.id);
     }

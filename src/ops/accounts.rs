@@ -1,12 +1,13 @@
 //! Accounts, for operators: `GET /accounts` lists them, `POST /accounts` creates one with its
 //! first admin and default group (the same as the first start does for the operator account).
-//! Only here and in `switchboard account create`: an account's own admins never see others.
+//! Only operators open accounts: an account's own admins never see others. A repeated `POST`
+//! opens another account (names need not be unique).
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use chrono::{DateTime, Utc};
 use entity::accounts;
 use jobs::audit::RecordAudit;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -88,7 +89,14 @@ async fn create(
     State(state): State<AppState>,
     Json(body): Json<NewAccount>,
 ) -> Result<(StatusCode, Json<AccountView>), ApiError> {
-    let (id, admin_agent_id) = open_account(&state, body).await?;
+    // A database that cannot be reached is a 503 to retry, as on the public API.
+    let (id, admin_agent_id) =
+        open_account(&state, body)
+            .await
+            .map_err(|err| match err.downcast::<DbErr>() {
+                Ok(err) => ApiError::from(err),
+                Err(err) => ApiError::Internal(err),
+            })?;
     let account = accounts::Entity::find_by_id(id)
         .one(&state.db)
         .await?

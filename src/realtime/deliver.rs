@@ -92,11 +92,28 @@ fn order_key(outcome: &Outcome) -> i64 {
     }
 }
 
+/// Outcomes that change which sockets hear what (a revoked agent's sockets close, a member's
+/// join its group's room): they wait for room in a full backlog instead of being dropped, since
+/// no `sync` would repair them.
+fn must_arrive(outcome: &Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::AgentSignedOut { .. } | Outcome::MembershipChanged { .. }
+    )
+}
+
 impl Notifier for RoomNotifier {
     fn notify(&self, outcome: Outcome) {
-        let shard = order_key(&outcome).unsigned_abs() as usize % self.shards.len();
-        if let Err(err) = self.shards[shard].try_send(outcome) {
-            tracing::warn!(%err, "push dropped: the delivery backlog is full");
+        let shard = &self.shards[order_key(&outcome).unsigned_abs() as usize % self.shards.len()];
+        match shard.try_send(outcome) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(outcome)) if must_arrive(&outcome) => {
+                let shard = shard.clone();
+                tokio::spawn(async move {
+                    let _ = shard.send(outcome).await;
+                });
+            }
+            Err(err) => tracing::warn!(%err, "push dropped: the delivery backlog is full"),
         }
     }
 }

@@ -258,9 +258,13 @@ both_backends! {
             let reply = app.post(&path, &admin, bad.clone()).await;
             assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
         }
-        // One unknown agent refuses the whole batch.
+        // One unknown or deleted agent refuses the whole batch.
         let unknown = app.post(&path, &admin, json!({ "agentIds": [first, 999_999] })).await;
         assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+        let (deleted, _) = app.agent_with_role(&admin, "agent").await;
+        app.delete_agent(&admin, deleted).await;
+        let gone = app.post(&path, &admin, json!({ "agentIds": [first, deleted] })).await;
+        assert_eq!(gone.status, StatusCode::NOT_FOUND);
         assert_eq!(app.get(&format!("/v1/groups/{id}"), &admin).await.body["agentIds"], json!([]));
 
         let added = app.post(&path, &admin, json!({ "agentIds": [second, first, second] })).await;
