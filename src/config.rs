@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
+use crate::client_ip::TrustedProxies;
+
 /// Switchboard: a live-chat routing server.
 #[derive(Debug, Parser)]
 #[command(name = "switchboard", version, about)]
@@ -142,6 +144,19 @@ pub struct Settings {
     /// Login attempts allowed per client address per minute.
     #[arg(long, env = "SWITCHBOARD_LOGIN_RATE_PER_MINUTE", default_value_t = 10)]
     pub login_rate_per_minute: u32,
+
+    /// Reverse proxies whose forwarded headers are believed: comma-separated CIDRs or addresses
+    /// (`10.0.0.0/8,192.0.2.7`). From such a peer the client address is read from `Forwarded` or
+    /// `X-Forwarded-For` (see `client_ip`); empty: every client is its TCP peer.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TRUSTED_PROXIES",
+        value_name = "CIDRS",
+        default_value = "",
+        hide_default_value = true,
+        value_parser = TrustedProxies::parse
+    )]
+    pub trusted_proxies: TrustedProxies,
 
     /// Widget sessions a client address may open per minute (visitor messages: ten times this).
     #[arg(long, env = "SWITCHBOARD_WIDGET_RATE_PER_MINUTE", default_value_t = 30)]

@@ -32,4 +32,8 @@ pub fn router(state: &AppState) -> Router {
         ))
         .layer(middleware::from_fn(log_server_errors))
         .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn_with_state(
+            state.settings.trusted_proxies.clone(),
+            crate::client_ip::resolve,
+        ))
 }

@@ -183,6 +183,7 @@ impl Storage {
             stats_interval_seconds: 1,
             login_rate_per_minute: 1000,
             widget_rate_per_minute: 10_000,
+            trusted_proxies: Default::default(),
             presence_grace_seconds: 30,
             socket_events_per_second: 200,
             socket_handshakes_per_minute: 100_000,

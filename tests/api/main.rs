@@ -24,6 +24,7 @@ mod modes;
 mod notify;
 mod notify_rows;
 mod passwords;
+mod proxies;
 mod realtime;
 mod realtime_input;
 mod receivers;
