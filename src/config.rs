@@ -194,6 +194,12 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_SOCKETS_PER_AGENT", default_value_t = 20)]
     pub sockets_per_agent: usize,
 
+    /// How log lines are written (to stderr): `text` for people, `json` (one object a line,
+    /// with the request's span fields) for collectors. Neither has colour codes unless stderr is
+    /// a terminal (and `NO_COLOR` is unset).
+    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Let the Socket.IO libraries' debug and trace logs through (`RUST_LOG=socketioxide=debug`
     /// alone is not enough): they carry agents' tokens and visitors' session tokens.
     #[arg(long, env = "SWITCHBOARD_LOG_SOCKET_PAYLOADS", default_value_t = false)]
@@ -214,6 +220,15 @@ pub struct Settings {
     /// Webhook and e-mail delivery settings.
     #[command(flatten)]
     pub notify: NotifySettings,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 /// SQLite's `synchronous` pragma for the application database (see the README's "Durability").

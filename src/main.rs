@@ -14,7 +14,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init("info", cli.settings.log_socket_payloads);
+    telemetry::init(
+        "info",
+        cli.settings.log_socket_payloads,
+        cli.settings.log_format,
+    );
     switchboard::install_crypto_provider();
     let command = cli.command.unwrap_or(Command::All);
     if command == Command::Migrate {

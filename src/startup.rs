@@ -227,7 +227,8 @@ impl Application {
                         .layer(axum::middleware::from_fn_with_state(
                             state.settings.trusted_proxies.clone(),
                             crate::client_ip::resolve,
-                        ))
+                        ));
+                    let app = http::observe::observe(app)
                         .into_make_service_with_connect_info::<SocketAddr>();
                     axum::serve(listener, app)
                         .with_graceful_shutdown(async move {

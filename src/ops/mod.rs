@@ -7,17 +7,15 @@
 pub mod auth;
 mod board;
 
-use axum::{Router, middleware, routing::get};
-use tower_http::trace::TraceLayer;
-
 use crate::{
     error::{log_server_errors, method_not_allowed},
     state::AppState,
 };
+use axum::{Router, middleware, routing::get};
 
 /// Everything the operator listener serves, behind admin basic auth.
 pub fn router(state: &AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         // Operator routes go here (`.route(...)` or `.merge(feature::router(state))`). The
         // board's web app is the fallback: it answers every path no route claims.
         .route(
@@ -31,9 +29,9 @@ pub fn router(state: &AppState) -> Router {
             auth::require_admin,
         ))
         .layer(middleware::from_fn(log_server_errors))
-        .layer(TraceLayer::new_for_http())
         .layer(middleware::from_fn_with_state(
             state.settings.trusted_proxies.clone(),
             crate::client_ip::resolve,
-        ))
+        ));
+    crate::http::observe::observe(router)
 }

@@ -190,6 +190,7 @@ impl Storage {
             sockets_per_visitor: 5,
             sockets_per_agent: 20,
             log_socket_payloads: false,
+            log_format: switchboard::config::LogFormat::Text,
             smtp_url: None,
             webhook_allow_private: true,
             notify: Default::default(),
@@ -255,7 +256,7 @@ pub async fn spawn_with(
 ) -> TestApp {
     switchboard::install_crypto_provider();
     if std::env::var("TEST_LOG").is_ok() {
-        switchboard::telemetry::init("info", false);
+        switchboard::telemetry::init("info", false, switchboard::config::LogFormat::Text);
     }
     let mut settings = storage.settings();
     tweak(&mut settings);

@@ -65,7 +65,11 @@ impl Drop for Server {
 /// The URL logged after `marker` (`… listening on http://127.0.0.1:1234`).
 fn logged_url(log: &str, marker: &str) -> Option<String> {
     let rest = &log[log.find(marker)? + marker.len()..];
-    let url: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+    // Text lines end it with a blank, JSON lines with the message's closing quote.
+    let url: String = rest
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '"')
+        .collect();
     url.starts_with("http://").then_some(url)
 }
 
