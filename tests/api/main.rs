@@ -10,6 +10,7 @@ mod auth;
 mod backlog;
 mod bad_input;
 mod board;
+mod configuration;
 mod data_files;
 mod health;
 mod invariants;

@@ -76,10 +76,21 @@ fn logged_url(log: &str, marker: &str) -> Option<String> {
 impl Server {
     /// Starts a server on a fresh data dir and waits until both its listeners are up.
     pub async fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_with(&[], None, env).await
+    }
+
+    /// [`Server::start`] with command-line `args`, in a working directory of its own that holds
+    /// `dotenv` as its `.env` (if given).
+    pub async fn start_with(args: &[&str], dotenv: Option<&str>, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let data_dir = dir.path().join("data");
         let log = dir.path().join("server.log");
+        if let Some(dotenv) = dotenv {
+            std::fs::write(dir.path().join(".env"), dotenv).expect("a .env file");
+        }
         let child = command(&data_dir, &log, env)
+            .args(args)
+            .current_dir(dir.path())
             .spawn()
             .expect("the server starts");
         let mut server = Self {
