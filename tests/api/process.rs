@@ -39,6 +39,8 @@ fn command(data_dir: &Path, log: &Path, env: &[(&str, &str)]) -> Command {
             ("NO_COLOR", "1"),
         ])
         .env("SWITCHBOARD_DATA_DIR", data_dir)
+        // Out of the repository root, where a developer's `.env` would be read.
+        .current_dir(data_dir.parent().expect("a data dir in a directory"))
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -90,7 +92,6 @@ impl Server {
         }
         let child = command(&data_dir, &log, env)
             .args(args)
-            .current_dir(dir.path())
             .spawn()
             .expect("the server starts");
         let mut server = Self {
