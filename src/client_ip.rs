@@ -6,6 +6,10 @@
 //! and leaves the answer in the request's extensions as [`ClientIp`], where the rate limits, the
 //! widget, the socket handshake and the operator listener's failure counts read it.
 //!
+//! When a request carries both headers they must name the same client, or the peer is the
+//! client: a proxy appends to the header it knows and passes the other one through as the client
+//! wrote it.
+//!
 //! The forwarded chain is read from the right (the hop the nearest proxy added) and the first
 //! address that is not itself a trusted proxy is the client: what lies left of it was written by
 //! the client or by proxies nobody vouches for. A hop that cannot be read (garbage, `unknown`,
@@ -87,20 +91,28 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) ->
     forwarded_client(headers, trusted).unwrap_or(peer)
 }
 
-/// The client named by the forwarded chain, if it can be read; `Forwarded` wins over
-/// `X-Forwarded-For` when a request carries both.
+/// The client named by the forwarded chain, if it can be read. A request may carry both
+/// `Forwarded` and `X-Forwarded-For` only if they name the same client: a proxy that appends to
+/// one of them passes the other through as the client wrote it, so trusting either one alone
+/// would let the client pick its address.
 fn forwarded_client(headers: &HeaderMap, trusted: &TrustedProxies) -> Option<IpAddr> {
-    if let Some(text) = joined(headers, &header::FORWARDED) {
+    const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    let forwarded = joined(headers, &header::FORWARDED).map(|text| {
         let hops = split_unquoted(&text, ',')
             .into_iter()
             .map(forwarded_for)
-            .collect::<Vec<_>>();
-        return rightmost_untrusted(hops, trusted);
+            .collect();
+        rightmost_untrusted(hops, trusted)
+    });
+    let x_forwarded_for = joined(headers, &X_FORWARDED_FOR).map(|text| {
+        let hops = text.split(',').map(|hop| node(hop.trim())).collect();
+        rightmost_untrusted(hops, trusted)
+    });
+    match (forwarded, x_forwarded_for) {
+        (Some(one), None) | (None, Some(one)) => one,
+        (Some(one), Some(other)) => one.filter(|one| Some(*one) == other),
+        (None, None) => None,
     }
-    const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-    let text = joined(headers, &X_FORWARDED_FOR)?;
-    let hops = text.split(',').map(|hop| node(hop.trim())).collect();
-    rightmost_untrusted(hops, trusted)
 }
 
 /// Every line of header `name`, in order, joined by commas (a list split over several lines is
@@ -388,18 +400,29 @@ mod tests {
             fwd("for=192.0.2.43;host=\"a,b;c\", for=203.0.113.9"),
             ip("203.0.113.9")
         );
-        // Preferred over X-Forwarded-For.
-        assert_eq!(
+        // With X-Forwarded-For too, both must name the same client: the proxy appended to one,
+        // the client wrote the other.
+        let both = |fwd, xff| {
             client(
                 PROXY,
                 PROXIES,
-                &[
-                    ("x-forwarded-for", "198.51.100.1"),
-                    ("forwarded", "for=203.0.113.9")
-                ]
-            ),
+                &[("forwarded", fwd), ("x-forwarded-for", xff)],
+            )
+        };
+        assert_eq!(
+            both("for=203.0.113.9", "198.51.100.1, 203.0.113.9, 10.0.0.2"),
             ip("203.0.113.9")
         );
+        assert_eq!(
+            both("for=198.51.100.1", "198.51.100.1, 203.0.113.9"),
+            ip(PROXY)
+        );
+        assert_eq!(
+            both("for=198.51.100.1, for=203.0.113.9", "198.51.100.1"),
+            ip(PROXY)
+        );
+        assert_eq!(both("for=unknown", "203.0.113.9"), ip(PROXY));
+        assert_eq!(both("for=203.0.113.9", "garbage"), ip(PROXY));
         for garbage in [
             "",
             "for=",

@@ -89,6 +89,23 @@ async fn clients_behind_a_trusted_proxy_are_budgeted_apart() {
         .expect("a read")
         .expect("the visitor");
     assert_eq!(visitor.ip.as_deref(), Some("203.0.113.3"));
+    // A client that writes a `Forwarded` of its own beside the proxy's `X-Forwarded-For` (which
+    // disagree) is not believed: it is the proxy.
+    let (status, body) = open_session(
+        &app,
+        &[
+            ("forwarded", "for=198.51.100.77"),
+            ("x-forwarded-for", "203.0.113.4"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let visitor = visitors::Entity::find_by_id(body["visitorId"].as_i64().expect("an id"))
+        .one(app.db())
+        .await
+        .expect("a read")
+        .expect("the visitor");
+    assert_eq!(visitor.ip.as_deref(), Some("127.0.0.1"));
     // Socket.IO handshakes: one a minute per client, each client its own.
     let one = [("x-forwarded-for", "203.0.113.1")];
     assert_eq!(handshake(&app, &one).await, StatusCode::OK);
