@@ -41,3 +41,14 @@ async fn the_dotenv_file_is_read_under_the_environment() {
     let log = server.stop();
     assert!(json_lines(&log), "not JSON lines:\n{log}");
 }
+
+/// A `.env` that cannot be parsed stops the start with a message saying which file.
+#[tokio::test]
+async fn a_malformed_dotenv_file_refuses_the_start() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    std::fs::write(dir.path().join(".env"), "SWITCHBOARD_BIND=\"unterminated\n").expect("a .env");
+    let (status, log) = Server::fails_to_start(&dir.path().join("data"), &[]).await;
+    assert!(!status.success(), "{log}");
+    assert!(log.contains(".env"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
