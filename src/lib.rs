@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod bootstrap;
 pub mod chat;
+pub mod client_ip;
 pub mod config;
 pub mod db;
 pub mod domain;

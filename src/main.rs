@@ -11,10 +11,35 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before any other thread exists: loading sets environment variables.
+    load_dotenv()?;
     let cli = Cli::parse();
-    telemetry::init("info", cli.settings.log_socket_payloads);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+/// Reads `.env` in the working directory, if there is one, into the environment; a variable the
+/// real environment already has keeps its value. A file that cannot be read or parsed stops the
+/// start.
+fn load_dotenv() -> anyhow::Result<()> {
+    match dotenvy::from_path(".env") {
+        Ok(()) => Ok(()),
+        Err(dotenvy::Error::Io(err)) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(anyhow::anyhow!(
+            "reading .env in the working directory: {err}"
+        )),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    telemetry::init(
+        "info",
+        cli.settings.log_socket_payloads,
+        cli.settings.log_format,
+    );
     switchboard::install_crypto_provider();
     let command = cli.command.unwrap_or(Command::All);
     if command == Command::Migrate {

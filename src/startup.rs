@@ -222,6 +222,13 @@ impl Application {
                             http::rate_limit::limit_handshakes,
                         ))
                         .layer(http::cors())
+                        // Outermost: every layer and handler within reads the client address
+                        // it decides.
+                        .layer(axum::middleware::from_fn_with_state(
+                            state.settings.trusted_proxies.clone(),
+                            crate::client_ip::resolve,
+                        ));
+                    let app = http::observe::observe(app)
                         .into_make_service_with_connect_info::<SocketAddr>();
                     axum::serve(listener, app)
                         .with_graceful_shutdown(async move {

@@ -7,7 +7,11 @@
 //! dropped whatever `RUST_LOG` says, unless `SWITCHBOARD_LOG_SOCKET_PAYLOADS` asks for them
 //! (debugging on a machine of one's own).
 
+use std::io::IsTerminal;
+
 use tracing::Level;
+
+use crate::config::LogFormat;
 use tracing_subscriber::{
     EnvFilter, Layer,
     filter::{FilterExt, filter_fn},
@@ -37,15 +41,26 @@ pub fn allowed(target: &str, level: &Level, socket_payloads: bool) -> bool {
             .any(|wire| library == *wire || library.starts_with(&format!("{wire}_")))
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `default_filter`); see the module for what
-/// `socket_payloads` allows.
-pub fn init(default_filter: &str, socket_payloads: bool) {
+/// Logs to stderr in `format`, filtered by `RUST_LOG` (default `default_filter`); see the module
+/// for what `socket_payloads` allows. Colour codes only on a terminal, unless `NO_COLOR` is set.
+pub fn init(default_filter: &str, socket_payloads: bool, format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let credentials = filter_fn(move |meta| allowed(meta.target(), meta.level(), socket_payloads));
-    let layer = fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_filter(filter.and(credentials));
+    let layer = match format {
+        LogFormat::Text => fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(colour())
+            .boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .with_current_span(true)
+            .with_span_list(true)
+            .boxed(),
+    }
+    .with_filter(filter.and(credentials));
     // A second call (tests) keeps the first subscriber.
     let _ = tracing_subscriber::registry().with(layer).try_init();
     if socket_payloads {
@@ -53,6 +68,13 @@ pub fn init(default_filter: &str, socket_payloads: bool) {
             "SWITCHBOARD_LOG_SOCKET_PAYLOADS is on: the Socket.IO libraries' debug log carries tokens"
         );
     }
+}
+
+/// Whether text lines get colour codes: only on a terminal, and not when `NO_COLOR` is set (to
+/// anything but the empty string, see no-color.org).
+fn colour() -> bool {
+    std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
 }
 
 #[cfg(test)]

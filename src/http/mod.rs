@@ -9,6 +9,7 @@ mod conversations;
 pub(crate) mod extract;
 mod groups;
 pub mod health;
+pub mod observe;
 pub mod rate_limit;
 mod reply;
 pub(crate) mod resource;
@@ -28,7 +29,6 @@ use axum::{
 use tower_http::{
     cors::{Any, CorsLayer},
     timeout::TimeoutLayer,
-    trace::TraceLayer,
 };
 
 use crate::{
@@ -64,7 +64,6 @@ pub fn router(state: AppState) -> Router {
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(30),
         ))
-        .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 

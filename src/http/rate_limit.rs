@@ -1,29 +1,25 @@
 //! Per-client rate limits for public endpoints and sockets (governor, keyed by the client's
 //! network: see `chat::budget::client_key`).
 //!
-//! The peer address is the TCP peer: behind a reverse proxy every client shares the proxy's
-//! address, which is the safe failure (stricter), unlike trusting a spoofable forwarded header.
+//! The client address is the one `client_ip` decided: the TCP peer, or behind a trusted proxy
+//! (`SWITCHBOARD_TRUSTED_PROXIES`) the address it forwarded. Trusting no proxy (the default),
+//! every client behind one shares the proxy's address: stricter, never spoofable.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use axum::{body::Body, http::Request, response::IntoResponse};
 use governor::middleware::NoOpMiddleware;
 use tower_governor::{
-    GovernorError, GovernorLayer,
-    governor::GovernorConfigBuilder,
-    key_extractor::{KeyExtractor, PeerIpKeyExtractor},
+    GovernorError, GovernorLayer, governor::GovernorConfigBuilder, key_extractor::KeyExtractor,
 };
 
 use crate::{
     chat::budget::{PerMinute, client_key, forget_quiet},
+    client_ip::ClientIp,
     error::ApiError,
 };
 
-/// tower-governor's key: the peer's [`client_key`].
+/// tower-governor's key: the [`client_key`] of the request's [`ClientIp`].
 #[derive(Debug, Clone, Copy)]
 pub struct ClientNetwork;
 
@@ -31,7 +27,9 @@ impl KeyExtractor for ClientNetwork {
     type Key = IpAddr;
 
     fn extract<T>(&self, req: &Request<T>) -> Result<Self::Key, GovernorError> {
-        PeerIpKeyExtractor.extract(req).map(client_key)
+        ClientIp::of(req.extensions())
+            .map(client_key)
+            .ok_or(GovernorError::UnableToExtractKey)
     }
 }
 
@@ -69,7 +67,7 @@ pub type Handshakes = PerMinute<IpAddr>;
 /// Middleware: a JSON 429 with `Retry-After` for a client over its handshake budget.
 pub async fn limit_handshakes(
     axum::extract::State(handshakes): axum::extract::State<Handshakes>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    ClientIp(client): ClientIp,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -80,7 +78,7 @@ pub async fn limit_handshakes(
             .unwrap_or_default()
             .split('&')
             .any(|pair| pair.starts_with("sid="));
-    if handshake && let Err(refused) = handshakes.take(&client_key(peer.ip())) {
+    if handshake && let Err(refused) = handshakes.take(&client_key(client)) {
         return refused.into_response();
     }
     next.run(request).await

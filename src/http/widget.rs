@@ -3,11 +3,9 @@
 //! `POST /widget/session` is public and rate limited per client address; the other endpoints
 //! authenticate with the session token it returns (`Authorization: Bearer <sessionToken>`).
 
-use std::net::SocketAddr;
-
 use axum::{
     Router,
-    extract::{ConnectInfo, State},
+    extract::State,
     http::{HeaderMap, StatusCode, header},
     routing::{get, post, put},
 };
@@ -38,6 +36,7 @@ use crate::{
             NewMessage, VisitorConversation, end_as_visitor, send_as_visitor, visitor_view,
         },
     },
+    client_ip::ClientIp,
     domain::{Email, MessageContent, Name, Phone},
     error::ApiError,
     state::AppState,
@@ -112,7 +111,7 @@ fn header_text(headers: &HeaderMap, name: header::HeaderName, max: usize) -> Opt
 
 async fn create_session(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(client): ClientIp,
     headers: HeaderMap,
     Json(body): Json<NewSession>,
 ) -> Result<(StatusCode, Json<Session>), ApiError> {
@@ -139,7 +138,7 @@ async fn create_session(
         email: body.email.map(Into::into),
         phone: body.phone.map(Into::into),
         user_agent: header_text(&headers, header::USER_AGENT, 512),
-        ip: Some(peer.ip().to_string()),
+        ip: Some(client.to_string()),
         referrer: header_text(&headers, header::REFERER, 2048),
         metadata: Value::Object(metadata),
         session_token_hash: token_hash,
@@ -206,11 +205,11 @@ async fn show(
 
 async fn send_message(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(client): ClientIp,
     visitor: CurrentVisitor,
     Json(body): Json<NewMessage>,
 ) -> Result<(StatusCode, Json<EventView>), ApiError> {
-    created(send_as_visitor(&state, &visitor.visitor, peer.ip(), body, None).await?)
+    created(send_as_visitor(&state, &visitor.visitor, client, body, None).await?)
 }
 
 /// How a visitor can be reached later: offered when the wait is long (`queue:overdue`), used for

@@ -252,16 +252,11 @@ pub fn vacate<A: Adapter>(socket: &SocketRef<A>) {
     socket.extensions.remove::<Slot>();
 }
 
-/// The client's address as the HTTP request that opened the socket carried it.
+/// The client's address as the HTTP request that opened the socket carried it (see
+/// `client_ip`).
 pub fn client_address<A: Adapter>(socket: &SocketRef<A>) -> std::net::IpAddr {
-    socket
-        .req_parts()
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map_or(
-            // Every listener serves with connect info; without it all such sockets share one
-            // budget, the strict failure.
-            std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-            |info| info.0.ip(),
-        )
+    // Every listener serves with connect info; without it all such sockets share one budget,
+    // the strict failure.
+    crate::client_ip::ClientIp::of(&socket.req_parts().extensions)
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
 }

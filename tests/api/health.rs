@@ -117,3 +117,31 @@ async fn a_burst_of_readiness_calls_runs_one_check() {
     eprintln!("50 readiness calls opened {opened} Redis connection(s)");
     assert!(opened <= 2, "{opened} Redis connections for 50 calls");
 }
+
+/// A worker-only process (`work`) serves no API, but its operator listener answers the liveness
+/// and readiness probes without credentials (the rest of that listener still wants them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_processes_answer_the_probes() {
+    let api = spawn_app(Backend::Embedded).await;
+    let worker = spawn_with(api.storage.clone(), Command::Work, |_| {}).await;
+    assert!(worker.address.is_empty(), "a worker serves no API");
+    let get = |path: &str| {
+        worker
+            .client
+            .get(format!("{}{path}", worker.ops_address))
+            .send()
+    };
+    let alive = get("/health").await.expect("the worker answers");
+    assert_eq!(alive.status(), StatusCode::OK);
+    let body: serde_json::Value = alive.json().await.expect("JSON");
+    assert_eq!(body["status"], "ok");
+    let ready = get("/health/ready").await.expect("the worker answers");
+    assert_eq!(ready.status(), StatusCode::OK);
+    let body: serde_json::Value = ready.json().await.expect("JSON");
+    assert_eq!(body["checks"]["database"]["status"], "ok", "{body}");
+    assert_eq!(body["checks"]["jobStorage"]["status"], "ok", "{body}");
+    for guarded in ["/metrics", "/", "/api/v1/queues"] {
+        let reply = get(guarded).await.expect("the worker answers");
+        assert_eq!(reply.status(), StatusCode::UNAUTHORIZED, "{guarded}");
+    }
+}

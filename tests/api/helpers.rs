@@ -183,12 +183,14 @@ impl Storage {
             stats_interval_seconds: 1,
             login_rate_per_minute: 1000,
             widget_rate_per_minute: 10_000,
+            trusted_proxies: Default::default(),
             presence_grace_seconds: 30,
             socket_events_per_second: 200,
             socket_handshakes_per_minute: 100_000,
             sockets_per_visitor: 5,
             sockets_per_agent: 20,
             log_socket_payloads: false,
+            log_format: switchboard::config::LogFormat::Text,
             smtp_url: None,
             webhook_allow_private: true,
             notify: Default::default(),
@@ -254,7 +256,7 @@ pub async fn spawn_with(
 ) -> TestApp {
     switchboard::install_crypto_provider();
     if std::env::var("TEST_LOG").is_ok() {
-        switchboard::telemetry::init("info", false);
+        switchboard::telemetry::init("info", false, switchboard::config::LogFormat::Text);
     }
     let mut settings = storage.settings();
     tweak(&mut settings);

@@ -39,6 +39,8 @@ fn command(data_dir: &Path, log: &Path, env: &[(&str, &str)]) -> Command {
             ("NO_COLOR", "1"),
         ])
         .env("SWITCHBOARD_DATA_DIR", data_dir)
+        // Out of the repository root, where a developer's `.env` would be read.
+        .current_dir(data_dir.parent().expect("a data dir in a directory"))
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -65,17 +67,31 @@ impl Drop for Server {
 /// The URL logged after `marker` (`… listening on http://127.0.0.1:1234`).
 fn logged_url(log: &str, marker: &str) -> Option<String> {
     let rest = &log[log.find(marker)? + marker.len()..];
-    let url: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+    // Text lines end it with a blank, JSON lines with the message's closing quote.
+    let url: String = rest
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '"')
+        .collect();
     url.starts_with("http://").then_some(url)
 }
 
 impl Server {
     /// Starts a server on a fresh data dir and waits until both its listeners are up.
     pub async fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_with(&[], None, env).await
+    }
+
+    /// [`Server::start`] with command-line `args`, in a working directory of its own that holds
+    /// `dotenv` as its `.env` (if given).
+    pub async fn start_with(args: &[&str], dotenv: Option<&str>, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let data_dir = dir.path().join("data");
         let log = dir.path().join("server.log");
+        if let Some(dotenv) = dotenv {
+            std::fs::write(dir.path().join(".env"), dotenv).expect("a .env file");
+        }
         let child = command(&data_dir, &log, env)
+            .args(args)
             .spawn()
             .expect("the server starts");
         let mut server = Self {

@@ -119,7 +119,11 @@ impl Stack {
 
     fn command(&self, subcommand: &str, api_port: Option<u16>, ops_port: u16) -> Command {
         let mut command = Command::new(binary());
-        command.arg(subcommand).env_clear();
+        // Out of the repository root, where a developer's `.env` would be read.
+        command
+            .arg(subcommand)
+            .env_clear()
+            .current_dir(&self.log_dir);
         for key in ["PATH", "HOME", "TMPDIR", "LANG"] {
             if let Ok(value) = std::env::var(key) {
                 command.env(key, value);

@@ -28,13 +28,13 @@ mod remembered;
 
 use std::{
     collections::HashSet,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use axum::{
-    extract::{ConnectInfo, Request, State},
+    extract::{Request, State},
     http::{HeaderMap, HeaderValue, header},
     middleware::Next,
     response::{IntoResponse, Response},
@@ -56,6 +56,7 @@ use self::{
 };
 use crate::{
     auth::{PasswordError, verify_decoy, verify_password},
+    client_ip::ClientIp,
     error::ApiError,
 };
 
@@ -337,11 +338,11 @@ impl IntoResponse for Refusal {
 /// Middleware: lets a request through only with an admin's credentials.
 pub async fn require_admin(
     State(auth): State<OpsAuth>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(client): ClientIp,
     request: Request,
     next: Next,
 ) -> Response {
-    match auth.check(peer.ip(), request.headers()).await {
+    match auth.check(client, request.headers()).await {
         Ok(()) => next.run(request).await,
         Err(refusal) => refusal.into_response(),
     }
