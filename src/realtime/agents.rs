@@ -244,6 +244,32 @@ pub(super) fn vouch<A: Adapter>(io: &SocketIo<A>) -> Vec<i64> {
     ids
 }
 
+/// Disconnects this node's agent sockets whose token no longer holds: the agent was deleted
+/// (absent from `live`) or its tokens revoked since the handshake (another version in `live`).
+/// The sign-out push does this at once; this catches a push that was lost, and a handshake that
+/// read the agent just before the revocation.
+pub(super) fn drop_revoked<A: Adapter>(
+    io: &SocketIo<A>,
+    vouched: &[i64],
+    live: &std::collections::HashMap<i64, i32>,
+) {
+    let Some(ns) = io.of(AGENTS) else {
+        return;
+    };
+    for socket in ns.sockets() {
+        let revoked = socket
+            .extensions
+            .get::<AgentSession>()
+            .is_some_and(|session| {
+                vouched.binary_search(&session.agent_id).is_ok()
+                    && live.get(&session.agent_id) != Some(&session.token_version)
+            });
+        if revoked {
+            let _ = socket.disconnect();
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ConversationRef {

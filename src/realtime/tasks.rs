@@ -40,7 +40,7 @@ pub async fn heartbeat(
     use crate::auth::visitor::SEEN_EVERY;
     use chrono::SubsecRound;
     use entity::agents as rows;
-    use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, sea_query::Expr};
+    use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect, sea_query::Expr};
 
     let mut tick = ticker(period);
     while next_tick(&mut tick, &shutdown).await {
@@ -86,6 +86,23 @@ pub async fn heartbeat(
                 .await;
             if let Err(err) = vouched {
                 tracing::warn!(%err, "presence heartbeat failed");
+            }
+            // The agents' token versions as they are now: sockets of revoked tokens go.
+            let live: Result<Vec<(i64, i32)>, _> = rows::Entity::find()
+                .select_only()
+                .column(rows::Column::Id)
+                .column(rows::Column::TokenVersion)
+                .filter(rows::Column::Id.is_in(chunk.iter().copied()))
+                .filter(rows::Column::DeletedAt.is_null())
+                .into_tuple()
+                .all(&db)
+                .await;
+            match live {
+                Ok(live) => {
+                    let live = live.into_iter().collect();
+                    with_io!(&push, io => agents::drop_revoked(io, chunk, &live), _ => ());
+                }
+                Err(err) => tracing::warn!(%err, "could not check the agents' tokens"),
             }
         }
     }

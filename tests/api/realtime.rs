@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use sea_orm::EntityTrait;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 use switchboard::config::Command;
 
@@ -506,4 +506,38 @@ async fn a_socket_lives_no_longer_than_its_token() {
         panic!("an expired token was accepted: {ack}");
     }
     socket.next("disconnect").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_whose_token_was_revoked_without_a_push_is_dropped_by_the_heartbeat() {
+    // A revocation whose sign-out push was lost: written straight to the database, so only the
+    // heartbeat's check can close the socket.
+    let app = spawn_with(Storage::new(Backend::Embedded).await, Command::All, |s| {
+        s.presence_grace_seconds = 3;
+    })
+    .await;
+    let admin = app.admin_token().await;
+    let (id, token) = app.agent_with_role(&admin, "agent").await;
+    let (_, bystander_token) = app.agent_with_role(&admin, "agent").await;
+    let mut socket = app.agent_socket(&token).await;
+    let mut bystander = app.agent_socket(&bystander_token).await;
+    socket.set_status("away").await;
+    let agent = entity::agents::Entity::find_by_id(id)
+        .one(app.db())
+        .await
+        .unwrap()
+        .unwrap();
+    entity::agents::Entity::update_many()
+        .col_expr(
+            entity::agents::Column::TokenVersion,
+            sea_orm::sea_query::Expr::value(agent.token_version + 1),
+        )
+        .filter(entity::agents::Column::Id.eq(id))
+        .exec(app.db())
+        .await
+        .unwrap();
+    socket.next("disconnect").await;
+    // Another agent's socket stays.
+    bystander.none("disconnect", Duration::from_secs(2)).await;
+    bystander.set_status("away").await;
 }
