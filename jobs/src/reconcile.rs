@@ -206,7 +206,7 @@ pub async fn reconcile(ctx: &JobContext) -> Result<Repairs, JobError> {
                 &conversation,
                 "Repaired: it was never put in line (its enqueue was lost); queued it now".into(),
                 json!({ "action": "repaired", "repair": "enqueued" }),
-                Some("repaired:enqueued".into()),
+                "repaired:enqueued",
             )
             .await?;
         }
@@ -275,7 +275,7 @@ async fn rehome(ctx: &JobContext) -> Result<usize, JobError> {
             &now,
             format!("Moved to {}: its group {} was deleted", to.name, from.name),
             json!({ "action": "moved", "reason": "group_deleted", "fromGroupId": from.id, "toGroupId": to.id }),
-            Some(format!("rehomed:{}", from.id)),
+            &format!("rehomed:{}", from.id),
         )
         .await?;
         txn.commit().await?;

@@ -228,7 +228,7 @@ impl Job for ExpireTimer {
                             group.max_reassignments
                         ),
                         json!({ "action": "held", "reason": "max_reassignments", "reassignments": count - 1 }),
-                        Some(format!("held:{count}")),
+                        &format!("held:{count}"),
                     )
                     .await?;
                 }
@@ -302,7 +302,7 @@ impl Job for ExpireTimer {
                     c,
                     format!("First-response SLA breached: no agent reply within {seconds} s"),
                     json!({ "action": "sla_breached", "sla": SlaKind::FirstResponse, "limit": seconds, "actual": waited }),
-                    Some("sla:first_response".into()),
+                    "sla:first_response",
                 )
                 .await?;
                 let breach = Outcome::SlaBreached {
@@ -330,7 +330,7 @@ impl Job for ExpireTimer {
                     c,
                     format!("Waited {waited} s in line: the visitor was offered to leave an e-mail address"),
                     json!({ "action": "queue_wait_exceeded", "waitedSeconds": waited }),
-                    Some("queue_wait_exceeded".into()),
+                    "queue_wait_exceeded",
                 )
                 .await?;
                 txn.commit().await?;

@@ -66,23 +66,8 @@ impl From<agents::Model> for Candidate {
     }
 }
 
-/// Agents who must not be offered this conversation again (they transferred it, went offline
-/// with it or did not answer it).
-pub async fn excluded_agents(
-    db: &impl ConnectionTrait,
-    conversation_id: i64,
-) -> Result<Vec<i64>, DbErr> {
-    assignments::Entity::find()
-        .select_only()
-        .column(assignments::Column::AgentId)
-        .filter(assignments::Column::ConversationId.eq(conversation_id))
-        .filter(assignments::Column::ReleaseReason.is_in(REASSIGN_REASONS))
-        .into_tuple()
-        .all(db)
-        .await
-}
-
-/// [`excluded_agents`] of several conversations in one query.
+/// Agents who must not be offered each of `conversation_ids` again (they transferred it, went
+/// offline with it or did not answer it), in one query.
 pub async fn excluded_agents_of(
     db: &impl ConnectionTrait,
     conversation_ids: &[i64],

@@ -283,10 +283,10 @@ pub async fn reopen(
         &conversation,
         "Reopened".into(),
         json!({ "action": "reopened" }),
-        Some(format!(
+        &format!(
             "reopened:{}",
             conversation.active_thread_id.unwrap_or_default()
-        )),
+        ),
     )
     .await?;
     Ok(Some(conversation))

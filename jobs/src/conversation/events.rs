@@ -1,5 +1,7 @@
-//! System events: the lines a conversation's history shows for what the lifecycle did, each keyed
-//! by its cause so a step run twice writes it once.
+//! System events: the lines a conversation's history shows for what the lifecycle did. Each is
+//! keyed by its cause (`client_message_id` = `sys:{key}`, unique per conversation), so a step run
+//! twice writes its event once. One writer serves all: build rows ([`system_event_row`]), write
+//! them in one statement ([`write_events_once`]); [`system_event`] does both for one event.
 
 use chrono::Utc;
 use entity::{
@@ -21,63 +23,18 @@ pub(super) fn once_per_key() -> OnConflict {
     .to_owned()
 }
 
-/// Writes an event. With a `dedupe` key, a second write with the same key writes nothing
-/// (returns `false`): jobs key their system events by what caused them.
-#[allow(clippy::too_many_arguments)]
-pub async fn write_event(
-    db: &impl ConnectionTrait,
-    conversation: &conversations::Model,
-    thread_id: i64,
-    kind: EventKind,
-    author: AuthorType,
-    agent_id: Option<i64>,
-    content: String,
-    metadata: Option<Value>,
-    dedupe: Option<String>,
-) -> Result<bool, DbErr> {
-    let row = events::ActiveModel {
-        account_id: Set(conversation.account_id),
-        conversation_id: Set(conversation.id),
-        thread_id: Set(thread_id),
-        kind: Set(kind),
-        author_type: Set(author),
-        agent_id: Set(agent_id),
-        content: Set(content),
-        metadata: Set(metadata),
-        client_message_id: Set(dedupe),
-        created_at: Set(Utc::now()),
-        ..Default::default()
-    };
-    let written = events::Entity::insert(row)
-        .on_conflict(once_per_key())
-        .exec_without_returning(db)
-        .await?;
-    Ok(written == 1)
-}
-
-/// A system event on the conversation's active thread.
+/// Writes a system event on the conversation's active thread, keyed by what caused it (`key`).
+/// `false` when nothing was written: the conversation has no active thread, or the event with
+/// that key is already there.
 pub async fn system_event(
     db: &impl ConnectionTrait,
     conversation: &conversations::Model,
     content: String,
     metadata: Value,
-    dedupe: Option<String>,
+    key: &str,
 ) -> Result<bool, DbErr> {
-    let Some(thread_id) = conversation.active_thread_id else {
-        return Ok(false);
-    };
-    write_event(
-        db,
-        conversation,
-        thread_id,
-        EventKind::System,
-        AuthorType::System,
-        None,
-        content,
-        Some(metadata),
-        dedupe.map(|key| format!("sys:{key}")),
-    )
-    .await
+    let rows = system_event_row(conversation, content, metadata, key);
+    Ok(write_events_once(db, rows.into_iter().collect()).await? == 1)
 }
 
 /// A system event row on the conversation's active thread, keyed by what caused it (`key`); `None`

@@ -31,12 +31,11 @@ mod threads;
 use sea_orm::{ColumnTrait, sea_query::Expr};
 
 pub use candidates::{
-    excluded_agents, excluded_agents_of, groups_of_agent, groups_of_agents, lock_candidates,
-    previous_agents,
+    excluded_agents_of, groups_of_agent, groups_of_agents, lock_candidates, previous_agents,
 };
 pub use claim::{Assigned, ClaimError, Pick, claim, claim_many};
 pub use close::{Closed, Closing, close, close_many, find_freed_groups, reopen};
-pub use events::{system_event, system_event_row, write_event, write_events_once};
+pub use events::{system_event, system_event_row, write_events_once};
 pub use line::{queue_position, queue_positions, routable_line, waiting_line};
 pub use locks::{lock_agents, lock_conversation};
 pub use message::{MessageError, Posted, client_id_of, client_key, post_message};

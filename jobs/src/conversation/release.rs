@@ -131,10 +131,7 @@ pub async fn requeue(
         &conversation,
         content,
         json!({ "action": "requeued", "agentId": agent_id, "reason": reason }),
-        Some(format!(
-            "requeued:{}:{}",
-            agent_id, conversation.reassignment_count
-        )),
+        &format!("requeued:{agent_id}:{}", conversation.reassignment_count),
     )
     .await?;
     Ok(Some(Requeued {
