@@ -13,7 +13,7 @@ use crate::{
     Job, JobContext, JobError, RetryBudget,
     assign_agent::request_assign,
     close_conversation::serve_groups_of,
-    conversation::{Requeued, queue_position, requeue},
+    conversation::{Requeued, lock_agents, queue_position, requeue},
     db::begin_write,
     notify::Outcome,
     outbox::Staged,
@@ -66,6 +66,10 @@ impl Job for ReassignConversation {
             crate::intent::resync_after_done(ctx, self.conversation_id, agent).await?;
             return Ok("already done (its intent is gone)".into());
         }
+        // The agent's row before the conversation's, the order a close and a claim take them
+        // (`docs/architecture.md`, "Locking"): taken the other way round, a close of the same chat
+        // at the same moment could deadlock with this requeue on PostgreSQL.
+        lock_agents(&txn, vec![self.from_agent_id]).await?;
         let requeued = requeue(
             &txn,
             self.conversation_id,

@@ -76,6 +76,10 @@ pub(super) async fn release_agents(
 /// Takes an active conversation away from `agent_id` and puts it back in the waiting line, in its
 /// original place (its `queued_at` is kept), optionally in another group. `None` when it is no
 /// longer active with that agent.
+///
+/// The caller locks the agent's row first ([`super::lock_agents`], or
+/// [`super::lock_conversation`], which locks the holder): the update below takes the
+/// conversation's row, and then the agent's, and agents come first in every transaction.
 pub async fn requeue(
     txn: &impl ConnectionTrait,
     conversation_id: i64,
