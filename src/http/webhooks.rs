@@ -13,7 +13,7 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use entity::{deliveries, enums::AgentRole, webhooks};
-use jobs::webhook::{KINDS, check_url};
+use jobs::delivery::{guard::check_url, webhook::KINDS};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect,
@@ -351,9 +351,9 @@ async fn deliveries_of(
         .filter(deliveries::Column::Id.gt(params.after.unwrap_or(0)));
     if let Some(status) = params.status {
         let status = match status {
-            DeliveryStatus::Pending => jobs::deliveries::PENDING,
-            DeliveryStatus::Delivered => jobs::deliveries::DELIVERED,
-            DeliveryStatus::Dead => jobs::deliveries::DEAD,
+            DeliveryStatus::Pending => jobs::delivery::deliveries::PENDING,
+            DeliveryStatus::Delivered => jobs::delivery::deliveries::DELIVERED,
+            DeliveryStatus::Dead => jobs::delivery::deliveries::DEAD,
         };
         query = query.filter(deliveries::Column::Status.eq(status));
     }

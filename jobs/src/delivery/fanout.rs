@@ -25,13 +25,16 @@ use sea_orm::{
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use super::{
+    deliveries::PENDING,
+    email,
+    send::{EMAIL, WEBHOOK, submit},
+    webhook::{data_of, kind_bit, kind_of, scope_of},
+};
 use crate::{
     JobContext, JobError,
-    deliveries::{EMAIL, PENDING, WEBHOOK, submit},
-    email,
     notify::{Notifier, Outcome},
     outbox::{LEFT_BEHIND, Outbox},
-    webhook::{data_of, kind_bit, kind_of, scope_of},
 };
 
 /// Parallel fan-out tasks.

@@ -21,7 +21,11 @@ use sea_orm::{
     sea_query::{Alias, Expr, Query},
 };
 
-use crate::{JobContext, JobError, channels::Retries, email::SendEmail, webhook::DeliverWebhook};
+use super::{
+    channels::Retries,
+    send::{EMAIL, WEBHOOK, submit},
+};
+use crate::{JobContext, JobError};
 
 /// Waiting to be sent, or between two attempts.
 pub const PENDING: &str = "pending";
@@ -29,10 +33,6 @@ pub const PENDING: &str = "pending";
 pub const DELIVERED: &str = "delivered";
 /// Given up: the budget is spent or the failure is permanent. Operators see it.
 pub const DEAD: &str = "dead";
-/// The webhook channel.
-pub const WEBHOOK: &str = "webhook";
-/// The e-mail channel.
-pub const EMAIL: &str = "email";
 
 /// How long one attempt holds its row: longer than any attempt can take (a webhook call times
 /// out after seconds, an SMTP session after 15 s), so a live sender never loses its lease.
@@ -284,30 +284,6 @@ async fn next_in_line(ctx: &JobContext, row: &deliveries::Model) -> Result<(), J
         submit(ctx, WEBHOOK, next, None).await?;
     }
     Ok(())
-}
-
-/// Submits the job that sends row `id` on `channel`, after `delay` if given.
-pub(crate) async fn submit(
-    ctx: &JobContext,
-    channel: &str,
-    id: i64,
-    delay: Option<Duration>,
-) -> Result<(), JobError> {
-    let result = match (channel, delay) {
-        (EMAIL, None) => ctx.jobs.submit(SendEmail { delivery_id: id }).await,
-        (EMAIL, Some(delay)) => {
-            ctx.jobs
-                .submit_after(SendEmail { delivery_id: id }, delay)
-                .await
-        }
-        (_, None) => ctx.jobs.submit(DeliverWebhook { delivery_id: id }).await,
-        (_, Some(delay)) => {
-            ctx.jobs
-                .submit_after(DeliverWebhook { delivery_id: id }, delay)
-                .await
-        }
-    };
-    result.map_err(|err| JobError::Transient(err.to_string()))
 }
 
 /// Counts one delivery outcome (`delivered`, `failed`, `dead`) of `channel`.
