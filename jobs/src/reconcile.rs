@@ -30,8 +30,11 @@ use sea_orm::{
 use serde_json::json;
 
 use crate::{
-    JobContext, JobError, assign_agent::AssignAgent, audit::RecordAudit,
-    conversation::system_event, enqueue_conversation::EnqueueConversation,
+    JobContext, JobError,
+    assign_agent::AssignAgent,
+    audit::{AuditAction, RecordAudit},
+    conversation::{ReleaseReason, system_event},
+    enqueue_conversation::EnqueueConversation,
     reassign_conversation::ReassignConversation,
 };
 
@@ -140,11 +143,10 @@ pub async fn reconcile(ctx: &JobContext) -> Result<Repairs, JobError> {
             repairs.counters_fixed += 1;
             submit(
                 ctx,
-                RecordAudit::new(
+                RecordAudit::of(
                     account_id,
                     None,
-                    "agent.counter_repaired",
-                    "agent",
+                    AuditAction::AgentCounterRepaired,
                     Some(agent_id),
                     json!({ "counted": counted, "reason": "the counter disagreed with the agent's active conversations" }),
                 ),
@@ -179,7 +181,7 @@ pub async fn reconcile(ctx: &JobContext) -> Result<Repairs, JobError> {
             ReassignConversation {
                 conversation_id,
                 from_agent_id: agent_id,
-                reason: "agent_offline".into(),
+                reason: ReleaseReason::AgentOffline,
                 to_group_id: None,
                 detail: Some("repaired: its agent was offline or deleted and still held it".into()),
                 intent: None,

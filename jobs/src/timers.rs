@@ -44,7 +44,7 @@ use serde_json::json;
 use crate::{
     Job, JobContext, JobError, RetryBudget,
     close_conversation::{after_close, commit_closes},
-    conversation::{Closing, lock_conversation, requeue, system_event},
+    conversation::{Closing, ReleaseReason, lock_conversation, requeue, system_event},
     db::begin_write,
     notify::{Outcome, SlaKind},
     reassign_conversation::{after_requeue, requeue_outcomes},
@@ -205,8 +205,15 @@ impl Job for ExpireTimer {
                 };
                 let seconds = group.agent_response_timeout_seconds;
                 let detail = format!("no agent reply in {seconds} s");
-                let Some(requeued) =
-                    requeue(&txn, c.id, agent_id, "no_response", None, Some(&detail)).await?
+                let Some(requeued) = requeue(
+                    &txn,
+                    c.id,
+                    agent_id,
+                    ReleaseReason::NoResponse,
+                    None,
+                    Some(&detail),
+                )
+                .await?
                 else {
                     return Ok("no longer active with that agent".into());
                 };
@@ -245,7 +252,8 @@ impl Job for ExpireTimer {
                         actual: i64::from(count - 1),
                     });
                 }
-                let (told, position) = requeue_outcomes(&txn, &requeued, "no_response").await?;
+                let (told, position) =
+                    requeue_outcomes(&txn, &requeued, ReleaseReason::NoResponse).await?;
                 outcomes.extend(told);
                 let staged = ctx.outbox.stage(&txn, outcomes).await?;
                 txn.commit().await?;

@@ -20,10 +20,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
-    audit,
     extract::{Json, Path, Query},
     resource::{self, ListParams, Page},
 };
+use crate::chat::audit;
 use crate::{
     auth::{CurrentAgent, hash_password},
     chat::{
@@ -35,6 +35,7 @@ use crate::{
     error::ApiError,
     state::AppState,
 };
+use jobs::audit::AuditAction;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -137,8 +138,7 @@ async fn create(
     audit::record(
         &state,
         &caller,
-        "agent.created",
-        "agent",
+        AuditAction::AgentCreated,
         agent.id,
         json!({ "email": agent.email, "role": agent.role }),
     )
@@ -209,8 +209,7 @@ async fn update(
     audit::record(
         &state,
         &caller,
-        "agent.updated",
-        "agent",
+        AuditAction::AgentUpdated,
         id,
         json!({ "changed": changed }),
     )
@@ -251,7 +250,7 @@ async fn remove(
     staged.tell(&*state.notifier);
     sign_out(&state, agent.account_id, id);
     release(&state, agent.id).await?;
-    audit::record(&state, &caller, "agent.deleted", "agent", id, json!({})).await;
+    audit::record(&state, &caller, AuditAction::AgentDeleted, id, json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -22,10 +22,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
-    audit,
     extract::{Json, Path, Query},
     resource::{self, ListParams, Page},
 };
+use crate::chat::audit;
 use crate::{
     auth::CurrentAgent,
     chat::agents::membership_changed,
@@ -33,6 +33,7 @@ use crate::{
     error::ApiError,
     state::AppState,
 };
+use jobs::audit::AuditAction;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -248,8 +249,7 @@ async fn create(
     audit::record(
         &state,
         &caller,
-        "group.created",
-        "group",
+        AuditAction::GroupCreated,
         group.id,
         json!({ "name": group.name }),
     )
@@ -288,8 +288,7 @@ async fn update(
     audit::record(
         &state,
         &caller,
-        "group.updated",
-        "group",
+        AuditAction::GroupUpdated,
         id,
         json!({ "changed": changed }),
     )
@@ -335,7 +334,7 @@ async fn remove(
     }
     resource::set_deleted::<groups::Entity>(&txn, caller.account_id(), id, true).await?;
     txn.commit().await?;
-    audit::record(&state, &caller, "group.deleted", "group", id, json!({})).await;
+    audit::record(&state, &caller, AuditAction::GroupDeleted, id, json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -387,8 +386,7 @@ async fn add_member(
     audit::record(
         &state,
         &caller,
-        "group.member_added",
-        "group",
+        AuditAction::GroupMemberAdded,
         id,
         json!({ "agentId": body.agent_id }),
     )
@@ -417,8 +415,7 @@ async fn remove_member(
     audit::record(
         &state,
         &caller,
-        "group.member_removed",
-        "group",
+        AuditAction::GroupMemberRemoved,
         id,
         json!({ "agentId": agent_id }),
     )

@@ -13,16 +13,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
-    audit,
     extract::{Json, Path, Query},
     resource::{self, ListParams, Page},
 };
+use crate::chat::audit;
 use crate::{
     auth::CurrentAgent,
     domain::{Color, TagName, nullable},
     error::ApiError,
     state::AppState,
 };
+use jobs::audit::AuditAction;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -117,8 +118,7 @@ async fn create(
     audit::record(
         &state,
         &caller,
-        "tag.created",
-        "tag",
+        AuditAction::TagCreated,
         tag.id,
         json!({ "name": tag.name }),
     )
@@ -149,8 +149,7 @@ async fn update(
     audit::record(
         &state,
         &caller,
-        "tag.updated",
-        "tag",
+        AuditAction::TagUpdated,
         id,
         json!({ "name": tag.name }),
     )

@@ -10,7 +10,7 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait, LockType},
 };
 
-use super::release::REASSIGN_REASONS;
+use super::release::ReleaseReason;
 use crate::routing::Candidate;
 
 /// Agents of the group who may take a conversation now (online, accepting, not deleted, under
@@ -77,7 +77,10 @@ pub async fn excluded_agents_of(
         .column(assignments::Column::ConversationId)
         .column(assignments::Column::AgentId)
         .filter(assignments::Column::ConversationId.is_in(conversation_ids.iter().copied()))
-        .filter(assignments::Column::ReleaseReason.is_in(REASSIGN_REASONS))
+        .filter(
+            assignments::Column::ReleaseReason
+                .is_in(ReleaseReason::EXCLUDING.map(ReleaseReason::as_str)),
+        )
         .into_tuple()
         .all(db)
         .await?;

@@ -17,7 +17,7 @@ use super::{
     candidates::groups_of_agents,
     events::{event_row, system_event, write_events_once},
     locks::lock_holders,
-    release::release_agents,
+    release::{ReleaseReason, release_agents},
     threads::open_thread,
 };
 
@@ -158,7 +158,7 @@ async fn close_acting(
         .iter()
         .filter_map(|(c, b)| Some((c.conversation_id, b.assigned_agent_id?)))
         .collect();
-    release_agents(txn, &released, "closed", now).await?;
+    release_agents(txn, &released, ReleaseReason::Closed, now).await?;
     let notes: Vec<events::ActiveModel> = todo
         .iter()
         .filter_map(|(c, b)| {

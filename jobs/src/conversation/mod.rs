@@ -39,7 +39,7 @@ pub use events::{system_event, system_event_row, write_events_once};
 pub use line::{queue_position, queue_positions, routable_line, waiting_line};
 pub use locks::{lock_agents, lock_conversation};
 pub use message::{MessageError, Posted, client_id_of, client_key, post_message};
-pub use release::{REASSIGN_REASONS, Requeued, requeue};
+pub use release::{ReleaseReason, Requeued, requeue};
 
 /// `CASE WHEN id = k THEN v ... END` over `pairs`: one value per row of a multi-row update.
 pub(crate) fn by_id<C, V>(id: C, pairs: impl IntoIterator<Item = (i64, V)>) -> Expr

@@ -12,6 +12,7 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter,
     sea_query::{Expr, ExprTrait},
 };
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
@@ -20,8 +21,57 @@ use super::{
     threads::{close_thread, open_thread},
 };
 
-/// Release reasons after which the released agent is not offered the conversation again.
-pub const REASSIGN_REASONS: [&str; 3] = ["transferred", "agent_offline", "no_response"];
+/// Why an agent lost a conversation. Its string (`as_str`, and the serde form) is what the
+/// database stores (`assignments.release_reason`, `threads.closed_reason`), what job args carry and
+/// what clients and webhooks read (`conversation:unassigned`, `conversation.reassigned`): it never
+/// changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseReason {
+    /// The agent transferred it (to another agent or a group): `transferred`.
+    Transferred,
+    /// The agent went offline, or was deleted, while holding it: `agent_offline`.
+    AgentOffline,
+    /// The agent did not answer the visitor in time: `no_response`.
+    NoResponse,
+    /// The conversation was resolved or closed: `closed`.
+    Closed,
+}
+
+impl ReleaseReason {
+    /// The reasons after which the released agent is not offered the conversation again.
+    pub const EXCLUDING: [ReleaseReason; 3] = [
+        ReleaseReason::Transferred,
+        ReleaseReason::AgentOffline,
+        ReleaseReason::NoResponse,
+    ];
+
+    /// The stored and sent form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseReason::Transferred => "transferred",
+            ReleaseReason::AgentOffline => "agent_offline",
+            ReleaseReason::NoResponse => "no_response",
+            ReleaseReason::Closed => "closed",
+        }
+    }
+
+    /// What the "reassigned" system event says.
+    fn describe(self) -> &'static str {
+        match self {
+            ReleaseReason::Transferred => "transferred by the agent",
+            ReleaseReason::AgentOffline => "the agent went offline",
+            ReleaseReason::NoResponse => "the agent did not reply in time",
+            ReleaseReason::Closed => "closed",
+        }
+    }
+}
+
+impl std::fmt::Display for ReleaseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A conversation that left an agent and waits again.
 #[derive(Debug, Clone)]
@@ -37,7 +87,7 @@ pub struct Requeued {
 pub(super) async fn release_agents(
     txn: &impl ConnectionTrait,
     released: &HashMap<i64, i64>,
-    reason: &str,
+    reason: ReleaseReason,
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
     if released.is_empty() {
@@ -63,7 +113,7 @@ pub(super) async fn release_agents(
         .col_expr(assignments::Column::ReleasedAt, Expr::value(Some(now)))
         .col_expr(
             assignments::Column::ReleaseReason,
-            Expr::value(Some(reason.to_owned())),
+            Expr::value(Some(reason.as_str().to_owned())),
         )
         .filter(assignments::Column::AgentId.is_in(per_agent.keys().copied()))
         .filter(assignments::Column::ReleasedAt.is_null())
@@ -84,7 +134,7 @@ pub async fn requeue(
     txn: &impl ConnectionTrait,
     conversation_id: i64,
     agent_id: i64,
-    reason: &str,
+    reason: ReleaseReason,
     to_group: Option<i64>,
     detail: Option<&str>,
 ) -> Result<Option<Requeued>, DbErr> {
@@ -120,7 +170,7 @@ pub async fn requeue(
         return Ok(None);
     }
     release_agents(txn, &[(conversation_id, agent_id)].into(), reason, now).await?;
-    close_thread(txn, conversation_id, ClosedBy::System, reason, now).await?;
+    close_thread(txn, conversation_id, ClosedBy::System, reason.as_str(), now).await?;
     let conversation = conversations::Entity::find_by_id(conversation_id)
         .one(txn)
         .await?
@@ -128,7 +178,7 @@ pub async fn requeue(
     let conversation = open_thread(txn, &conversation, None, now).await?;
     let content = format!(
         "Reassigned: {}",
-        detail.unwrap_or_else(|| describe_release(reason))
+        detail.unwrap_or_else(|| reason.describe())
     );
     system_event(
         txn,
@@ -142,13 +192,4 @@ pub async fn requeue(
         conversation,
         agent_id,
     }))
-}
-
-fn describe_release(reason: &str) -> &str {
-    match reason {
-        "transferred" => "transferred by the agent",
-        "agent_offline" => "the agent went offline",
-        "no_response" => "the agent did not reply in time",
-        other => other,
-    }
 }

@@ -24,7 +24,7 @@ use serde_json::Value;
 pub use super::send::SendEmail;
 use super::{
     deliveries::{Claim, Failed, abandon, claim, delivered, failed},
-    send::EMAIL,
+    send::Channel,
 };
 use crate::{Job, JobContext, JobError, RetryBudget};
 
@@ -56,7 +56,7 @@ impl Job for SendEmail {
 
     #[tracing::instrument(name = "job.send_email", skip_all, fields(delivery_id = self.delivery_id), err)]
     async fn run(self, ctx: &JobContext) -> Result<String, JobError> {
-        let row = match claim(ctx, self.delivery_id, EMAIL).await? {
+        let row = match claim(ctx, self.delivery_id, Channel::Email).await? {
             Claim::Go(row) => *row,
             Claim::Skip(why) => return Ok(why),
         };

@@ -26,9 +26,9 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::{
-    deliveries::PENDING,
+    deliveries::DeliveryStatus,
     email,
-    send::{EMAIL, WEBHOOK, submit},
+    send::{Channel, submit},
     webhook::{data_of, kind_bit, kind_of, scope_of},
 };
 use crate::{
@@ -240,7 +240,7 @@ impl FanOut {
         &self,
         db: &impl ConnectionTrait,
         outcome: &Outcome,
-    ) -> Result<Vec<(&'static str, i64, Option<chrono::DateTime<Utc>>)>, JobError> {
+    ) -> Result<Vec<(Channel, i64, Option<chrono::DateTime<Utc>>)>, JobError> {
         let Outcome::SlaBreached {
             account_id,
             conversation_id,
@@ -274,7 +274,7 @@ impl FanOut {
                 );
                 let row = new_row(
                     *account_id,
-                    EMAIL,
+                    Channel::Email,
                     email::SLA_DIGEST,
                     &format!("sla-digest:{account_id}"),
                     json!({ "windowStart": start, "windowEnd": end, "breaches": [], "more": 0 }),
@@ -292,7 +292,7 @@ impl FanOut {
                     .exec(db)
                     .await
                 {
-                    Ok(done) => created.push((EMAIL, done.last_insert_id, Some(end))),
+                    Ok(done) => created.push((Channel::Email, done.last_insert_id, Some(end))),
                     Err(DbErr::RecordNotInserted) => {}
                     Err(err) => return Err(err.into()),
                 }
@@ -304,7 +304,7 @@ impl FanOut {
                 let Some(digest) = read.one(db).await? else {
                     break;
                 };
-                if digest.status == PENDING && digest.attempts == 0 {
+                if digest.status == DeliveryStatus::Pending.as_str() && digest.attempts == 0 {
                     let mut payload = digest.payload;
                     add_breach(&mut payload, breach.clone());
                     deliveries::Entity::update_many()
@@ -340,7 +340,7 @@ impl FanOut {
         for hook in hooks.iter().filter(|h| h.kinds & bit != 0) {
             let row = new_row(
                 account_id,
-                WEBHOOK,
+                Channel::Webhook,
                 kind,
                 &order_key,
                 data.clone(),
@@ -384,7 +384,7 @@ impl FanOut {
                 let order = format!("conversation:{conversation_id}");
                 let row = new_row(
                     *account_id,
-                    EMAIL,
+                    Channel::Email,
                     email::ASSIGNED,
                     &order,
                     payload,
@@ -420,7 +420,7 @@ impl FanOut {
                 let order = format!("conversation:{conversation_id}");
                 let row = new_row(
                     *account_id,
-                    EMAIL,
+                    Channel::Email,
                     email::TRANSCRIPT,
                     &order,
                     payload,
@@ -494,7 +494,7 @@ fn connected(agent: &agents::Model) -> bool {
 }
 
 struct NewRow {
-    channel: &'static str,
+    channel: Channel,
     model: deliveries::ActiveModel,
 }
 
@@ -524,7 +524,7 @@ impl NewRow {
 
 fn new_row(
     account_id: i64,
-    channel: &'static str,
+    channel: Channel,
     kind: &str,
     order_key: &str,
     payload: serde_json::Value,
@@ -535,14 +535,14 @@ fn new_row(
         channel,
         model: deliveries::ActiveModel {
             account_id: Set(account_id),
-            channel: Set(channel.to_owned()),
+            channel: Set(channel.as_str().to_owned()),
             webhook_id: Set(None),
             delivery_key: Set(ulid::Ulid::new().to_string()),
             kind: Set(kind.to_owned()),
             order_key: Set(order_key.to_owned()),
             recipient: Set(None),
             payload: Set(payload),
-            status: Set(PENDING.to_owned()),
+            status: Set(DeliveryStatus::Pending.as_str().to_owned()),
             attempts: Set(0),
             max_attempts: Set(i32::try_from(max_attempts.max(1)).unwrap_or(i32::MAX)),
             last_error: Set(None),

@@ -19,7 +19,7 @@ pub use super::send::DeliverWebhook;
 use super::{
     deliveries::{Claim, Failed, abandon, claim, delivered, failed},
     guard::is_public,
-    send::WEBHOOK,
+    send::Channel,
 };
 use crate::{Job, JobContext, JobError, RetryBudget, notify::Outcome};
 
@@ -151,7 +151,7 @@ impl Job for DeliverWebhook {
 
     #[tracing::instrument(name = "job.deliver_webhook", skip_all, fields(delivery_id = self.delivery_id), err)]
     async fn run(self, ctx: &JobContext) -> Result<String, JobError> {
-        let row = match claim(ctx, self.delivery_id, WEBHOOK).await? {
+        let row = match claim(ctx, self.delivery_id, Channel::Webhook).await? {
             Claim::Go(row) => *row,
             Claim::Skip(why) => return Ok(why),
         };
