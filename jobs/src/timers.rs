@@ -31,10 +31,11 @@ use std::{
 use chrono::{DateTime, Utc};
 use entity::{
     conversations,
-    enums::{ClosedBy, ConversationStatus},
+    enums::{ClosedBy, ConversationStatus, RoutingStrategy},
     groups, visitors,
 };
 use sea_orm::{
+    ActiveValue::Set,
     ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait, Query},
 };
@@ -49,6 +50,50 @@ use crate::{
     notify::{Outcome, SlaKind},
     reassign_conversation::{after_requeue, requeue_outcomes},
 };
+
+/// What a new group starts with: its routing strategy and timer limits. The one definition: the
+/// first account's group (bootstrap) and every group created through the API take these, and the
+/// schema's column defaults (the first migration, frozen history) repeat the same numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupDefaults {
+    /// How the line is served.
+    pub routing_strategy: RoutingStrategy,
+    /// `agentResponseTimeoutSeconds`: the holder's time to answer the visitor.
+    pub agent_response_timeout_seconds: i32,
+    /// `visitorIdleTimeoutSeconds`: an active chat's time without the visitor.
+    pub visitor_idle_timeout_seconds: i32,
+    /// `firstResponseSlaSeconds`: the first agent reply's service level.
+    pub first_response_sla_seconds: i32,
+    /// `maxReassignments`: unanswered reassignments before the chat is held for a person.
+    pub max_reassignments: i32,
+    /// `maxQueueWaitSeconds`: a waiting visitor's time before being told (none: never).
+    pub max_queue_wait_seconds: Option<i32>,
+}
+
+impl GroupDefaults {
+    /// The defaults of every new group.
+    pub const NEW_GROUP: GroupDefaults = GroupDefaults {
+        routing_strategy: RoutingStrategy::LeastLoaded,
+        agent_response_timeout_seconds: 120,
+        visitor_idle_timeout_seconds: 900,
+        first_response_sla_seconds: 60,
+        max_reassignments: 3,
+        max_queue_wait_seconds: None,
+    };
+
+    /// A group row with these settings and nothing else set (account, name, ... are the caller's).
+    pub fn row(self) -> groups::ActiveModel {
+        groups::ActiveModel {
+            routing_strategy: Set(self.routing_strategy),
+            agent_response_timeout_seconds: Set(self.agent_response_timeout_seconds),
+            visitor_idle_timeout_seconds: Set(self.visitor_idle_timeout_seconds),
+            first_response_sla_seconds: Set(self.first_response_sla_seconds),
+            max_reassignments: Set(self.max_reassignments),
+            max_queue_wait_seconds: Set(self.max_queue_wait_seconds),
+            ..Default::default()
+        }
+    }
+}
 
 /// What a conversation waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use entity::{
     agents, assignments, conversations,
     enums::{AgentRole, AgentStatus, ConversationStatus},
 };
-use jobs::notify::Outcome;
+use jobs::{audit::AuditAction, notify::Outcome};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait,
     QueryFilter, QueryOrder, QuerySelect,
@@ -23,19 +23,18 @@ use super::{
     extract::{Json, Path, Query},
     resource::{self, ListParams, Page},
 };
-use crate::chat::audit;
 use crate::{
     auth::{CurrentAgent, hash_password},
     chat::{
         self,
         agents::{StatusBody, offer_capacity, release, sign_out},
+        audit,
         views::AgentView,
     },
     domain::{Capacity, Email, HttpUrl, Name, Password, nullable},
     error::ApiError,
     state::AppState,
 };
-use jobs::audit::AuditAction;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -13,7 +13,7 @@ use entity::{
     enums::{AgentRole, RoutingStrategy},
     groups,
 };
-use jobs::assign_agent::request_assign;
+use jobs::{assign_agent::request_assign, audit::AuditAction, timers::GroupDefaults};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait,
     QueryFilter, QuerySelect, sea_query::OnConflict,
@@ -25,15 +25,13 @@ use super::{
     extract::{Json, Path, Query},
     resource::{self, ListParams, Page},
 };
-use crate::chat::audit;
 use crate::{
     auth::CurrentAgent,
-    chat::agents::membership_changed,
+    chat::{agents::membership_changed, audit},
     domain::{Bounded, Description, Name, nullable},
     error::ApiError,
     state::AppState,
 };
-use jobs::audit::AuditAction;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -225,16 +223,10 @@ async fn create(
     let mut row = groups::ActiveModel {
         account_id: Set(caller.account_id()),
         description: Set(None),
-        routing_strategy: Set(RoutingStrategy::LeastLoaded),
         is_default: Set(false),
-        agent_response_timeout_seconds: Set(120),
-        visitor_idle_timeout_seconds: Set(900),
-        first_response_sla_seconds: Set(60),
-        max_reassignments: Set(3),
-        max_queue_wait_seconds: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
-        ..Default::default()
+        ..GroupDefaults::NEW_GROUP.row()
     };
     fields.apply(&mut row);
     let txn = jobs::db::begin_write(&state.db).await?;

@@ -8,6 +8,7 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use entity::{enums::AgentRole, tags};
+use jobs::audit::AuditAction;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -16,14 +17,13 @@ use super::{
     extract::{Json, Path, Query},
     resource::{self, ListParams, Page},
 };
-use crate::chat::audit;
 use crate::{
     auth::CurrentAgent,
+    chat::audit,
     domain::{Color, TagName, nullable},
     error::ApiError,
     state::AppState,
 };
-use jobs::audit::AuditAction;
 
 pub fn router() -> Router<AppState> {
     Router::new()

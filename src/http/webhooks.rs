@@ -13,7 +13,10 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use entity::{deliveries, enums::AgentRole, webhooks};
-use jobs::delivery::{guard::check_url, webhook::KINDS};
+use jobs::{
+    audit::AuditAction,
+    delivery::{guard::check_url, webhook::KINDS},
+};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect,
@@ -25,9 +28,7 @@ use super::{
     extract::{Json, Path, Query},
     resource::{self, ListParams, Page, Scoped},
 };
-use crate::chat::audit;
-use crate::{auth::CurrentAgent, error::ApiError, state::AppState};
-use jobs::audit::AuditAction;
+use crate::{auth::CurrentAgent, chat::audit, error::ApiError, state::AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new()
