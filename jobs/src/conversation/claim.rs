@@ -98,6 +98,54 @@ pub async fn claim_many(
     if picks.is_empty() {
         return Ok(Ok(Vec::new()));
     }
+    let thread_of = open_threads(txn, &picks, now).await?;
+    let taken = take_conversations(txn, &picks, &thread_of, now).await?;
+    let per_agent = slots_per_agent(&picks, now);
+    let Some(agents_now) = take_capacity(txn, &per_agent).await? else {
+        return Ok(Err(ClaimError::AgentUnavailable));
+    };
+    close_waiting_threads(txn, waiting.values().flatten().copied(), now).await?;
+    let assignment_of = record_assignments(txn, &picks, now).await?;
+    // The count each event states is the agent's after that pick: its final count less the
+    // picks that came after.
+    let mut later: HashMap<i64, i32> = per_agent.iter().map(|(a, (k, _))| (*a, *k)).collect();
+    let mut done = Vec::with_capacity(picks.len());
+    let mut notes = Vec::with_capacity(picks.len());
+    for pick in picks {
+        let conversation = taken[&pick.conversation_id].clone();
+        let agent = agents_now[&pick.agent_id].clone();
+        let remaining = later.entry(pick.agent_id).or_default();
+        *remaining -= 1;
+        let content = format!(
+            "Assigned to {}: {}, {} of {} chats",
+            agent.name,
+            pick.why,
+            agent.active_chats - *remaining,
+            agent.max_concurrent_chats
+        );
+        notes.push(event_row(
+            &conversation,
+            thread_of[&pick.conversation_id],
+            content,
+            json!({ "action": "assigned", "agentId": pick.agent_id, "reason": pick.why }),
+            &format!("assigned:{}", assignment_of[&pick.conversation_id]),
+        ));
+        done.push(Assigned {
+            conversation,
+            agent,
+            why: pick.why.clone(),
+        });
+    }
+    write_events_once(txn, notes).await?;
+    Ok(Ok(done))
+}
+
+/// Opens each pick's thread with its agent; returns conversation → new thread.
+async fn open_threads(
+    txn: &impl ConnectionTrait,
+    picks: &[&Pick],
+    now: DateTime<Utc>,
+) -> Result<HashMap<i64, i64>, DbErr> {
     let opened = threads::Entity::insert_many(picks.iter().map(|pick| threads::ActiveModel {
         account_id: Set(pick.account_id),
         conversation_id: Set(pick.conversation_id),
@@ -108,7 +156,17 @@ pub async fn claim_many(
     }))
     .exec_with_returning(txn)
     .await?;
-    let thread_of: HashMap<i64, i64> = opened.iter().map(|t| (t.conversation_id, t.id)).collect();
+    Ok(opened.iter().map(|t| (t.conversation_id, t.id)).collect())
+}
+
+/// Makes the picked (waiting, locked) conversations active with their agents and new threads;
+/// returns them as they are now.
+async fn take_conversations(
+    txn: &impl ConnectionTrait,
+    picks: &[&Pick],
+    thread_of: &HashMap<i64, i64>,
+    now: DateTime<Utc>,
+) -> Result<HashMap<i64, conversations::Model>, DbErr> {
     let taken = conversations::Entity::update_many()
         .col_expr(
             conversations::Column::Status,
@@ -149,15 +207,27 @@ pub async fn claim_many(
             "a locked waiting conversation changed during its claim".to_owned(),
         ));
     }
-    let taken: HashMap<i64, conversations::Model> = taken.into_iter().map(|c| (c.id, c)).collect();
-    // Each agent's slots taken and the time of its last pick: picks are a microsecond apart, so
-    // round-robin rotation in this batch is what the rows say afterwards.
+    Ok(taken.into_iter().map(|c| (c.id, c)).collect())
+}
+
+/// Each agent's slots taken by `picks` and the time of its last pick: picks are a microsecond
+/// apart, so round-robin rotation in this batch is what the rows say afterwards.
+fn slots_per_agent(picks: &[&Pick], now: DateTime<Utc>) -> BTreeMap<i64, (i32, DateTime<Utc>)> {
     let mut per_agent: BTreeMap<i64, (i32, DateTime<Utc>)> = BTreeMap::new();
     for (n, pick) in picks.iter().enumerate() {
         let at = now + chrono::Duration::microseconds(n as i64);
         let entry = per_agent.entry(pick.agent_id).or_insert((0, at));
         *entry = (entry.0 + 1, at);
     }
+    per_agent
+}
+
+/// Takes the agents' slots, on the condition that each is online, accepting, not deleted and has
+/// room for all its picks; returns the agents as they are now, `None` when one could not take them.
+async fn take_capacity(
+    txn: &impl ConnectionTrait,
+    per_agent: &BTreeMap<i64, (i32, DateTime<Utc>)>,
+) -> Result<Option<HashMap<i64, agents::Model>>, DbErr> {
     let added = || {
         by_id(
             agents::Column::Id,
@@ -188,11 +258,17 @@ pub async fn claim_many(
         .exec_with_returning(txn)
         .await?;
     if agents_now.len() != per_agent.len() {
-        return Ok(Err(ClaimError::AgentUnavailable));
+        return Ok(None);
     }
-    let agents_now: HashMap<i64, agents::Model> =
-        agents_now.into_iter().map(|a| (a.id, a)).collect();
-    // The threads the conversations waited in close; the new ones stay.
+    Ok(Some(agents_now.into_iter().map(|a| (a.id, a)).collect()))
+}
+
+/// Closes the threads the conversations waited in (`agent_assigned`); the new ones stay.
+async fn close_waiting_threads(
+    txn: &impl ConnectionTrait,
+    waited_in: impl IntoIterator<Item = i64>,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
     threads::Entity::update_many()
         .col_expr(threads::Column::Status, Expr::value(ThreadStatus::Closed))
         .col_expr(
@@ -204,10 +280,19 @@ pub async fn claim_many(
             Expr::value(Some("agent_assigned".to_owned())),
         )
         .col_expr(threads::Column::ClosedAt, Expr::value(Some(now)))
-        .filter(threads::Column::Id.is_in(waiting.values().flatten().copied()))
+        .filter(threads::Column::Id.is_in(waited_in))
         .filter(threads::Column::Status.eq(ThreadStatus::Active))
         .exec(txn)
         .await?;
+    Ok(())
+}
+
+/// Writes each pick's assignment row; returns conversation → assignment.
+async fn record_assignments(
+    txn: &impl ConnectionTrait,
+    picks: &[&Pick],
+    now: DateTime<Utc>,
+) -> Result<HashMap<i64, i64>, DbErr> {
     let assignments =
         assignments::Entity::insert_many(picks.iter().map(|pick| assignments::ActiveModel {
             account_id: Set(pick.account_id),
@@ -219,40 +304,8 @@ pub async fn claim_many(
         }))
         .exec_with_returning(txn)
         .await?;
-    let assignment_of: HashMap<i64, i64> = assignments
+    Ok(assignments
         .iter()
         .map(|a| (a.conversation_id, a.id))
-        .collect();
-    // The count each event states is the agent's after that pick: its final count less the
-    // picks that came after.
-    let mut later: HashMap<i64, i32> = per_agent.iter().map(|(a, (k, _))| (*a, *k)).collect();
-    let mut done = Vec::with_capacity(picks.len());
-    let mut notes = Vec::with_capacity(picks.len());
-    for pick in picks {
-        let conversation = taken[&pick.conversation_id].clone();
-        let agent = agents_now[&pick.agent_id].clone();
-        let remaining = later.entry(pick.agent_id).or_default();
-        *remaining -= 1;
-        let content = format!(
-            "Assigned to {}: {}, {} of {} chats",
-            agent.name,
-            pick.why,
-            agent.active_chats - *remaining,
-            agent.max_concurrent_chats
-        );
-        notes.push(event_row(
-            &conversation,
-            thread_of[&pick.conversation_id],
-            content,
-            json!({ "action": "assigned", "agentId": pick.agent_id, "reason": pick.why }),
-            &format!("assigned:{}", assignment_of[&pick.conversation_id]),
-        ));
-        done.push(Assigned {
-            conversation,
-            agent,
-            why: pick.why.clone(),
-        });
-    }
-    write_events_once(txn, notes).await?;
-    Ok(Ok(done))
+        .collect())
 }

@@ -114,6 +114,46 @@ async fn close_acting(
         .iter()
         .filter(|c| first.insert(c.conversation_id))
         .collect();
+    let closed = end_conversations(txn, &firsts, now).await?;
+    if closed.is_empty() {
+        return Ok(vec![None; closing.len()]);
+    }
+    let todo: Vec<(&Closing, &conversations::Model)> = firsts
+        .iter()
+        .filter_map(|c| Some((*c, closed.get(&c.conversation_id)?)))
+        .collect();
+    // Capacity comes back for the conversations that were active: only those have a holder.
+    let released: HashMap<i64, i64> = todo
+        .iter()
+        .filter_map(|(c, b)| Some((c.conversation_id, b.assigned_agent_id?)))
+        .collect();
+    release_agents(txn, &released, ReleaseReason::Closed, now).await?;
+    write_events_once(txn, closed_events(&todo)).await?;
+    close_threads(txn, &todo, now).await?;
+    let mut outputs = Vec::with_capacity(closing.len());
+    let mut given = HashSet::new();
+    for c in closing {
+        let output = closed
+            .get(&c.conversation_id)
+            .filter(|_| given.insert(c.conversation_id))
+            .map(|conversation| Closed {
+                conversation: conversation.clone(),
+                released_agent: released.get(&c.conversation_id).copied(),
+                freed_groups: Vec::new(),
+            });
+        outputs.push(output);
+    }
+    Ok(outputs)
+}
+
+/// Resolves (an agent's closes) or closes (the visitor's and the system's) the conversations of
+/// `firsts` that are still pending or active: one conditional update per kind. Returns those it
+/// ended, as they are now.
+async fn end_conversations(
+    txn: &impl ConnectionTrait,
+    firsts: &[&Closing],
+    now: DateTime<Utc>,
+) -> Result<HashMap<i64, conversations::Model>, DbErr> {
     // An agent resolves; the visitor or the system closes: one update per kind.
     let mut closed: HashMap<i64, conversations::Model> = HashMap::new();
     for resolve in [true, false] {
@@ -146,21 +186,12 @@ async fn close_acting(
             .await?;
         closed.extend(rows.into_iter().map(|c| (c.id, c)));
     }
-    if closed.is_empty() {
-        return Ok(vec![None; closing.len()]);
-    }
-    let todo: Vec<(&Closing, &conversations::Model)> = firsts
-        .iter()
-        .filter_map(|c| Some((*c, closed.get(&c.conversation_id)?)))
-        .collect();
-    // Capacity comes back for the conversations that were active: only those have a holder.
-    let released: HashMap<i64, i64> = todo
-        .iter()
-        .filter_map(|(c, b)| Some((c.conversation_id, b.assigned_agent_id?)))
-        .collect();
-    release_agents(txn, &released, ReleaseReason::Closed, now).await?;
-    let notes: Vec<events::ActiveModel> = todo
-        .iter()
+    Ok(closed)
+}
+
+/// The "closed" system event of each ended conversation, on its active thread.
+fn closed_events(todo: &[(&Closing, &conversations::Model)]) -> Vec<events::ActiveModel> {
+    todo.iter()
         .filter_map(|(c, b)| {
             let thread = b.active_thread_id?;
             let by = match c.closed_by {
@@ -176,9 +207,16 @@ async fn close_acting(
                 &format!("closed:{thread}"),
             ))
         })
-        .collect();
-    write_events_once(txn, notes).await?;
-    // Each conversation's active thread closes, reached by its id (a close keeps the thread).
+        .collect()
+}
+
+/// Closes each ended conversation's active thread, reached by its id (a close keeps the thread),
+/// with who closed it and why.
+async fn close_threads(
+    txn: &impl ConnectionTrait,
+    todo: &[(&Closing, &conversations::Model)],
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
     let ending: Vec<(&Closing, i64)> = todo
         .iter()
         .filter_map(|(c, b)| Some((*c, b.active_thread_id?)))
@@ -208,20 +246,7 @@ async fn close_acting(
         .filter(threads::Column::Status.eq(ThreadStatus::Active))
         .exec(txn)
         .await?;
-    let mut outputs = Vec::with_capacity(closing.len());
-    let mut given = HashSet::new();
-    for c in closing {
-        let output = closed
-            .get(&c.conversation_id)
-            .filter(|_| given.insert(c.conversation_id))
-            .map(|conversation| Closed {
-                conversation: conversation.clone(),
-                released_agent: released.get(&c.conversation_id).copied(),
-                freed_groups: Vec::new(),
-            });
-        outputs.push(output);
-    }
-    Ok(outputs)
+    Ok(())
 }
 
 /// Fills in [`Closed::freed_groups`] (one query for the lot), once the close has committed: the
