@@ -267,56 +267,16 @@ impl FanOut {
         for supervisor in supervisors {
             let (mut start, mut end) = digest_window(Utc::now(), every);
             for _ in 0..2 {
-                let key = format!(
-                    "sla-digest-{account_id}-{}-{}",
-                    supervisor.id,
-                    start.timestamp()
-                );
-                let row = new_row(
-                    *account_id,
-                    Channel::Email,
-                    email::SLA_DIGEST,
-                    &format!("sla-digest:{account_id}"),
-                    json!({ "windowStart": start, "windowEnd": end, "breaches": [], "more": 0 }),
-                    attempts,
-                )
-                .to(supervisor.email.clone())
-                .keyed(key.clone())
-                .due(end);
-                match deliveries::Entity::insert(row.model)
-                    .on_conflict(
-                        OnConflict::column(deliveries::Column::DeliveryKey)
-                            .do_nothing()
-                            .to_owned(),
-                    )
-                    .exec(db)
-                    .await
-                {
-                    Ok(done) => created.push((Channel::Email, done.last_insert_id, Some(end))),
-                    Err(DbErr::RecordNotInserted) => {}
-                    Err(err) => return Err(err.into()),
+                let (key, opened) =
+                    open_digest(db, *account_id, &supervisor, (start, end), attempts).await?;
+                if let Some(id) = opened {
+                    created.push((Channel::Email, id, Some(end)));
                 }
-                let mut read =
-                    deliveries::Entity::find().filter(deliveries::Column::DeliveryKey.eq(&key));
-                if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
-                    read = read.lock(sea_orm::sea_query::LockType::Update);
+                match add_to_digest(db, &key, &breach).await? {
+                    Digest::Added | Digest::Gone => break,
+                    // This window's mail is on its way: the breach goes in the next one's.
+                    Digest::Sending => (start, end) = (end, end + (end - start)),
                 }
-                let Some(digest) = read.one(db).await? else {
-                    break;
-                };
-                if digest.status == DeliveryStatus::Pending.as_str() && digest.attempts == 0 {
-                    let mut payload = digest.payload;
-                    add_breach(&mut payload, breach.clone());
-                    deliveries::Entity::update_many()
-                        .col_expr(deliveries::Column::Payload, Expr::value(payload))
-                        .col_expr(deliveries::Column::UpdatedAt, Expr::value(Utc::now()))
-                        .filter(deliveries::Column::Id.eq(digest.id))
-                        .exec(db)
-                        .await?;
-                    break;
-                }
-                // This window's mail is on its way: the breach goes in the next one's.
-                (start, end) = (end, end + (end - start));
             }
         }
         Ok(created)
@@ -456,6 +416,84 @@ async fn agent_wrote(db: &impl ConnectionTrait, conversation_id: i64) -> Result<
         .one(db)
         .await?;
     Ok(message.is_some())
+}
+
+/// What became of a breach offered to one digest row.
+enum Digest {
+    /// It is in the row, which is sent at its window's end.
+    Added,
+    /// The row is gone (pruned): nothing to add to.
+    Gone,
+    /// An attempt has begun: the row no longer changes.
+    Sending,
+}
+
+/// Creates `supervisor`'s digest row of the window `(start, end)` unless it exists. Returns its
+/// key, and its id when this call created it (to submit, due at `end`).
+async fn open_digest(
+    db: &impl ConnectionTrait,
+    account_id: i64,
+    supervisor: &agents::Model,
+    (start, end): (chrono::DateTime<Utc>, chrono::DateTime<Utc>),
+    attempts: u32,
+) -> Result<(String, Option<i64>), JobError> {
+    let key = format!(
+        "sla-digest-{account_id}-{}-{}",
+        supervisor.id,
+        start.timestamp()
+    );
+    let row = new_row(
+        account_id,
+        Channel::Email,
+        email::SLA_DIGEST,
+        &format!("sla-digest:{account_id}"),
+        json!({ "windowStart": start, "windowEnd": end, "breaches": [], "more": 0 }),
+        attempts,
+    )
+    .to(supervisor.email.clone())
+    .keyed(key.clone())
+    .due(end);
+    let opened = match deliveries::Entity::insert(row.model)
+        .on_conflict(
+            OnConflict::column(deliveries::Column::DeliveryKey)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec(db)
+        .await
+    {
+        Ok(done) => Some(done.last_insert_id),
+        Err(DbErr::RecordNotInserted) => None,
+        Err(err) => return Err(err.into()),
+    };
+    Ok((key, opened))
+}
+
+/// Adds `breach` to the digest row `key`, read locked (PostgreSQL), while no attempt has begun.
+async fn add_to_digest(
+    db: &impl ConnectionTrait,
+    key: &str,
+    breach: &serde_json::Value,
+) -> Result<Digest, DbErr> {
+    let mut read = deliveries::Entity::find().filter(deliveries::Column::DeliveryKey.eq(key));
+    if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        read = read.lock(sea_orm::sea_query::LockType::Update);
+    }
+    let Some(digest) = read.one(db).await? else {
+        return Ok(Digest::Gone);
+    };
+    if digest.status != DeliveryStatus::Pending.as_str() || digest.attempts != 0 {
+        return Ok(Digest::Sending);
+    }
+    let mut payload = digest.payload;
+    add_breach(&mut payload, breach.clone());
+    deliveries::Entity::update_many()
+        .col_expr(deliveries::Column::Payload, Expr::value(payload))
+        .col_expr(deliveries::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(deliveries::Column::Id.eq(digest.id))
+        .exec(db)
+        .await?;
+    Ok(Digest::Added)
 }
 
 /// Adds `breach` to a digest's payload: listed while fewer than [`email::DIGEST_LISTED`] are,
