@@ -12,7 +12,7 @@
 
 /// When a conversation last heard from each side: written in batches.
 pub mod activity;
-/// Presence: an agent whose last socket dropped goes offline after the grace, its chats back in line.
+/// Presence: an agent whose last socket dropped goes offline after the grace; its chats go back.
 pub mod agent_presence;
 /// The assigner: a group's line served to its free agents.
 pub mod assign_agent;

@@ -4,8 +4,9 @@
 //! A change stages its outcomes with [`Outbox::stage`] before it commits: each outcome that a
 //! webhook subscription or e-mail may want gets an `outbox` row (one insert for the lot). Once
 //! committed, [`Staged::tell`] hands them to the notifier, whose fan-out records the deliveries
-//! and deletes the row in one transaction (see [`crate::delivery::fanout`]). Should the process die first,
-//! or its fan-out backlog be full, the sweep fans out what is left after [`LEFT_BEHIND`].
+//! and deletes the row in one transaction (see [`crate::delivery::fanout`]). Should the process
+//! die first, or its fan-out backlog be full, the sweep fans out what is left after
+//! [`LEFT_BEHIND`].
 //!
 //! Whether an outcome may be wanted is read from a short-lived cache of the account's webhook
 //! subscriptions ([`CACHE_TTL`]): an account without webhooks and with e-mail off costs a map

@@ -1,6 +1,6 @@
 //! The notification channels besides Socket.IO, as a process configures them: webhooks (always
 //! on) and e-mail (on when an SMTP server is configured). One value per process, shared by the
-//! fan-out ([`super::fanout`]) and the delivery jobs ([`super::webhook`], [`super::email`]).
+//! fan-out and the delivery jobs (the `fanout`, `webhook` and `email` modules beside this one).
 
 use std::{sync::Arc, time::Duration};
 

@@ -1,5 +1,5 @@
 //! E-mail: the job that sends one delivery row over SMTP (lettre), and what each kind of mail
-//! says. Kinds (chosen by [`super::fanout`]):
+//! says. Kinds (chosen by the fan-out):
 //! - `email.assigned`: a new conversation went to an agent who is not connected;
 //! - `email.transcript`: the visitor's copy of a closed conversation (when its e-mail is known
 //!   and an agent wrote in it: the address is not verified);

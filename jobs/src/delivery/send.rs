@@ -51,7 +51,7 @@ impl From<Channel> for sea_orm::Value {
     }
 }
 
-/// Calls a webhook for one delivery row (its `Job` impl: [`super::webhook`]).
+/// Calls a webhook for one delivery row (its `Job` impl is in the `webhook` module).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliverWebhook {
@@ -59,7 +59,7 @@ pub struct DeliverWebhook {
     pub delivery_id: i64,
 }
 
-/// Sends one e-mail delivery row (its `Job` impl: [`super::email`]).
+/// Sends one e-mail delivery row (its `Job` impl is in the `email` module).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SendEmail {

@@ -1,4 +1,5 @@
-//! What the apalis board reads: one backend per job queue, for every queue of [`crate::runtime::queues`].
+//! What the apalis board reads: one backend per job queue, for every queue of
+//! [`crate::runtime::queues`].
 //!
 //! The board (apalis-board, served by the root crate on the operator listener) asks a backend for
 //! queues, statistics, tasks and workers through apalis-core's `Metrics`, `ListQueues`,
