@@ -19,7 +19,7 @@ use entity::{outbox, webhooks};
 use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 
 use crate::{
-    delivery::webhook::{kind_bit, kind_of, scope_of},
+    delivery::webhook::wire::{kind_bit, kind_of, scope_of},
     notify::{Notifier, Outcome},
 };
 

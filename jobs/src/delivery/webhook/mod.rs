@@ -7,7 +7,7 @@
 //! targets are allowed, every address the name resolves to checked at connect time (see
 //! [`super::guard`]).
 
-mod wire;
+pub mod wire;
 
 use std::{net::IpAddr, time::Duration};
 
