@@ -4,9 +4,10 @@ use anyhow::{Context, bail};
 use chrono::Utc;
 use entity::{
     accounts, agent_groups, agents,
-    enums::{AgentRole, AgentStatus, RoutingStrategy},
+    enums::{AgentRole, AgentStatus},
     groups,
 };
+use jobs::timers::GroupDefaults;
 use rand::distr::{Alphanumeric, SampleString};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, DatabaseConnection, EntityTrait};
 
@@ -83,16 +84,10 @@ pub async fn create_account(
         account_id: Set(account.id),
         name: Set("General".into()),
         description: Set(Some("Every conversation that names no group".into())),
-        routing_strategy: Set(RoutingStrategy::LeastLoaded),
         is_default: Set(true),
-        agent_response_timeout_seconds: Set(120),
-        visitor_idle_timeout_seconds: Set(900),
-        first_response_sla_seconds: Set(60),
-        max_reassignments: Set(3),
-        max_queue_wait_seconds: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
-        ..Default::default()
+        ..GroupDefaults::NEW_GROUP.row()
     }
     .insert(&txn)
     .await?;

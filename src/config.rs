@@ -148,7 +148,7 @@ pub struct Settings {
     pub database_max_connections: u32,
 
     /// Tasks of one job queue run at once in a worker process. Most lifecycle jobs spend their
-    /// time waiting for a shared batch (see `jobs::batch`), so many may wait at once: the more
+    /// time waiting for a shared batch (see `jobs::runtime::batch`), so many may wait at once: the more
     /// wait, the larger the batches under load.
     #[arg(
         long,
@@ -481,10 +481,10 @@ impl Default for NotifySettings {
 
 impl Settings {
     /// What the webhook and e-mail channels are built from.
-    pub fn channel_settings(&self) -> jobs::channels::ChannelSettings {
-        use jobs::channels::Retries;
+    pub fn channel_settings(&self) -> jobs::delivery::channels::ChannelSettings {
+        use jobs::delivery::channels::Retries;
         let notify = &self.notify;
-        jobs::channels::ChannelSettings {
+        jobs::delivery::channels::ChannelSettings {
             webhook_allow_private: self.webhook_allow_private,
             webhook_retries: Retries {
                 attempts: notify.webhook_attempts.max(1),

@@ -93,12 +93,12 @@ impl Application {
             Realtime::emit_only(redis_url, &settings.redis_prefix).await
         }
         .context("setting up Socket.IO")?;
-        let channels = jobs::channels::Channels::new(&settings.channel_settings())
+        let channels = jobs::delivery::channels::Channels::new(&settings.channel_settings())
             .context("setting up webhooks and e-mail")?;
         let rooms = RoomNotifier::start(realtime.push.clone(), db.clone());
         let outbox = jobs::outbox::Outbox::new(channels.email_on());
-        let batches = jobs::batch::Batches::start(&db, &jobs, &outbox);
-        let notifier = jobs::fanout::Notifications::start(
+        let batches = jobs::runtime::batch::Batches::start(&db, &jobs, &outbox);
+        let notifier = jobs::delivery::fanout::Notifications::start(
             rooms.clone(),
             jobs::JobContext {
                 db: db.clone(),

@@ -27,9 +27,9 @@ pub struct AppState {
     /// Conversation activity timestamps, written in batches.
     pub activity: jobs::activity::Activity,
     /// Webhook and e-mail channels of this process.
-    pub channels: jobs::channels::Channels,
+    pub channels: jobs::delivery::channels::Channels,
     /// Group commit of the lifecycle's hot paths (shared with this process's jobs).
-    pub batches: jobs::batch::Batches,
+    pub batches: jobs::runtime::batch::Batches,
     /// Visitors' message budgets, shared by REST and sockets.
     pub visitor_messages: VisitorMessages,
     /// Counts this node's open sockets (the realtime layer's; none on a worker).

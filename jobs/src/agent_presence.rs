@@ -20,8 +20,8 @@ use sea_orm::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Job, JobContext, JobError, RetryBudget, StoreError, notify::Outcome,
-    reassign_conversation::ReassignConversation,
+    Job, JobContext, JobError, RetryBudget, StoreError, conversation::ReleaseReason,
+    notify::Outcome, reassign_conversation::ReassignConversation,
 };
 
 /// The grace period of an agent's drop is over: act on it unless it reconnected.
@@ -87,7 +87,7 @@ impl Job for AgentDisconnected {
         if now.status != AgentStatus::Offline {
             return Ok("the agent set its status again".into());
         }
-        let released = release_all(ctx, agent.id, "agent_offline")
+        let released = release_all(ctx, agent.id, ReleaseReason::AgentOffline)
             .await
             .map_err(|err| JobError::Transient(err.to_string()))?;
         Ok(format!(
@@ -242,7 +242,7 @@ pub enum ReleaseError {
 pub async fn release_all(
     ctx: &JobContext,
     agent_id: i64,
-    reason: &str,
+    reason: ReleaseReason,
 ) -> Result<usize, ReleaseError> {
     let held = held_by(&ctx.db, agent_id).await?;
     for &conversation_id in &held {
@@ -250,7 +250,7 @@ pub async fn release_all(
             .submit(ReassignConversation {
                 conversation_id,
                 from_agent_id: agent_id,
-                reason: reason.to_owned(),
+                reason,
                 to_group_id: None,
                 detail: None,
                 intent: None,

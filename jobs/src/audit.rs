@@ -12,6 +12,93 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Job, JobContext, JobError, RetryBudget};
 
+/// What happened, `noun.verb`. The string ([`AuditAction::as_str`]) is what `audit_log.action`
+/// stores and what admins filter the trail by: it never changes. Its noun is the subject's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuditAction {
+    /// `account.created` (by an operator)
+    AccountCreated,
+    /// `agent.created`
+    AgentCreated,
+    /// `agent.updated`
+    AgentUpdated,
+    /// `agent.deleted`
+    AgentDeleted,
+    /// `agent.restored`
+    AgentRestored,
+    /// `agent.counter_repaired`
+    AgentCounterRepaired,
+    /// `group.created`
+    GroupCreated,
+    /// `group.updated`
+    GroupUpdated,
+    /// `group.deleted`
+    GroupDeleted,
+    /// `group.restored`
+    GroupRestored,
+    /// `group.member_added`
+    GroupMemberAdded,
+    /// `group.member_removed`
+    GroupMemberRemoved,
+    /// `tag.created`
+    TagCreated,
+    /// `tag.updated`
+    TagUpdated,
+    /// `tag.deleted`
+    TagDeleted,
+    /// `tag.restored`
+    TagRestored,
+    /// `webhook.created`
+    WebhookCreated,
+    /// `webhook.updated`
+    WebhookUpdated,
+    /// `webhook.deleted`
+    WebhookDeleted,
+    /// `webhook.restored`
+    WebhookRestored,
+}
+
+impl AuditAction {
+    /// The stored form, `noun.verb`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::AccountCreated => "account.created",
+            AuditAction::AgentCreated => "agent.created",
+            AuditAction::AgentUpdated => "agent.updated",
+            AuditAction::AgentDeleted => "agent.deleted",
+            AuditAction::AgentRestored => "agent.restored",
+            AuditAction::AgentCounterRepaired => "agent.counter_repaired",
+            AuditAction::GroupCreated => "group.created",
+            AuditAction::GroupUpdated => "group.updated",
+            AuditAction::GroupDeleted => "group.deleted",
+            AuditAction::GroupRestored => "group.restored",
+            AuditAction::GroupMemberAdded => "group.member_added",
+            AuditAction::GroupMemberRemoved => "group.member_removed",
+            AuditAction::TagCreated => "tag.created",
+            AuditAction::TagUpdated => "tag.updated",
+            AuditAction::TagDeleted => "tag.deleted",
+            AuditAction::TagRestored => "tag.restored",
+            AuditAction::WebhookCreated => "webhook.created",
+            AuditAction::WebhookUpdated => "webhook.updated",
+            AuditAction::WebhookDeleted => "webhook.deleted",
+            AuditAction::WebhookRestored => "webhook.restored",
+        }
+    }
+
+    /// The kind of row the action changes (`account`, `agent`, `group`, `tag`, `webhook`): its
+    /// noun.
+    pub fn subject(self) -> &'static str {
+        let action = self.as_str();
+        action.split_once('.').map_or(action, |(noun, _)| noun)
+    }
+}
+
+impl std::fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One administrative change to record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -35,6 +122,24 @@ pub struct RecordAudit {
 }
 
 impl RecordAudit {
+    /// A record of `action` on its subject `subject_id`, with a fresh idempotency key.
+    pub fn of(
+        account_id: i64,
+        actor_agent_id: Option<i64>,
+        action: AuditAction,
+        subject_id: Option<i64>,
+        details: serde_json::Value,
+    ) -> Self {
+        Self::new(
+            account_id,
+            actor_agent_id,
+            action.as_str(),
+            action.subject(),
+            subject_id,
+            details,
+        )
+    }
+
     /// A record for `action` on `subject_type` `subject_id`, with a fresh idempotency key.
     pub fn new(
         account_id: i64,

@@ -11,7 +11,7 @@ use crate::{
     JobContext,
     assign_agent::{announce, assigned_outcomes},
     close_conversation::serve_groups_of,
-    conversation::{ClaimError, Pick, claim, lock_agents, requeue},
+    conversation::{ClaimError, Pick, ReleaseReason, claim, lock_agents, requeue},
     db::begin_write,
     notify::Outcome,
 };
@@ -55,9 +55,16 @@ pub async fn claim_now(
     )
     .await?;
     if let Some(holder) = ask.release_from
-        && requeue(&txn, conversation.id, holder, TRANSFERRED, None, None)
-            .await?
-            .is_none()
+        && requeue(
+            &txn,
+            conversation.id,
+            holder,
+            ReleaseReason::Transferred,
+            None,
+            None,
+        )
+        .await?
+        .is_none()
     {
         return Ok(Err(Refused::ChangedHands));
     }
@@ -74,7 +81,7 @@ pub async fn claim_now(
     };
     let released = ask
         .release_from
-        .map(|holder| Outcome::unassigned(conversation, holder, TRANSFERRED));
+        .map(|holder| Outcome::unassigned(conversation, holder, ReleaseReason::Transferred));
     let told = released.into_iter().chain(assigned_outcomes(&done));
     let staged = ctx.outbox.stage(&txn, told).await?;
     txn.commit().await?;
@@ -86,6 +93,3 @@ pub async fn claim_now(
     }
     Ok(Ok(done.conversation))
 }
-
-/// The release reason of a transfer.
-const TRANSFERRED: &str = "transferred";

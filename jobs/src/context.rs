@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use sea_orm::DatabaseConnection;
 
-use crate::{JobStore, batch::Batches, channels::Channels, notify::Notifier};
+use crate::{JobStore, delivery::channels::Channels, notify::Notifier, runtime::batch::Batches};
 
 /// Handles a job needs: the database (source of truth), the job store (to submit follow-ups) and
 /// the notifier (to tell clients what happened).

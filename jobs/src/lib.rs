@@ -10,42 +10,58 @@
 //! - The error decides retry versus abort: [`JobError::Transient`] is retried within the job's
 //!   [`RetryBudget`], [`JobError::Permanent`] ends the task at once.
 
+/// When a conversation last heard from each side: written in batches.
 pub mod activity;
+/// Presence: an agent whose last socket dropped goes offline after the grace; its chats go back.
 pub mod agent_presence;
+/// The assigner: a group's line served to its free agents.
 pub mod assign_agent;
+/// The audit trail of administrative changes, one job per row.
 pub mod audit;
-pub mod backlog;
-pub mod batch;
-pub mod board;
+/// Short-lived caches of hot reads.
 pub mod cache;
-pub mod channels;
+/// Claims a person waits for: a pick-up, a supervisor's assign, a transfer to an agent.
 pub mod claim_now;
+/// The close job, and the one close path it shares with the close batch and the timers.
 pub mod close_conversation;
+/// The one value every job receives.
 mod context;
+/// Every state change of a conversation, one module per seam.
 pub mod conversation;
+/// Database helpers shared by jobs and the HTTP layer.
 pub mod db;
-pub mod deliveries;
-pub mod email;
+/// Webhooks and e-mail: fan-out, `deliveries` rows, the channels and the jobs that send.
+pub mod delivery;
+/// The enqueue job: a conversation takes its place in line.
 pub mod enqueue_conversation;
-pub mod fanout;
+/// Intents: what an acknowledged request leaves in the database until its job has acted.
 pub mod intent;
+/// What every job is: args, a queue, a retry budget and an idempotent `run`.
 mod job;
+/// Where chat messages are written, and what a new one tells.
 pub mod messages;
+/// Outcomes, and the `Notifier` seam they leave through.
 pub mod notify;
+/// The outbox: outcomes a webhook or e-mail may want, staged in the transaction of the change.
 pub mod outbox;
-mod poll;
-pub mod queues;
+/// The reassign job: a conversation leaves its agent and goes back to its place in line.
 pub mod reassign_conversation;
+/// The reconciler: re-derives from the rows what a lost job would have done.
 pub mod reconcile;
+/// Routing strategies: pure functions over a group's eligible agents.
 pub mod routing;
-mod scheduler;
+/// The job machinery: storage, workers, scheduler, batches, the list of job types, the board.
+pub mod runtime;
+/// A visitor starts a chat: the rows of many sessions written at once.
 pub mod session;
-mod store;
+/// The timers: the sweep, and the job that acts on an expiry.
 pub mod timers;
-pub mod webhook;
-mod workers;
+
+// Paths the test suite names (`jobs::queues`, `jobs::deliveries`, ...), kept where they were.
+pub use delivery::{channels, deliveries, email, fanout, webhook};
+pub use runtime::{backlog, batch, board, queues};
 
 pub use context::JobContext;
 pub use job::{Job, JobError, RetryBudget};
-pub use store::{JobStore, StoreError};
-pub use workers::{WorkerOptions, Workers, workers};
+pub use runtime::store::{JobStore, StoreError};
+pub use runtime::workers::{WorkerOptions, Workers, workers};

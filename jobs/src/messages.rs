@@ -16,10 +16,10 @@ use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr};
 use serde::Serialize;
 
 use crate::{
-    batch::Batcher,
     conversation::{MessageError, Posted, post_message},
     notify::Outcome,
     outbox::{Outbox, Staged},
+    runtime::batch::Batcher,
 };
 
 /// One event of a conversation (a message or a system note).

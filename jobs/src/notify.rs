@@ -11,6 +11,8 @@ use std::fmt;
 use entity::enums::{AgentStatus, ClosedBy};
 use serde::{Deserialize, Serialize};
 
+use crate::conversation::ReleaseReason;
+
 /// Something a client may want to hear about.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(
@@ -45,7 +47,7 @@ pub enum Outcome {
         conversation_id: i64,
         group_id: i64,
         agent_id: i64,
-        reason: String,
+        reason: ReleaseReason,
     },
     /// A conversation was resolved or closed.
     ConversationClosed {
@@ -155,14 +157,14 @@ impl Outcome {
     pub fn unassigned(
         conversation: &entity::conversations::Model,
         agent_id: i64,
-        reason: &str,
+        reason: ReleaseReason,
     ) -> Self {
         Self::ConversationUnassigned {
             account_id: conversation.account_id,
             conversation_id: conversation.id,
             group_id: conversation.group_id,
             agent_id,
-            reason: reason.to_owned(),
+            reason,
         }
     }
 

@@ -4,8 +4,9 @@
 //! A change stages its outcomes with [`Outbox::stage`] before it commits: each outcome that a
 //! webhook subscription or e-mail may want gets an `outbox` row (one insert for the lot). Once
 //! committed, [`Staged::tell`] hands them to the notifier, whose fan-out records the deliveries
-//! and deletes the row in one transaction (see [`crate::fanout`]). Should the process die first,
-//! or its fan-out backlog be full, the sweep fans out what is left after [`LEFT_BEHIND`].
+//! and deletes the row in one transaction (see [`crate::delivery::fanout`]). Should the process
+//! die first, or its fan-out backlog be full, the sweep fans out what is left after
+//! [`LEFT_BEHIND`].
 //!
 //! Whether an outcome may be wanted is read from a short-lived cache of the account's webhook
 //! subscriptions ([`CACHE_TTL`]): an account without webhooks and with e-mail off costs a map
@@ -18,8 +19,8 @@ use entity::{outbox, webhooks};
 use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 
 use crate::{
+    delivery::webhook::wire::{kind_bit, kind_of, scope_of},
     notify::{Notifier, Outcome},
-    webhook::{kind_bit, kind_of, scope_of},
 };
 
 /// How long an account's subscriptions are trusted without reading them again (other nodes'
@@ -222,7 +223,7 @@ fn next_key() -> String {
     next.unwrap_or_else(|_| ulid::Ulid::new()).to_string()
 }
 
-/// Outcomes that may send an e-mail (see [`crate::fanout`]).
+/// Outcomes that may send an e-mail (see [`crate::delivery::fanout`]).
 fn emails_may_follow(outcome: &Outcome) -> bool {
     matches!(
         outcome,

@@ -13,7 +13,7 @@ use crate::{
     Job, JobContext, JobError, RetryBudget,
     assign_agent::request_assign,
     close_conversation::serve_groups_of,
-    conversation::{Requeued, queue_position, requeue},
+    conversation::{ReleaseReason, Requeued, lock_agents, queue_position, requeue},
     db::begin_write,
     notify::Outcome,
     outbox::Staged,
@@ -27,8 +27,8 @@ pub struct ReassignConversation {
     pub conversation_id: i64,
     /// The agent it must be taken from.
     pub from_agent_id: i64,
-    /// `transferred`, `agent_offline` or `no_response`.
-    pub reason: String,
+    /// Why: `transferred`, `agent_offline` or `no_response` in the stored args.
+    pub reason: ReleaseReason,
     /// Move it to this group (a transfer to a department); `None` keeps its group.
     pub to_group_id: Option<i64>,
     /// What the "reassigned" system event says instead of the reason's usual words.
@@ -66,11 +66,15 @@ impl Job for ReassignConversation {
             crate::intent::resync_after_done(ctx, self.conversation_id, agent).await?;
             return Ok("already done (its intent is gone)".into());
         }
+        // The agent's row before the conversation's, the order a close and a claim take them
+        // (`docs/architecture.md`, "Locking"): taken the other way round, a close of the same chat
+        // at the same moment could deadlock with this requeue on PostgreSQL.
+        lock_agents(&txn, vec![self.from_agent_id]).await?;
         let requeued = requeue(
             &txn,
             self.conversation_id,
             self.from_agent_id,
-            &self.reason,
+            self.reason,
             self.to_group_id,
             self.detail.as_deref(),
         )
@@ -79,7 +83,7 @@ impl Job for ReassignConversation {
             txn.commit().await?;
             return Ok("no longer active with that agent".into());
         };
-        let (outcomes, position) = requeue_outcomes(&txn, &requeued, &self.reason).await?;
+        let (outcomes, position) = requeue_outcomes(&txn, &requeued, self.reason).await?;
         let staged = ctx.outbox.stage(&txn, outcomes).await?;
         txn.commit().await?;
         after_requeue(ctx, &requeued, staged).await?;
@@ -92,7 +96,7 @@ impl Job for ReassignConversation {
 pub async fn requeue_outcomes(
     txn: &impl ConnectionTrait,
     requeued: &Requeued,
-    reason: &str,
+    reason: ReleaseReason,
 ) -> Result<(Vec<Outcome>, u64), DbErr> {
     let conversation = &requeued.conversation;
     let position = queue_position(txn, conversation).await?;

@@ -30,8 +30,11 @@ use sea_orm::{
 use serde_json::json;
 
 use crate::{
-    JobContext, JobError, assign_agent::AssignAgent, audit::RecordAudit,
-    conversation::system_event, enqueue_conversation::EnqueueConversation,
+    JobContext, JobError,
+    assign_agent::AssignAgent,
+    audit::{AuditAction, RecordAudit},
+    conversation::{ReleaseReason, system_event},
+    enqueue_conversation::EnqueueConversation,
     reassign_conversation::ReassignConversation,
 };
 
@@ -107,8 +110,30 @@ const COUNTER_FIX: &str = "UPDATE agents SET active_chats = \
 
 /// Offers every waiting conversation again and corrects drifted counters.
 pub async fn reconcile(ctx: &JobContext) -> Result<Repairs, JobError> {
-    let mut repairs = Repairs::default();
     // Counters first: a counter that says "full" would make the offers below assign nothing.
+    let counters_fixed = repair_counters(ctx).await?;
+    // Agents whose node died with their sockets: their drop was never recorded.
+    let agents_dropped = crate::agent_presence::reclaim_silent(ctx, ctx.presence_stale).await?;
+    // Chats held by an agent who can no longer answer them (offline or deleted, and the
+    // hand-over was lost) go back to the line.
+    let conversations_released = release_stranded(ctx).await?;
+    let conversations_enqueued = enqueue_unqueued(ctx).await?;
+    let conversations_rehomed = rehome(ctx).await?;
+    let groups_offered = offer_waiting(ctx).await?;
+    Ok(Repairs {
+        counters_fixed,
+        agents_dropped,
+        conversations_released,
+        conversations_enqueued,
+        conversations_rehomed,
+        groups_offered,
+    })
+}
+
+/// Sets every drifted agent counter to the count of its active conversations, each audited.
+/// Returns how many were fixed.
+async fn repair_counters(ctx: &JobContext) -> Result<usize, JobError> {
+    let mut fixed_count = 0;
     // Find drifted counters with one read (no locks: a counter and its rows change in the same
     // transaction, so committed data never disagrees unless something went wrong), then fix each
     // with one statement, so a claim or close committing meanwhile is never overwritten.
@@ -137,14 +162,13 @@ pub async fn reconcile(ctx: &JobContext) -> Result<Repairs, JobError> {
             .await?;
         if fixed.rows_affected() == 1 {
             tracing::warn!(agent_id, "repaired an agent's chat counter");
-            repairs.counters_fixed += 1;
+            fixed_count += 1;
             submit(
                 ctx,
-                RecordAudit::new(
+                RecordAudit::of(
                     account_id,
                     None,
-                    "agent.counter_repaired",
-                    "agent",
+                    AuditAction::AgentCounterRepaired,
                     Some(agent_id),
                     json!({ "counted": counted, "reason": "the counter disagreed with the agent's active conversations" }),
                 ),
@@ -152,10 +176,12 @@ pub async fn reconcile(ctx: &JobContext) -> Result<Repairs, JobError> {
             .await?;
         }
     }
-    // Agents whose node died with their sockets: their drop was never recorded.
-    repairs.agents_dropped = crate::agent_presence::reclaim_silent(ctx, ctx.presence_stale).await?;
-    // Chats held by an agent who can no longer answer them (offline or deleted, and the
-    // hand-over was lost) go back to the line.
+    Ok(fixed_count)
+}
+
+/// Submits a reassignment for every active chat held by an offline or deleted agent. Returns how
+/// many.
+async fn release_stranded(ctx: &JobContext) -> Result<usize, JobError> {
     let stranded: Vec<(i64, i64)> = conversations::Entity::find()
         .select_only()
         .column(conversations::Column::Id)
@@ -173,21 +199,27 @@ pub async fn reconcile(ctx: &JobContext) -> Result<Repairs, JobError> {
         .into_tuple()
         .all(&ctx.db)
         .await?;
+    let released = stranded.len();
     for (conversation_id, agent_id) in stranded {
         submit(
             ctx,
             ReassignConversation {
                 conversation_id,
                 from_agent_id: agent_id,
-                reason: "agent_offline".into(),
+                reason: ReleaseReason::AgentOffline,
                 to_group_id: None,
                 detail: Some("repaired: its agent was offline or deleted and still held it".into()),
                 intent: None,
             },
         )
         .await?;
-        repairs.conversations_released += 1;
     }
+    Ok(released)
+}
+
+/// Puts in line the pending chats never put there (their enqueue was lost), each with a
+/// "Repaired" event. Returns how many.
+async fn enqueue_unqueued(ctx: &JobContext) -> Result<usize, JobError> {
     let unqueued: Vec<i64> = conversations::Entity::find()
         .select_only()
         .column(conversations::Column::Id)
@@ -196,6 +228,7 @@ pub async fn reconcile(ctx: &JobContext) -> Result<Repairs, JobError> {
         .into_tuple()
         .all(&ctx.db)
         .await?;
+    let enqueued = unqueued.len();
     for conversation_id in unqueued {
         if let Some(conversation) = conversations::Entity::find_by_id(conversation_id)
             .one(&ctx.db)
@@ -206,19 +239,23 @@ pub async fn reconcile(ctx: &JobContext) -> Result<Repairs, JobError> {
                 &conversation,
                 "Repaired: it was never put in line (its enqueue was lost); queued it now".into(),
                 json!({ "action": "repaired", "repair": "enqueued" }),
-                Some("repaired:enqueued".into()),
+                "repaired:enqueued",
             )
             .await?;
         }
         submit(ctx, EnqueueConversation::new(conversation_id)).await?;
-        repairs.conversations_enqueued += 1;
     }
-    repairs.conversations_rehomed = rehome(ctx).await?;
+    Ok(enqueued)
+}
+
+/// Requests an assignment for every group with a waiting chat. Returns how many groups.
+async fn offer_waiting(ctx: &JobContext) -> Result<usize, JobError> {
+    let mut offered = 0;
     for (account_id, group_id) in waiting_groups(ctx, false).await? {
         submit(ctx, AssignAgent::new(account_id, group_id)).await?;
-        repairs.groups_offered += 1;
+        offered += 1;
     }
-    Ok(repairs)
+    Ok(offered)
 }
 
 /// Moves the waiting and active conversations of deleted groups to their account's default
@@ -275,7 +312,7 @@ async fn rehome(ctx: &JobContext) -> Result<usize, JobError> {
             &now,
             format!("Moved to {}: its group {} was deleted", to.name, from.name),
             json!({ "action": "moved", "reason": "group_deleted", "fromGroupId": from.id, "toGroupId": to.id }),
-            Some(format!("rehomed:{}", from.id)),
+            &format!("rehomed:{}", from.id),
         )
         .await?;
         txn.commit().await?;

@@ -31,11 +31,13 @@ use std::{
 use chrono::{DateTime, Utc};
 use entity::{
     conversations,
-    enums::{ClosedBy, ConversationStatus},
+    enums::{ClosedBy, ConversationStatus, RoutingStrategy},
     groups, visitors,
 };
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait, Query},
 };
 use serde::{Deserialize, Serialize};
@@ -44,11 +46,55 @@ use serde_json::json;
 use crate::{
     Job, JobContext, JobError, RetryBudget,
     close_conversation::{after_close, commit_closes},
-    conversation::{Closing, lock_conversation, requeue, system_event},
+    conversation::{Closing, ReleaseReason, lock_conversation, requeue, system_event},
     db::begin_write,
     notify::{Outcome, SlaKind},
     reassign_conversation::{after_requeue, requeue_outcomes},
 };
+
+/// What a new group starts with: its routing strategy and timer limits. The one definition: the
+/// first account's group (bootstrap) and every group created through the API take these, and the
+/// schema's column defaults (the first migration, frozen history) repeat the same numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupDefaults {
+    /// How the line is served.
+    pub routing_strategy: RoutingStrategy,
+    /// `agentResponseTimeoutSeconds`: the holder's time to answer the visitor.
+    pub agent_response_timeout_seconds: i32,
+    /// `visitorIdleTimeoutSeconds`: an active chat's time without the visitor.
+    pub visitor_idle_timeout_seconds: i32,
+    /// `firstResponseSlaSeconds`: the first agent reply's service level.
+    pub first_response_sla_seconds: i32,
+    /// `maxReassignments`: unanswered reassignments before the chat is held for a person.
+    pub max_reassignments: i32,
+    /// `maxQueueWaitSeconds`: a waiting visitor's time before being told (none: never).
+    pub max_queue_wait_seconds: Option<i32>,
+}
+
+impl GroupDefaults {
+    /// The defaults of every new group.
+    pub const NEW_GROUP: GroupDefaults = GroupDefaults {
+        routing_strategy: RoutingStrategy::LeastLoaded,
+        agent_response_timeout_seconds: 120,
+        visitor_idle_timeout_seconds: 900,
+        first_response_sla_seconds: 60,
+        max_reassignments: 3,
+        max_queue_wait_seconds: None,
+    };
+
+    /// A group row with these settings and nothing else set (account, name, ... are the caller's).
+    pub fn row(self) -> groups::ActiveModel {
+        groups::ActiveModel {
+            routing_strategy: Set(self.routing_strategy),
+            agent_response_timeout_seconds: Set(self.agent_response_timeout_seconds),
+            visitor_idle_timeout_seconds: Set(self.visitor_idle_timeout_seconds),
+            first_response_sla_seconds: Set(self.first_response_sla_seconds),
+            max_reassignments: Set(self.max_reassignments),
+            max_queue_wait_seconds: Set(self.max_queue_wait_seconds),
+            ..Default::default()
+        }
+    }
+}
 
 /// What a conversation waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -197,161 +243,213 @@ impl Job for ExpireTimer {
         if !self.timer.expired(&conversation, &group, now) {
             return Ok("not expired (any more)".into());
         }
-        let c = &conversation;
+        let (c, group) = (&conversation, &group);
         match self.timer {
-            Timer::AgentResponse => {
-                let Some(agent_id) = c.assigned_agent_id else {
-                    return Ok("not assigned".into());
-                };
-                let seconds = group.agent_response_timeout_seconds;
-                let detail = format!("no agent reply in {seconds} s");
-                let Some(requeued) =
-                    requeue(&txn, c.id, agent_id, "no_response", None, Some(&detail)).await?
-                else {
-                    return Ok("no longer active with that agent".into());
-                };
-                // `requeue` counted this reassignment.
-                let count = requeued.conversation.reassignment_count;
-                let held = count > group.max_reassignments;
-                if held {
-                    conversations::Entity::update_many()
-                        .col_expr(conversations::Column::RoutingHeldAt, Expr::value(Some(now)))
-                        .filter(conversations::Column::Id.eq(c.id))
-                        .exec(&txn)
-                        .await?;
-                    system_event(
-                        &txn,
-                        &requeued.conversation,
-                        format!(
-                            "Held at the head of the line for a person: reassigned {} times without a reply (the group allows {})",
-                            count - 1,
-                            group.max_reassignments
-                        ),
-                        json!({ "action": "held", "reason": "max_reassignments", "reassignments": count - 1 }),
-                        Some(format!("held:{count}")),
-                    )
-                    .await?;
-                }
-                let mut outcomes = Vec::new();
-                if held {
-                    outcomes.push(Outcome::SlaBreached {
-                        account_id: c.account_id,
-                        conversation_id: c.id,
-                        group_id: c.group_id,
-                        visitor_id: c.visitor_id,
-                        agent_id: Some(agent_id),
-                        sla: SlaKind::MaxReassignments,
-                        limit: i64::from(group.max_reassignments),
-                        actual: i64::from(count - 1),
-                    });
-                }
-                let (told, position) = requeue_outcomes(&txn, &requeued, "no_response").await?;
-                outcomes.extend(told);
-                let staged = ctx.outbox.stage(&txn, outcomes).await?;
-                txn.commit().await?;
-                after_requeue(ctx, &requeued, staged).await?;
-                if held {
-                    return Ok(format!(
-                        "held at position {position} after {} reassignments",
-                        count - 1
-                    ));
-                }
-                Ok(format!("reassigned ({detail}); position {position}"))
-            }
-            Timer::VisitorIdle => {
-                if !close_by_system(ctx, txn, c.id, "visitor_idle").await? {
-                    return Ok("already closed".into());
-                }
-                Ok(format!(
-                    "closed: no visitor activity in {} s",
-                    group.visitor_idle_timeout_seconds
-                ))
-            }
-            Timer::VisitorGone => {
-                let limit = self.timer.limit(&group).unwrap_or_default();
-                let visitor = visitors::Entity::find_by_id(c.visitor_id).one(&txn).await?;
-                if visitor.as_ref().is_some_and(|v| v.email.is_some()) {
-                    return Ok("the visitor left an address: it waits to be answered".into());
-                }
-                if visitor.is_some_and(|v| now - v.last_seen_at < limit) {
-                    return Ok("the visitor is still around".into());
-                }
-                if !close_by_system(ctx, txn, c.id, "abandoned").await? {
-                    return Ok("already closed".into());
-                }
-                Ok(format!(
-                    "closed as abandoned: the visitor left {} s ago while waiting",
-                    limit.num_seconds()
-                ))
-            }
-            Timer::FirstResponse => {
-                let seconds = group.first_response_sla_seconds;
-                if !mark(
-                    &txn,
-                    c.id,
-                    conversations::Column::FirstResponseBreachedAt,
-                    now,
-                )
-                .await?
-                {
-                    return Ok("already raised".into());
-                }
-                let waited = (now - c.created_at).num_seconds();
-                system_event(
-                    &txn,
-                    c,
-                    format!("First-response SLA breached: no agent reply within {seconds} s"),
-                    json!({ "action": "sla_breached", "sla": SlaKind::FirstResponse, "limit": seconds, "actual": waited }),
-                    Some("sla:first_response".into()),
-                )
-                .await?;
-                let breach = Outcome::SlaBreached {
-                    account_id: c.account_id,
-                    conversation_id: c.id,
-                    group_id: c.group_id,
-                    visitor_id: c.visitor_id,
-                    agent_id: c.assigned_agent_id,
-                    sla: SlaKind::FirstResponse,
-                    limit: i64::from(seconds),
-                    actual: waited,
-                };
-                let staged = ctx.outbox.stage(&txn, [breach]).await?;
-                txn.commit().await?;
-                ctx.tell(staged);
-                Ok(format!("first-response SLA breached after {waited} s"))
-            }
-            Timer::QueueWait => {
-                if !mark(&txn, c.id, conversations::Column::QueueWaitExceededAt, now).await? {
-                    return Ok("already told".into());
-                }
-                let waited = c.queued_at.map_or(0, |queued| (now - queued).num_seconds());
-                system_event(
-                    &txn,
-                    c,
-                    format!("Waited {waited} s in line: the visitor was offered to leave an e-mail address"),
-                    json!({ "action": "queue_wait_exceeded", "waitedSeconds": waited }),
-                    Some("queue_wait_exceeded".into()),
-                )
-                .await?;
-                txn.commit().await?;
-                ctx.notifier.notify(Outcome::QueueWaitExceeded {
-                    account_id: c.account_id,
-                    conversation_id: c.id,
-                    group_id: c.group_id,
-                    visitor_id: c.visitor_id,
-                    waited_seconds: waited,
-                });
-                Ok(format!("visitor told after {waited} s in line"))
-            }
+            Timer::AgentResponse => no_reply(ctx, txn, c, group, now).await,
+            Timer::VisitorIdle => visitor_idle(ctx, txn, c, group).await,
+            Timer::VisitorGone => visitor_gone(ctx, txn, c, group, now).await,
+            Timer::FirstResponse => first_response_breached(ctx, txn, c, group, now).await,
+            Timer::QueueWait => queue_wait_exceeded(ctx, txn, c, now).await,
         }
     }
+}
+
+/// The holder did not answer the visitor in time: the chat goes back to its place in line, that
+/// agent excluded; past the group's `max_reassignments` it is held there for a person.
+async fn no_reply(
+    ctx: &JobContext,
+    txn: DatabaseTransaction,
+    c: &conversations::Model,
+    group: &groups::Model,
+    now: DateTime<Utc>,
+) -> Result<String, JobError> {
+    let Some(agent_id) = c.assigned_agent_id else {
+        return Ok("not assigned".into());
+    };
+    let seconds = group.agent_response_timeout_seconds;
+    let detail = format!("no agent reply in {seconds} s");
+    let Some(requeued) = requeue(
+        &txn,
+        c.id,
+        agent_id,
+        ReleaseReason::NoResponse,
+        None,
+        Some(&detail),
+    )
+    .await?
+    else {
+        return Ok("no longer active with that agent".into());
+    };
+    // `requeue` counted this reassignment.
+    let count = requeued.conversation.reassignment_count;
+    let held = count > group.max_reassignments;
+    if held {
+        conversations::Entity::update_many()
+            .col_expr(conversations::Column::RoutingHeldAt, Expr::value(Some(now)))
+            .filter(conversations::Column::Id.eq(c.id))
+            .exec(&txn)
+            .await?;
+        system_event(
+            &txn,
+            &requeued.conversation,
+            format!(
+                "Held at the head of the line for a person: reassigned {} times without a reply (the group allows {})",
+                count - 1,
+                group.max_reassignments
+            ),
+            json!({ "action": "held", "reason": "max_reassignments", "reassignments": count - 1 }),
+            &format!("held:{count}"),
+        )
+        .await?;
+    }
+    let mut outcomes = Vec::new();
+    if held {
+        outcomes.push(Outcome::SlaBreached {
+            account_id: c.account_id,
+            conversation_id: c.id,
+            group_id: c.group_id,
+            visitor_id: c.visitor_id,
+            agent_id: Some(agent_id),
+            sla: SlaKind::MaxReassignments,
+            limit: i64::from(group.max_reassignments),
+            actual: i64::from(count - 1),
+        });
+    }
+    let (told, position) = requeue_outcomes(&txn, &requeued, ReleaseReason::NoResponse).await?;
+    outcomes.extend(told);
+    let staged = ctx.outbox.stage(&txn, outcomes).await?;
+    txn.commit().await?;
+    after_requeue(ctx, &requeued, staged).await?;
+    if held {
+        return Ok(format!(
+            "held at position {position} after {} reassignments",
+            count - 1
+        ));
+    }
+    Ok(format!("reassigned ({detail}); position {position}"))
+}
+
+/// An active chat without the visitor for the idle timeout: the system closes it.
+async fn visitor_idle(
+    ctx: &JobContext,
+    txn: DatabaseTransaction,
+    c: &conversations::Model,
+    group: &groups::Model,
+) -> Result<String, JobError> {
+    if !close_by_system(ctx, txn, c.id, "visitor_idle").await? {
+        return Ok("already closed".into());
+    }
+    Ok(format!(
+        "closed: no visitor activity in {} s",
+        group.visitor_idle_timeout_seconds
+    ))
+}
+
+/// A waiting visitor gone for the idle timeout (at least [`GONE_AT_LEAST`]): the system closes the
+/// chat as abandoned, unless the visitor left an address or is still around.
+async fn visitor_gone(
+    ctx: &JobContext,
+    txn: DatabaseTransaction,
+    c: &conversations::Model,
+    group: &groups::Model,
+    now: DateTime<Utc>,
+) -> Result<String, JobError> {
+    let limit = Timer::VisitorGone.limit(group).unwrap_or_default();
+    let visitor = visitors::Entity::find_by_id(c.visitor_id).one(&txn).await?;
+    if visitor.as_ref().is_some_and(|v| v.email.is_some()) {
+        return Ok("the visitor left an address: it waits to be answered".into());
+    }
+    if visitor.is_some_and(|v| now - v.last_seen_at < limit) {
+        return Ok("the visitor is still around".into());
+    }
+    if !close_by_system(ctx, txn, c.id, "abandoned").await? {
+        return Ok("already closed".into());
+    }
+    Ok(format!(
+        "closed as abandoned: the visitor left {} s ago while waiting",
+        limit.num_seconds()
+    ))
+}
+
+/// No agent reply within the first-response SLA: supervisors hear it, once.
+async fn first_response_breached(
+    ctx: &JobContext,
+    txn: DatabaseTransaction,
+    c: &conversations::Model,
+    group: &groups::Model,
+    now: DateTime<Utc>,
+) -> Result<String, JobError> {
+    let seconds = group.first_response_sla_seconds;
+    if !mark(
+        &txn,
+        c.id,
+        conversations::Column::FirstResponseBreachedAt,
+        now,
+    )
+    .await?
+    {
+        return Ok("already raised".into());
+    }
+    let waited = (now - c.created_at).num_seconds();
+    system_event(
+        &txn,
+        c,
+        format!("First-response SLA breached: no agent reply within {seconds} s"),
+        json!({ "action": "sla_breached", "sla": SlaKind::FirstResponse, "limit": seconds, "actual": waited }),
+        "sla:first_response",
+    )
+    .await?;
+    let breach = Outcome::SlaBreached {
+        account_id: c.account_id,
+        conversation_id: c.id,
+        group_id: c.group_id,
+        visitor_id: c.visitor_id,
+        agent_id: c.assigned_agent_id,
+        sla: SlaKind::FirstResponse,
+        limit: i64::from(seconds),
+        actual: waited,
+    };
+    let staged = ctx.outbox.stage(&txn, [breach]).await?;
+    txn.commit().await?;
+    ctx.tell(staged);
+    Ok(format!("first-response SLA breached after {waited} s"))
+}
+
+/// The visitor waited longer than the group's limit: it is told, once.
+async fn queue_wait_exceeded(
+    ctx: &JobContext,
+    txn: DatabaseTransaction,
+    c: &conversations::Model,
+    now: DateTime<Utc>,
+) -> Result<String, JobError> {
+    if !mark(&txn, c.id, conversations::Column::QueueWaitExceededAt, now).await? {
+        return Ok("already told".into());
+    }
+    let waited = c.queued_at.map_or(0, |queued| (now - queued).num_seconds());
+    system_event(
+        &txn,
+        c,
+        format!("Waited {waited} s in line: the visitor was offered to leave an e-mail address"),
+        json!({ "action": "queue_wait_exceeded", "waitedSeconds": waited }),
+        "queue_wait_exceeded",
+    )
+    .await?;
+    txn.commit().await?;
+    ctx.notifier.notify(Outcome::QueueWaitExceeded {
+        account_id: c.account_id,
+        conversation_id: c.id,
+        group_id: c.group_id,
+        visitor_id: c.visitor_id,
+        waited_seconds: waited,
+    });
+    Ok(format!("visitor told after {waited} s in line"))
 }
 
 /// Closes conversation `id` (closed by the system, for `reason`) in `txn`, commits, and tells
 /// what the close implies. `false` when it was already closed.
 async fn close_by_system(
     ctx: &JobContext,
-    txn: sea_orm::DatabaseTransaction,
+    txn: DatabaseTransaction,
     id: i64,
     reason: &str,
 ) -> Result<bool, JobError> {

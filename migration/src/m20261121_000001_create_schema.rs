@@ -198,6 +198,9 @@ async fn create_groups(manager: &SchemaManager<'_>) -> Result<(), DbErr> {
                 .col(text_null(Groups::Description))
                 .col(string_len(Groups::RoutingStrategy, 16))
                 .col(boolean(Groups::IsDefault).default(false))
+                // The defaults of a new group, as `jobs::timers::GroupDefaults::NEW_GROUP` defines
+                // them (the code sets them on every insert); a migration is frozen history and
+                // cannot depend on that crate, so the numbers are repeated here.
                 .col(integer(Groups::AgentResponseTimeoutSeconds).default(120))
                 .col(integer(Groups::VisitorIdleTimeoutSeconds).default(900))
                 .col(integer(Groups::FirstResponseSlaSeconds).default(60))

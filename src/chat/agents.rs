@@ -68,13 +68,17 @@ pub async fn set_status(
 
 /// Hands every chat the agent holds back to the line (reassign jobs).
 pub async fn release(state: &AppState, agent_id: i64) -> Result<(), ApiError> {
-    release_all(&state.job_context(), agent_id, "agent_offline")
-        .await
-        .map(drop)
-        .map_err(|err| match err {
-            ReleaseError::Db(err) => ApiError::from(err),
-            ReleaseError::Store(_) => ApiError::Unavailable("job storage"),
-        })
+    release_all(
+        &state.job_context(),
+        agent_id,
+        jobs::conversation::ReleaseReason::AgentOffline,
+    )
+    .await
+    .map(drop)
+    .map_err(|err| match err {
+        ReleaseError::Db(err) => ApiError::from(err),
+        ReleaseError::Store(_) => ApiError::Unavailable("job storage"),
+    })
 }
 
 /// Capacity may have appeared for `agent`: serve its groups' lines. A lost submission only delays

@@ -169,7 +169,7 @@ pub async fn transfer(
             let job = ReassignConversation {
                 conversation_id: id,
                 from_agent_id: holder,
-                reason: "transferred".into(),
+                reason: jobs::conversation::ReleaseReason::Transferred,
                 to_group_id: Some(group_id),
                 detail: None,
                 intent: None,

@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod agents;
+pub mod audit;
 pub mod budget;
 pub mod conversations;
 pub mod lines;

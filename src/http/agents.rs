@@ -11,7 +11,7 @@ use entity::{
     agents, assignments, conversations,
     enums::{AgentRole, AgentStatus, ConversationStatus},
 };
-use jobs::notify::Outcome;
+use jobs::{audit::AuditAction, notify::Outcome};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait,
     QueryFilter, QueryOrder, QuerySelect,
@@ -20,7 +20,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
-    audit,
     extract::{Json, Path, Query},
     rate_limit,
     resource::{self, ListParams, Page},
@@ -30,6 +29,7 @@ use crate::{
     chat::{
         self,
         agents::{StatusBody, offer_capacity, release, sign_out},
+        audit,
         views::AgentView,
     },
     domain::{Capacity, Email, HttpUrl, Name, Password, nullable},
@@ -185,8 +185,7 @@ async fn create(
     audit::record(
         &state,
         &caller,
-        "agent.created",
-        "agent",
+        AuditAction::AgentCreated,
         agent.id,
         json!({ "email": agent.email, "role": agent.role }),
     )
@@ -249,8 +248,7 @@ async fn update(
     audit::record(
         &state,
         &caller,
-        "agent.updated",
-        "agent",
+        AuditAction::AgentUpdated,
         id,
         json!({ "changed": changed }),
     )
@@ -331,8 +329,7 @@ async fn update_me(
     audit::record(
         &state,
         &caller,
-        "agent.updated",
-        "agent",
+        AuditAction::AgentUpdated,
         agent.id,
         json!({ "changed": changed }),
     )
@@ -373,7 +370,7 @@ async fn remove(
     staged.tell(&*state.notifier);
     sign_out(&state, agent.account_id, id);
     release(&state, agent.id).await?;
-    audit::record(&state, &caller, "agent.deleted", "agent", id, json!({})).await;
+    audit::record(&state, &caller, AuditAction::AgentDeleted, id, json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,9 +1,9 @@
-//! The audit trail: every administrative change submits a `RecordAudit` job; admins read it here.
+//! The audit trail: admins read it here (every administrative change records itself through
+//! [`crate::chat::audit::record`]).
 
 use axum::{Router, extract::State, routing::get};
 use chrono::{DateTime, Utc};
 use entity::{audit_log, enums::AgentRole};
-use jobs::audit::RecordAudit;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
 
@@ -15,31 +15,6 @@ use crate::{auth::CurrentAgent, error::ApiError, state::AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/audit", get(list))
-}
-
-/// Submits the audit record of a change the caller just committed.
-///
-/// The change is already durable, so a job storage outage must not fail the request: it is
-/// logged (without the details, which may name people) and the record is lost.
-pub async fn record(
-    state: &AppState,
-    caller: &CurrentAgent,
-    action: &str,
-    subject_type: &str,
-    subject_id: i64,
-    details: serde_json::Value,
-) {
-    let job = RecordAudit::new(
-        caller.account_id(),
-        Some(caller.id()),
-        action,
-        subject_type,
-        Some(subject_id),
-        details,
-    );
-    if let Err(err) = state.jobs.submit(job).await {
-        tracing::warn!(action, subject_type, subject_id, %err, "audit record not submitted");
-    }
 }
 
 /// One audit entry.

@@ -13,7 +13,7 @@ use entity::{
     enums::{AgentRole, RoutingStrategy},
     groups,
 };
-use jobs::assign_agent::request_assign;
+use jobs::{assign_agent::request_assign, audit::AuditAction, timers::GroupDefaults};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait,
     QueryFilter, QuerySelect, sea_query::OnConflict,
@@ -22,13 +22,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
-    audit,
     extract::{Json, Path, Query},
     resource::{self, ListParams, Page},
 };
 use crate::{
     auth::CurrentAgent,
-    chat::agents::membership_changed,
+    chat::{agents::membership_changed, audit},
     domain::{Bounded, Description, Name, nullable},
     error::ApiError,
     state::AppState,
@@ -224,16 +223,10 @@ async fn create(
     let mut row = groups::ActiveModel {
         account_id: Set(caller.account_id()),
         description: Set(None),
-        routing_strategy: Set(RoutingStrategy::LeastLoaded),
         is_default: Set(false),
-        agent_response_timeout_seconds: Set(120),
-        visitor_idle_timeout_seconds: Set(900),
-        first_response_sla_seconds: Set(60),
-        max_reassignments: Set(3),
-        max_queue_wait_seconds: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
-        ..Default::default()
+        ..GroupDefaults::NEW_GROUP.row()
     };
     fields.apply(&mut row);
     let txn = jobs::db::begin_write(&state.db).await?;
@@ -248,8 +241,7 @@ async fn create(
     audit::record(
         &state,
         &caller,
-        "group.created",
-        "group",
+        AuditAction::GroupCreated,
         group.id,
         json!({ "name": group.name }),
     )
@@ -288,8 +280,7 @@ async fn update(
     audit::record(
         &state,
         &caller,
-        "group.updated",
-        "group",
+        AuditAction::GroupUpdated,
         id,
         json!({ "changed": changed }),
     )
@@ -335,7 +326,7 @@ async fn remove(
     }
     resource::set_deleted::<groups::Entity>(&txn, caller.account_id(), id, true).await?;
     txn.commit().await?;
-    audit::record(&state, &caller, "group.deleted", "group", id, json!({})).await;
+    audit::record(&state, &caller, AuditAction::GroupDeleted, id, json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -433,8 +424,7 @@ async fn add_member(
         audit::record(
             &state,
             &caller,
-            "group.member_added",
-            "group",
+            AuditAction::GroupMemberAdded,
             id,
             json!({ "agentId": agent_id }),
         )
@@ -464,8 +454,7 @@ async fn remove_member(
     audit::record(
         &state,
         &caller,
-        "group.member_removed",
-        "group",
+        AuditAction::GroupMemberRemoved,
         id,
         json!({ "agentId": agent_id }),
     )

@@ -12,13 +12,18 @@ use serde::{Deserialize, Serialize};
 
 use serde_json::json;
 
-use super::audit;
-use crate::{auth::CurrentAgent, error::ApiError, state::AppState};
+use jobs::audit::AuditAction;
+
+use crate::{auth::CurrentAgent, chat::audit, error::ApiError, state::AppState};
 
 /// An account-scoped, soft-deletable table.
 pub trait Scoped: EntityTrait {
     /// How the resource is named in errors ("agent").
     const NOUN: &'static str;
+    /// What a soft delete of a row records in the audit trail.
+    const DELETED: AuditAction;
+    /// What a restore records.
+    const RESTORED: AuditAction;
     /// Primary key column.
     fn id() -> Self::Column;
     /// Owning account column.
@@ -165,15 +170,7 @@ pub async fn soft_delete<E: Scoped>(
     id: i64,
 ) -> Result<(), ApiError> {
     set_deleted::<E>(&state.db, caller.account_id(), id, true).await?;
-    audit::record(
-        state,
-        caller,
-        &format!("{}.deleted", E::NOUN),
-        E::NOUN,
-        id,
-        json!({}),
-    )
-    .await;
+    audit::record(state, caller, E::DELETED, id, json!({})).await;
     Ok(())
 }
 
@@ -184,22 +181,16 @@ pub async fn restore<E: Scoped>(
     id: i64,
 ) -> Result<E::Model, ApiError> {
     set_deleted::<E>(&state.db, caller.account_id(), id, false).await?;
-    audit::record(
-        state,
-        caller,
-        &format!("{}.restored", E::NOUN),
-        E::NOUN,
-        id,
-        json!({}),
-    )
-    .await;
+    audit::record(state, caller, E::RESTORED, id, json!({})).await;
     fetch::<E>(&state.db, caller.account_id(), id, false).await
 }
 
 macro_rules! scoped_entity {
-    ($module:ident, $noun:literal) => {
+    ($module:ident, $noun:literal, $deleted:ident, $restored:ident) => {
         impl Scoped for entity::$module::Entity {
             const NOUN: &'static str = $noun;
+            const DELETED: AuditAction = AuditAction::$deleted;
+            const RESTORED: AuditAction = AuditAction::$restored;
             fn id() -> Self::Column {
                 entity::$module::Column::Id
             }
@@ -213,6 +204,6 @@ macro_rules! scoped_entity {
     };
 }
 
-scoped_entity!(agents, "agent");
-scoped_entity!(groups, "group");
-scoped_entity!(tags, "tag");
+scoped_entity!(agents, "agent", AgentDeleted, AgentRestored);
+scoped_entity!(groups, "group", GroupDeleted, GroupRestored);
+scoped_entity!(tags, "tag", TagDeleted, TagRestored);

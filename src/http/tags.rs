@@ -8,17 +8,18 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use entity::{enums::AgentRole, tags};
+use jobs::audit::AuditAction;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
-    audit,
     extract::{Json, Path, Query},
     resource::{self, ListParams, Page},
 };
 use crate::{
     auth::CurrentAgent,
+    chat::audit,
     domain::{Color, TagName, nullable},
     error::ApiError,
     state::AppState,
@@ -117,8 +118,7 @@ async fn create(
     audit::record(
         &state,
         &caller,
-        "tag.created",
-        "tag",
+        AuditAction::TagCreated,
         tag.id,
         json!({ "name": tag.name }),
     )
@@ -149,8 +149,7 @@ async fn update(
     audit::record(
         &state,
         &caller,
-        "tag.updated",
-        "tag",
+        AuditAction::TagUpdated,
         id,
         json!({ "name": tag.name }),
     )

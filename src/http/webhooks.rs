@@ -13,7 +13,10 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use entity::{deliveries, enums::AgentRole, webhooks};
-use jobs::webhook::{KINDS, check_url};
+use jobs::{
+    audit::AuditAction,
+    delivery::{guard::check_url, webhook::KINDS},
+};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect,
@@ -22,11 +25,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{
-    audit,
     extract::{Json, Path, Query},
     resource::{self, ListParams, Page, Scoped},
 };
-use crate::{auth::CurrentAgent, error::ApiError, state::AppState};
+use crate::{auth::CurrentAgent, chat::audit, error::ApiError, state::AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -37,6 +39,8 @@ pub fn router() -> Router<AppState> {
 }
 
 impl Scoped for webhooks::Entity {
+    const DELETED: AuditAction = AuditAction::WebhookDeleted;
+    const RESTORED: AuditAction = AuditAction::WebhookRestored;
     const NOUN: &'static str = "webhook";
     fn id() -> Self::Column {
         webhooks::Column::Id
@@ -224,8 +228,7 @@ async fn create(
     audit::record(
         &state,
         &caller,
-        "webhook.created",
-        "webhook",
+        AuditAction::WebhookCreated,
         hook.id,
         json!({ "events": hook.events, "active": hook.active }),
     )
@@ -271,8 +274,7 @@ async fn update(
     audit::record(
         &state,
         &caller,
-        "webhook.updated",
-        "webhook",
+        AuditAction::WebhookUpdated,
         id,
         json!({ "changed": changed }),
     )
@@ -325,15 +327,7 @@ struct DeliveryView {
 struct DeliveryParams {
     limit: Option<u64>,
     after: Option<i64>,
-    status: Option<DeliveryStatus>,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum DeliveryStatus {
-    Pending,
-    Delivered,
-    Dead,
+    status: Option<jobs::delivery::deliveries::DeliveryStatus>,
 }
 
 async fn deliveries_of(
@@ -350,11 +344,6 @@ async fn deliveries_of(
         .filter(deliveries::Column::WebhookId.eq(id))
         .filter(deliveries::Column::Id.gt(params.after.unwrap_or(0)));
     if let Some(status) = params.status {
-        let status = match status {
-            DeliveryStatus::Pending => jobs::deliveries::PENDING,
-            DeliveryStatus::Delivered => jobs::deliveries::DELIVERED,
-            DeliveryStatus::Dead => jobs::deliveries::DEAD,
-        };
         query = query.filter(deliveries::Column::Status.eq(status));
     }
     let rows = query

@@ -143,7 +143,7 @@ async fn create_session(
         metadata: Value::Object(metadata),
         session_token_hash: token_hash,
     };
-    // Sessions opened at once share one transaction (see `jobs::batch`).
+    // Sessions opened at once share one transaction (see `jobs::runtime::batch`).
     let opened = state
         .batches
         .sessions

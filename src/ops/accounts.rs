@@ -6,7 +6,7 @@
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use chrono::{DateTime, Utc};
 use entity::accounts;
-use jobs::audit::RecordAudit;
+use jobs::audit::{AuditAction, RecordAudit};
 use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -66,11 +66,10 @@ pub async fn open_account(state: &AppState, new: NewAccount) -> anyhow::Result<(
     let hash = hash_password(new.admin_password.expose().to_owned()).await?;
     let (account, admin) =
         create_account(&state.db, new.name.as_str(), &new.admin_email, hash).await?;
-    let job = RecordAudit::new(
+    let job = RecordAudit::of(
         account.id,
         None,
-        "account.created",
-        "account",
+        AuditAction::AccountCreated,
         Some(account.id),
         json!({ "name": account.name, "adminAgentId": admin.id }),
     );

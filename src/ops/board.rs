@@ -1,8 +1,9 @@
 //! The apalis board: its web app at the root of the operator listener, its API at `/api/v1`.
 //!
 //! Rules:
-//! - Every queue of `jobs::queues` is registered, with the backend `jobs::board` picks for the
-//!   deployment (apalis-sqlite as is, or the reader that works around apalis-redis 1.0.0).
+//! - Every queue of `jobs::runtime::queues` is registered, with the backend
+//!   `jobs::runtime::board` picks for the deployment (apalis-sqlite as is, or the reader that
+//!   works around apalis-redis 1.0.0).
 //! - The board's web app was built for the site root and calls `/api/v1` there: under a prefix it
 //!   renders its own 404 page. Paths outside the API are the web app's (it routes in the browser).
 //! - Read-only: the board's API can push tasks; here it only answers `GET`. A lifecycle job pushed
@@ -28,7 +29,7 @@ use axum::{
 };
 use jobs::{
     Job, JobStore,
-    board::{BoardBackend, BoardVisitor},
+    runtime::board::{BoardBackend, BoardVisitor},
 };
 
 use crate::error::{ApiError, not_found};
@@ -52,7 +53,7 @@ pub fn router(jobs: &JobStore) -> Router {
         }
     }
     let mut register = Register(Some(ApiBuilder::new(Router::new())));
-    jobs::board::each_queue(jobs, &mut register);
+    jobs::runtime::board::each_queue(jobs, &mut register);
     let api = register
         .0
         .map(ApiBuilder::build)

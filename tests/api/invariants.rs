@@ -412,7 +412,7 @@ both_backends! {
         );
 
         // Reassign: counted once, one slot back, one "reassigned" event, back in line.
-        let once = run_twice(&ctx, ReassignConversation { conversation_id: second, from_agent_id: agent, reason: "transferred".into(), to_group_id: None, detail: None, intent: None }).await;
+        let once = run_twice(&ctx, ReassignConversation { conversation_id: second, from_agent_id: agent, reason: jobs::conversation::ReleaseReason::Transferred, to_group_id: None, detail: None, intent: None }).await;
         let moved = once.conversation(second);
         assert_eq!(moved.status, ConversationStatus::Pending);
         assert_eq!(moved.reassignment_count, 1);

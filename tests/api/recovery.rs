@@ -301,7 +301,7 @@ both_backends! {
         let group = app.default_group(&admin).await;
         let (agent, _) = app.agent_in_group(&admin, group, 2).await;
         let unassigned = Outcome::ConversationUnassigned {
-            account_id: 1, conversation_id: conversation, group_id: group, agent_id: agent, reason: "transferred".into(),
+            account_id: 1, conversation_id: conversation, group_id: group, agent_id: agent, reason: jobs::conversation::ReleaseReason::Transferred,
         };
         let assigned = Outcome::ConversationAssigned {
             account_id: 1, conversation_id: conversation, group_id: group, visitor_id: 1, agent_id: agent,

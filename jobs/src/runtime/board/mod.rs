@@ -1,4 +1,5 @@
-//! What the apalis board reads: one backend per job queue, for every queue of [`crate::queues`].
+//! What the apalis board reads: one backend per job queue, for every queue of
+//! [`crate::runtime::queues`].
 //!
 //! The board (apalis-board, served by the root crate on the operator listener) asks a backend for
 //! queues, statistics, tasks and workers through apalis-core's `Metrics`, `ListQueues`,
@@ -29,7 +30,7 @@ use serde_json::{Value, json};
 pub use self::{redis::RedisBoard, sqlite::SqliteBoard};
 use crate::{
     Job, JobStore,
-    queues::{JobVisitor, each_job},
+    runtime::queues::{JobVisitor, each_job},
 };
 
 /// Everything the board needs from one queue's backend (a trait alias).

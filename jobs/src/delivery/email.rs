@@ -1,5 +1,5 @@
 //! E-mail: the job that sends one delivery row over SMTP (lettre), and what each kind of mail
-//! says. Kinds (chosen by [`crate::fanout`]):
+//! says. Kinds (chosen by the fan-out):
 //! - `email.assigned`: a new conversation went to an agent who is not connected;
 //! - `email.transcript`: the visitor's copy of a closed conversation (when its e-mail is known
 //!   and an agent wrote in it: the address is not verified);
@@ -19,13 +19,14 @@ use entity::{
 };
 use lettre::{AsyncTransport, Message, message::MultiPart};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{
-    Job, JobContext, JobError, RetryBudget,
-    deliveries::{Claim, EMAIL, Failed, abandon, claim, delivered, failed},
+pub use super::send::SendEmail;
+use super::{
+    deliveries::{Claim, Failed, abandon, claim, delivered, failed},
+    send::Channel,
 };
+use crate::{Job, JobContext, JobError, RetryBudget};
 
 /// A new conversation for an agent who is not connected.
 pub const ASSIGNED: &str = "email.assigned";
@@ -42,14 +43,6 @@ pub const DIGEST_LISTED: usize = 20;
 /// Messages of a transcript at most (the rest is summarised in one line).
 const TRANSCRIPT_MESSAGES: u64 = 500;
 
-/// Sends one e-mail delivery row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SendEmail {
-    /// The `deliveries` row.
-    pub delivery_id: i64,
-}
-
 impl Job for SendEmail {
     const QUEUE: &'static str = "send-email";
     // Like webhooks: the SMTP server's failures are retried by the row's budget; apalis retries
@@ -63,7 +56,7 @@ impl Job for SendEmail {
 
     #[tracing::instrument(name = "job.send_email", skip_all, fields(delivery_id = self.delivery_id), err)]
     async fn run(self, ctx: &JobContext) -> Result<String, JobError> {
-        let row = match claim(ctx, self.delivery_id, EMAIL).await? {
+        let row = match claim(ctx, self.delivery_id, Channel::Email).await? {
             Claim::Go(row) => *row,
             Claim::Skip(why) => return Ok(why),
         };

@@ -15,11 +15,12 @@ use apalis_core::backend::{
 };
 use serde_json::Value;
 
-use crate::{
-    Job, JobContext, JobError, JobStore, backlog,
+use super::{
+    backlog,
     poll::Every,
     queues::{JobVisitor, each_job},
 };
+use crate::{Job, JobContext, JobError, JobStore};
 
 /// How this process runs its workers.
 #[derive(Debug, Clone)]
@@ -115,7 +116,7 @@ pub fn workers(ctx: JobContext, options: &WorkerOptions) -> Workers {
         options,
     };
     each_job(&mut each);
-    let monitor = crate::scheduler::register(
+    let monitor = super::scheduler::register(
         each.monitor,
         &ctx,
         &options.node,

@@ -152,7 +152,7 @@ impl JobStore {
             .and_then(|pushed| pushed.map_err(StoreError::new)),
         };
         if pushed.is_ok() {
-            crate::poll::wake(&self.wake_key::<J>());
+            super::poll::wake(&self.wake_key::<J>());
         }
         pushed
     }

@@ -25,13 +25,16 @@ use sea_orm::{
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use super::{
+    deliveries::DeliveryStatus,
+    email,
+    send::{Channel, submit},
+    webhook::{data_of, kind_bit, kind_of, scope_of},
+};
 use crate::{
     JobContext, JobError,
-    deliveries::{EMAIL, PENDING, WEBHOOK, submit},
-    email,
     notify::{Notifier, Outcome},
     outbox::{LEFT_BEHIND, Outbox},
-    webhook::{data_of, kind_bit, kind_of, scope_of},
 };
 
 /// Parallel fan-out tasks.
@@ -237,7 +240,7 @@ impl FanOut {
         &self,
         db: &impl ConnectionTrait,
         outcome: &Outcome,
-    ) -> Result<Vec<(&'static str, i64, Option<chrono::DateTime<Utc>>)>, JobError> {
+    ) -> Result<Vec<(Channel, i64, Option<chrono::DateTime<Utc>>)>, JobError> {
         let Outcome::SlaBreached {
             account_id,
             conversation_id,
@@ -264,56 +267,16 @@ impl FanOut {
         for supervisor in supervisors {
             let (mut start, mut end) = digest_window(Utc::now(), every);
             for _ in 0..2 {
-                let key = format!(
-                    "sla-digest-{account_id}-{}-{}",
-                    supervisor.id,
-                    start.timestamp()
-                );
-                let row = new_row(
-                    *account_id,
-                    EMAIL,
-                    email::SLA_DIGEST,
-                    &format!("sla-digest:{account_id}"),
-                    json!({ "windowStart": start, "windowEnd": end, "breaches": [], "more": 0 }),
-                    attempts,
-                )
-                .to(supervisor.email.clone())
-                .keyed(key.clone())
-                .due(end);
-                match deliveries::Entity::insert(row.model)
-                    .on_conflict(
-                        OnConflict::column(deliveries::Column::DeliveryKey)
-                            .do_nothing()
-                            .to_owned(),
-                    )
-                    .exec(db)
-                    .await
-                {
-                    Ok(done) => created.push((EMAIL, done.last_insert_id, Some(end))),
-                    Err(DbErr::RecordNotInserted) => {}
-                    Err(err) => return Err(err.into()),
+                let (key, opened) =
+                    open_digest(db, *account_id, &supervisor, (start, end), attempts).await?;
+                if let Some(id) = opened {
+                    created.push((Channel::Email, id, Some(end)));
                 }
-                let mut read =
-                    deliveries::Entity::find().filter(deliveries::Column::DeliveryKey.eq(&key));
-                if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
-                    read = read.lock(sea_orm::sea_query::LockType::Update);
+                match add_to_digest(db, &key, &breach).await? {
+                    Digest::Added | Digest::Gone => break,
+                    // This window's mail is on its way: the breach goes in the next one's.
+                    Digest::Sending => (start, end) = (end, end + (end - start)),
                 }
-                let Some(digest) = read.one(db).await? else {
-                    break;
-                };
-                if digest.status == PENDING && digest.attempts == 0 {
-                    let mut payload = digest.payload;
-                    add_breach(&mut payload, breach.clone());
-                    deliveries::Entity::update_many()
-                        .col_expr(deliveries::Column::Payload, Expr::value(payload))
-                        .col_expr(deliveries::Column::UpdatedAt, Expr::value(Utc::now()))
-                        .filter(deliveries::Column::Id.eq(digest.id))
-                        .exec(db)
-                        .await?;
-                    break;
-                }
-                // This window's mail is on its way: the breach goes in the next one's.
-                (start, end) = (end, end + (end - start));
             }
         }
         Ok(created)
@@ -337,7 +300,7 @@ impl FanOut {
         for hook in hooks.iter().filter(|h| h.kinds & bit != 0) {
             let row = new_row(
                 account_id,
-                WEBHOOK,
+                Channel::Webhook,
                 kind,
                 &order_key,
                 data.clone(),
@@ -381,7 +344,7 @@ impl FanOut {
                 let order = format!("conversation:{conversation_id}");
                 let row = new_row(
                     *account_id,
-                    EMAIL,
+                    Channel::Email,
                     email::ASSIGNED,
                     &order,
                     payload,
@@ -417,7 +380,7 @@ impl FanOut {
                 let order = format!("conversation:{conversation_id}");
                 let row = new_row(
                     *account_id,
-                    EMAIL,
+                    Channel::Email,
                     email::TRANSCRIPT,
                     &order,
                     payload,
@@ -453,6 +416,84 @@ async fn agent_wrote(db: &impl ConnectionTrait, conversation_id: i64) -> Result<
         .one(db)
         .await?;
     Ok(message.is_some())
+}
+
+/// What became of a breach offered to one digest row.
+enum Digest {
+    /// It is in the row, which is sent at its window's end.
+    Added,
+    /// The row is gone (pruned): nothing to add to.
+    Gone,
+    /// An attempt has begun: the row no longer changes.
+    Sending,
+}
+
+/// Creates `supervisor`'s digest row of the window `(start, end)` unless it exists. Returns its
+/// key, and its id when this call created it (to submit, due at `end`).
+async fn open_digest(
+    db: &impl ConnectionTrait,
+    account_id: i64,
+    supervisor: &agents::Model,
+    (start, end): (chrono::DateTime<Utc>, chrono::DateTime<Utc>),
+    attempts: u32,
+) -> Result<(String, Option<i64>), JobError> {
+    let key = format!(
+        "sla-digest-{account_id}-{}-{}",
+        supervisor.id,
+        start.timestamp()
+    );
+    let row = new_row(
+        account_id,
+        Channel::Email,
+        email::SLA_DIGEST,
+        &format!("sla-digest:{account_id}"),
+        json!({ "windowStart": start, "windowEnd": end, "breaches": [], "more": 0 }),
+        attempts,
+    )
+    .to(supervisor.email.clone())
+    .keyed(key.clone())
+    .due(end);
+    let opened = match deliveries::Entity::insert(row.model)
+        .on_conflict(
+            OnConflict::column(deliveries::Column::DeliveryKey)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec(db)
+        .await
+    {
+        Ok(done) => Some(done.last_insert_id),
+        Err(DbErr::RecordNotInserted) => None,
+        Err(err) => return Err(err.into()),
+    };
+    Ok((key, opened))
+}
+
+/// Adds `breach` to the digest row `key`, read locked (PostgreSQL), while no attempt has begun.
+async fn add_to_digest(
+    db: &impl ConnectionTrait,
+    key: &str,
+    breach: &serde_json::Value,
+) -> Result<Digest, DbErr> {
+    let mut read = deliveries::Entity::find().filter(deliveries::Column::DeliveryKey.eq(key));
+    if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        read = read.lock(sea_orm::sea_query::LockType::Update);
+    }
+    let Some(digest) = read.one(db).await? else {
+        return Ok(Digest::Gone);
+    };
+    if digest.status != DeliveryStatus::Pending.as_str() || digest.attempts != 0 {
+        return Ok(Digest::Sending);
+    }
+    let mut payload = digest.payload;
+    add_breach(&mut payload, breach.clone());
+    deliveries::Entity::update_many()
+        .col_expr(deliveries::Column::Payload, Expr::value(payload))
+        .col_expr(deliveries::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(deliveries::Column::Id.eq(digest.id))
+        .exec(db)
+        .await?;
+    Ok(Digest::Added)
 }
 
 /// Adds `breach` to a digest's payload: listed while fewer than [`email::DIGEST_LISTED`] are,
@@ -491,7 +532,7 @@ fn connected(agent: &agents::Model) -> bool {
 }
 
 struct NewRow {
-    channel: &'static str,
+    channel: Channel,
     model: deliveries::ActiveModel,
 }
 
@@ -521,7 +562,7 @@ impl NewRow {
 
 fn new_row(
     account_id: i64,
-    channel: &'static str,
+    channel: Channel,
     kind: &str,
     order_key: &str,
     payload: serde_json::Value,
@@ -532,14 +573,14 @@ fn new_row(
         channel,
         model: deliveries::ActiveModel {
             account_id: Set(account_id),
-            channel: Set(channel.to_owned()),
+            channel: Set(channel.as_str().to_owned()),
             webhook_id: Set(None),
             delivery_key: Set(ulid::Ulid::new().to_string()),
             kind: Set(kind.to_owned()),
             order_key: Set(order_key.to_owned()),
             recipient: Set(None),
             payload: Set(payload),
-            status: Set(PENDING.to_owned()),
+            status: Set(DeliveryStatus::Pending.as_str().to_owned()),
             attempts: Set(0),
             max_attempts: Set(i32::try_from(max_attempts.max(1)).unwrap_or(i32::MAX)),
             last_error: Set(None),

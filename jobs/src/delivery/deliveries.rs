@@ -20,19 +20,44 @@ use sea_orm::{
     ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Alias, Expr, Query},
 };
+use serde::{Deserialize, Serialize};
 
-use crate::{JobContext, JobError, channels::Retries, email::SendEmail, webhook::DeliverWebhook};
+use super::{
+    channels::Retries,
+    send::{Channel, submit},
+};
+use crate::{JobContext, JobError};
 
-/// Waiting to be sent, or between two attempts.
-pub const PENDING: &str = "pending";
-/// Sent and accepted.
-pub const DELIVERED: &str = "delivered";
-/// Given up: the budget is spent or the failure is permanent. Operators see it.
-pub const DEAD: &str = "dead";
-/// The webhook channel.
-pub const WEBHOOK: &str = "webhook";
-/// The e-mail channel.
-pub const EMAIL: &str = "email";
+/// Where a row stands. Stored in `deliveries.status` and shown to admins as `pending`,
+/// `delivered` or `dead` ([`DeliveryStatus::as_str`], and the serde form); the strings never
+/// change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Waiting to be sent, or between two attempts.
+    Pending,
+    /// Sent and accepted.
+    Delivered,
+    /// Given up: the budget is spent or the failure is permanent. Operators see it.
+    Dead,
+}
+
+impl DeliveryStatus {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Dead => "dead",
+        }
+    }
+}
+
+impl From<DeliveryStatus> for sea_orm::Value {
+    fn from(status: DeliveryStatus) -> Self {
+        status.as_str().into()
+    }
+}
 
 /// How long one attempt holds its row: longer than any attempt can take (a webhook call times
 /// out after seconds, an SMTP session after 15 s), so a live sender never loses its lease.
@@ -64,17 +89,17 @@ fn at(offset: Duration) -> DateTime<Utc> {
 
 /// Claims row `id` for one attempt on `channel`. A row whose budget is spent (its last attempt
 /// was claimed but never recorded: a crash, a lost job) is made dead instead.
-pub(crate) async fn claim(ctx: &JobContext, id: i64, channel: &str) -> Result<Claim, JobError> {
+pub(crate) async fn claim(ctx: &JobContext, id: i64, channel: Channel) -> Result<Claim, JobError> {
     let db = &ctx.db;
     let Some(row) = deliveries::Entity::find_by_id(id).one(db).await? else {
         return Ok(Claim::Skip("no such delivery".into()));
     };
-    if row.channel != channel {
+    if row.channel != channel.as_str() {
         return Err(JobError::Permanent(format!(
             "delivery {id} is not a {channel} delivery"
         )));
     }
-    if row.status != PENDING {
+    if row.status != DeliveryStatus::Pending.as_str() {
         return Ok(Claim::Skip(format!("already {}", row.status)));
     }
     if row.attempts >= row.max_attempts.max(1) {
@@ -102,7 +127,7 @@ pub(crate) async fn claim(ctx: &JobContext, id: i64, channel: &str) -> Result<Cl
         .col_expr(deliveries::Column::Attempts, Expr::value(row.attempts + 1))
         .col_expr(deliveries::Column::UpdatedAt, Expr::value(now))
         .filter(deliveries::Column::Id.eq(id))
-        .filter(deliveries::Column::Status.eq(PENDING))
+        .filter(deliveries::Column::Status.eq(DeliveryStatus::Pending))
         .filter(deliveries::Column::Attempts.eq(row.attempts))
         .filter(
             Condition::any()
@@ -135,7 +160,7 @@ async fn earlier_pending(
         .filter(deliveries::Column::WebhookId.eq(webhook_id))
         .filter(deliveries::Column::OrderKey.eq(&row.order_key))
         .filter(deliveries::Column::Id.lt(row.id))
-        .filter(deliveries::Column::Status.eq(PENDING))
+        .filter(deliveries::Column::Status.eq(DeliveryStatus::Pending))
         .order_by_asc(deliveries::Column::Id)
         .into_tuple()
         .one(db)
@@ -150,7 +175,10 @@ pub(crate) async fn delivered(
 ) -> Result<(), JobError> {
     let now = Utc::now();
     deliveries::Entity::update_many()
-        .col_expr(deliveries::Column::Status, Expr::value(DELIVERED))
+        .col_expr(
+            deliveries::Column::Status,
+            Expr::value(DeliveryStatus::Delivered),
+        )
         .col_expr(deliveries::Column::DeliveredAt, Expr::value(now))
         .col_expr(
             deliveries::Column::ClaimedUntil,
@@ -167,7 +195,7 @@ pub(crate) async fn delivered(
         )
         .col_expr(deliveries::Column::UpdatedAt, Expr::value(now))
         .filter(deliveries::Column::Id.eq(row.id))
-        .filter(deliveries::Column::Status.eq(PENDING))
+        .filter(deliveries::Column::Status.eq(DeliveryStatus::Pending))
         .exec(&ctx.db)
         .await?;
     count(&row.channel, "delivered");
@@ -210,10 +238,13 @@ pub(crate) async fn failed(
         )
         .col_expr(deliveries::Column::UpdatedAt, Expr::value(now))
         .filter(deliveries::Column::Id.eq(row.id))
-        .filter(deliveries::Column::Status.eq(PENDING));
+        .filter(deliveries::Column::Status.eq(DeliveryStatus::Pending));
     let update = if dead {
         update
-            .col_expr(deliveries::Column::Status, Expr::value(DEAD))
+            .col_expr(
+                deliveries::Column::Status,
+                Expr::value(DeliveryStatus::Dead),
+            )
             .col_expr(
                 deliveries::Column::NextAttemptAt,
                 Expr::value(None::<DateTime<Utc>>),
@@ -230,7 +261,7 @@ pub(crate) async fn failed(
     }
     count(&row.channel, "failed");
     // The retry is its own task, scheduled for when it is due: no worker slot waits meanwhile.
-    submit(ctx, &row.channel, row.id, Some(wait)).await?;
+    submit(ctx, Channel::of(&row.channel), row.id, Some(wait)).await?;
     Ok(Failed::Retry(wait))
 }
 
@@ -242,7 +273,10 @@ pub(crate) async fn abandon(
 ) -> Result<(), JobError> {
     let now = Utc::now();
     let changed = deliveries::Entity::update_many()
-        .col_expr(deliveries::Column::Status, Expr::value(DEAD))
+        .col_expr(
+            deliveries::Column::Status,
+            Expr::value(DeliveryStatus::Dead),
+        )
         .col_expr(
             deliveries::Column::ClaimedUntil,
             Expr::value(None::<DateTime<Utc>>),
@@ -254,7 +288,7 @@ pub(crate) async fn abandon(
         .col_expr(deliveries::Column::LastError, Expr::value(why))
         .col_expr(deliveries::Column::UpdatedAt, Expr::value(now))
         .filter(deliveries::Column::Id.eq(row.id))
-        .filter(deliveries::Column::Status.eq(PENDING))
+        .filter(deliveries::Column::Status.eq(DeliveryStatus::Pending))
         .exec(&ctx.db)
         .await?
         .rows_affected;
@@ -275,44 +309,20 @@ async fn next_in_line(ctx: &JobContext, row: &deliveries::Model) -> Result<(), J
         .filter(deliveries::Column::WebhookId.eq(webhook_id))
         .filter(deliveries::Column::OrderKey.eq(&row.order_key))
         .filter(deliveries::Column::Id.gt(row.id))
-        .filter(deliveries::Column::Status.eq(PENDING))
+        .filter(deliveries::Column::Status.eq(DeliveryStatus::Pending))
         .order_by_asc(deliveries::Column::Id)
         .into_tuple()
         .one(&ctx.db)
         .await?;
     if let Some(next) = next {
-        submit(ctx, WEBHOOK, next, None).await?;
+        submit(ctx, Channel::Webhook, next, None).await?;
     }
     Ok(())
 }
 
-/// Submits the job that sends row `id` on `channel`, after `delay` if given.
-pub(crate) async fn submit(
-    ctx: &JobContext,
-    channel: &str,
-    id: i64,
-    delay: Option<Duration>,
-) -> Result<(), JobError> {
-    let result = match (channel, delay) {
-        (EMAIL, None) => ctx.jobs.submit(SendEmail { delivery_id: id }).await,
-        (EMAIL, Some(delay)) => {
-            ctx.jobs
-                .submit_after(SendEmail { delivery_id: id }, delay)
-                .await
-        }
-        (_, None) => ctx.jobs.submit(DeliverWebhook { delivery_id: id }).await,
-        (_, Some(delay)) => {
-            ctx.jobs
-                .submit_after(DeliverWebhook { delivery_id: id }, delay)
-                .await
-        }
-    };
-    result.map_err(|err| JobError::Transient(err.to_string()))
-}
-
 /// Counts one delivery outcome (`delivered`, `failed`, `dead`) of `channel`.
 fn count(channel: &str, outcome: &'static str) {
-    if channel == EMAIL {
+    if Channel::of(channel) == Channel::Email {
         metrics::counter!("switchboard_email_deliveries_total", "outcome" => outcome).increment(1);
     } else {
         metrics::counter!("switchboard_webhook_deliveries_total", "outcome" => outcome)
@@ -347,14 +357,14 @@ pub async fn redeliver(ctx: &JobContext) -> Result<usize, JobError> {
                 Expr::col((earlier.clone(), deliveries::Column::Id))
                     .lt(Expr::col((deliveries::Entity, deliveries::Column::Id))),
             )
-            .and_where(Expr::col((earlier, deliveries::Column::Status)).eq(PENDING))
+            .and_where(Expr::col((earlier, deliveries::Column::Status)).eq(DeliveryStatus::Pending))
             .to_owned(),
     );
     let ids: Vec<(i64, String)> = deliveries::Entity::find()
         .select_only()
         .column(deliveries::Column::Id)
         .column(deliveries::Column::Channel)
-        .filter(deliveries::Column::Status.eq(PENDING))
+        .filter(deliveries::Column::Status.eq(DeliveryStatus::Pending))
         .filter(
             Condition::any()
                 .add(deliveries::Column::ClaimedUntil.is_null())
@@ -376,7 +386,7 @@ pub async fn redeliver(ctx: &JobContext) -> Result<usize, JobError> {
         .all(&ctx.db)
         .await?;
     for (id, channel) in &ids {
-        submit(ctx, channel, *id, None).await?;
+        submit(ctx, Channel::of(channel), *id, None).await?;
     }
     Ok(ids.len())
 }
@@ -396,7 +406,9 @@ pub async fn prune(ctx: &JobContext) -> Result<u64, JobError> {
         let ids: Vec<i64> = deliveries::Entity::find()
             .select_only()
             .column(deliveries::Column::Id)
-            .filter(deliveries::Column::Status.is_in([DELIVERED, DEAD]))
+            .filter(
+                deliveries::Column::Status.is_in([DeliveryStatus::Delivered, DeliveryStatus::Dead]),
+            )
             .filter(deliveries::Column::UpdatedAt.lt(cutoff))
             .limit(PRUNE_CHUNK as u64)
             .into_tuple()

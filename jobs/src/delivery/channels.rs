@@ -1,6 +1,6 @@
 //! The notification channels besides Socket.IO, as a process configures them: webhooks (always
 //! on) and e-mail (on when an SMTP server is configured). One value per process, shared by the
-//! fan-out ([`crate::fanout`]) and the delivery jobs ([`crate::webhook`], [`crate::email`]).
+//! fan-out and the delivery jobs (the `fanout`, `webhook` and `email` modules beside this one).
 
 use std::{sync::Arc, time::Duration};
 
@@ -98,7 +98,7 @@ pub enum ChannelError {
 impl Channels {
     /// Builds the channels; says once whether e-mail is on.
     pub fn new(settings: &ChannelSettings) -> Result<Self, ChannelError> {
-        let http = crate::webhook::client(settings.webhook_allow_private, settings.webhook_timeout)
+        let http = super::guard::client(settings.webhook_allow_private, settings.webhook_timeout)
             .map_err(|err| ChannelError::Http(err.to_string()))?;
         let mailer =
             match &settings.smtp_url {

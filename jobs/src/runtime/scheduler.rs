@@ -17,7 +17,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use apalis::prelude::*;
 use apalis_cron::{CronScheduler, Schedule, Tick};
 
-use crate::{JobContext, deliveries, reconcile, timers};
+use crate::{
+    JobContext,
+    delivery::{deliveries, fanout},
+    reconcile, timers,
+};
 
 /// How often lost webhook and e-mail deliveries are looked for.
 pub const REDELIVER_PERIOD: Duration = Duration::from_secs(15);
@@ -100,7 +104,7 @@ impl Pass {
             }
             Pass::Redeliver => {
                 // Not a reason to skip the resubmissions below.
-                match crate::fanout::left_behind(ctx).await {
+                match fanout::left_behind(ctx).await {
                     Ok(0) => {}
                     Ok(staged) => tracing::info!(
                         staged,
