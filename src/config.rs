@@ -15,7 +15,7 @@ use crate::client_ip::TrustedProxies;
 pub struct Cli {
     /// What to run; `all` when omitted.
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub command: Option<Task>,
     #[command(flatten)]
     pub settings: Settings,
 }
@@ -31,6 +31,49 @@ pub enum Command {
     Work,
     /// Applies database migrations and creates the first account and admin, then exits.
     Migrate,
+}
+
+/// What one invocation does: play a role until stopped, or run a one-shot operator command.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum Task {
+    #[command(flatten)]
+    Run(Command),
+    /// Accounts, for operators.
+    #[command(subcommand)]
+    Account(AccountTask),
+    /// Admin agents, for operators.
+    #[command(subcommand)]
+    Admin(AdminTask),
+}
+
+/// `switchboard account …`
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum AccountTask {
+    /// Opens an account with its first admin and default group. The admin's password is read
+    /// from SWITCHBOARD_NEW_PASSWORD, or generated and printed once.
+    Create {
+        /// The account's name.
+        #[arg(long)]
+        name: String,
+        /// The first admin's e-mail.
+        #[arg(long)]
+        admin_email: String,
+    },
+}
+
+/// `switchboard admin …`
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum AdminTask {
+    /// Gives an agent who lost its password a new one and signs it out everywhere. The password
+    /// is read from SWITCHBOARD_NEW_PASSWORD, or generated and printed once.
+    ResetPassword {
+        /// The agent's e-mail.
+        #[arg(long)]
+        email: String,
+        /// Its account, when agents of several accounts have this e-mail.
+        #[arg(long)]
+        account_id: Option<i64>,
+    },
 }
 
 /// Everything configurable.
@@ -520,7 +563,7 @@ mod tests {
             &["switchboard", "serve", "--bind=0.0.0.0:9000"],
         ] {
             let cli = Cli::try_parse_from(args).unwrap_or_else(|err| panic!("{args:?}: {err}"));
-            assert_eq!(cli.command, Some(Command::Serve), "{args:?}");
+            assert_eq!(cli.command, Some(Task::Run(Command::Serve)), "{args:?}");
             assert_eq!(cli.settings.bind, bind, "{args:?}");
         }
         let cli = Cli::try_parse_from([
@@ -538,7 +581,7 @@ mod tests {
             "10.0.0.0/8",
         ])
         .unwrap();
-        assert_eq!(cli.command, Some(Command::Work));
+        assert_eq!(cli.command, Some(Task::Run(Command::Work)));
         assert_eq!(cli.settings.ops_bind, "127.0.0.1:9001".parse().unwrap());
         assert_eq!(cli.settings.worker_concurrency, 7);
         assert_eq!(cli.settings.notify.email_from, "ops@example.com");

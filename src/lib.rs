@@ -8,6 +8,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod chat;
 pub mod client_ip;
+pub mod commands;
 pub mod config;
 pub mod db;
 pub mod domain;

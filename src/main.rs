@@ -1,6 +1,7 @@
 use clap::Parser;
 use switchboard::{
-    config::{Cli, Command},
+    commands,
+    config::{Cli, Command, Task},
     startup::{Application, prepare_database},
     telemetry,
 };
@@ -41,7 +42,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cli.settings.log_format,
     );
     switchboard::install_crypto_provider();
-    let command = cli.command.unwrap_or(Command::All);
+    let command = match cli.command.unwrap_or(Task::Run(Command::All)) {
+        Task::Run(command) => command,
+        task => return commands::run(&cli.settings, task).await,
+    };
     if command == Command::Migrate {
         prepare_database(&cli.settings, command).await?;
         tracing::info!("database is up to date");

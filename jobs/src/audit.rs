@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use entity::audit_log;
-use sea_orm::{ActiveValue::Set, EntityTrait, sea_query::OnConflict};
+use sea_orm::{ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait, sea_query::OnConflict};
 use serde::{Deserialize, Serialize};
 
 use crate::{Job, JobContext, JobError, RetryBudget};
@@ -175,14 +175,27 @@ impl Job for RecordAudit {
 
     #[tracing::instrument(name = "job.record_audit", skip_all, fields(action = %self.action, key = %self.idempotency_key), err)]
     async fn run(self, ctx: &JobContext) -> Result<String, JobError> {
+        let action = self.action.clone();
+        Ok(if self.write(&ctx.db).await? {
+            format!("{action} recorded")
+        } else {
+            format!("{action} already recorded")
+        })
+    }
+}
+
+impl RecordAudit {
+    /// Writes the row, once: `false` when its idempotency key was already recorded. The job
+    /// does this; so do one-shot commands, which have no workers to submit to.
+    pub async fn write(self, db: &impl ConnectionTrait) -> Result<bool, DbErr> {
         let row = audit_log::ActiveModel {
             account_id: Set(self.account_id),
             actor_agent_id: Set(self.actor_agent_id),
-            action: Set(self.action.clone()),
+            action: Set(self.action),
             subject_type: Set(self.subject_type),
             subject_id: Set(self.subject_id),
             details: Set(self.details),
-            idempotency_key: Set(self.idempotency_key.clone()),
+            idempotency_key: Set(self.idempotency_key),
             created_at: Set(self.occurred_at),
             ..Default::default()
         };
@@ -192,12 +205,8 @@ impl Job for RecordAudit {
                     .do_nothing()
                     .to_owned(),
             )
-            .exec_without_returning(&ctx.db)
+            .exec_without_returning(db)
             .await?;
-        Ok(if inserted == 0 {
-            format!("{} already recorded", self.action)
-        } else {
-            format!("{} recorded", self.action)
-        })
+        Ok(inserted > 0)
     }
 }

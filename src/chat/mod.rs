@@ -12,6 +12,7 @@
 //! crate knows neither, and stays the lifecycle that jobs, timers and the reconciler share.
 
 pub mod access;
+pub mod accounts;
 pub mod agents;
 pub mod audit;
 pub mod budget;

@@ -6,15 +6,11 @@
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use chrono::{DateTime, Utc};
 use entity::accounts;
-use jobs::audit::{AuditAction, RecordAudit};
 use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::{
-    auth::hash_password,
-    bootstrap::create_account,
-    domain::{Email, Name, Password},
+    chat::accounts::{NewAccount, open_account},
     error::ApiError,
     http::{
         extract::{Json, Query},
@@ -27,15 +23,6 @@ pub fn router(state: &AppState) -> Router {
     Router::new()
         .route("/accounts", get(list).post(create))
         .with_state(state.clone())
-}
-
-/// A new account and its first admin.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct NewAccount {
-    pub name: Name,
-    pub admin_email: Email,
-    pub admin_password: Password,
 }
 
 #[derive(Debug, Serialize)]
@@ -60,48 +47,22 @@ impl From<accounts::Model> for AccountView {
     }
 }
 
-/// Creates the account, its admin and its default group in one transaction, and records it in
-/// the new account's audit trail. Returns (account id, admin id).
-pub async fn open_account(state: &AppState, new: NewAccount) -> anyhow::Result<(i64, i64)> {
-    let hash = hash_password(new.admin_password.expose().to_owned()).await?;
-    let (account, admin) =
-        create_account(&state.db, new.name.as_str(), &new.admin_email, hash).await?;
-    let job = RecordAudit::of(
-        account.id,
-        None,
-        AuditAction::AccountCreated,
-        Some(account.id),
-        json!({ "name": account.name, "adminAgentId": admin.id }),
-    );
-    if let Err(err) = state.jobs.submit(job).await {
-        tracing::warn!(account_id = account.id, %err, "audit record not submitted");
-    }
-    tracing::info!(
-        account_id = account.id,
-        admin_agent_id = admin.id,
-        "account created"
-    );
-    Ok((account.id, admin.id))
-}
-
 async fn create(
     State(state): State<AppState>,
     Json(body): Json<NewAccount>,
 ) -> Result<(StatusCode, Json<AccountView>), ApiError> {
     // A database that cannot be reached is a 503 to retry, as on the public API.
-    let (id, admin_agent_id) =
-        open_account(&state, body)
-            .await
-            .map_err(|err| match err.downcast::<DbErr>() {
-                Ok(err) => ApiError::from(err),
-                Err(err) => ApiError::Internal(err),
-            })?;
-    let account = accounts::Entity::find_by_id(id)
-        .one(&state.db)
-        .await?
-        .ok_or(ApiError::NotFound("account"))?;
+    let (account, admin, record) = open_account(&state.db, body).await.map_err(|err| match err
+        .downcast::<DbErr>()
+    {
+        Ok(err) => ApiError::from(err),
+        Err(err) => ApiError::Internal(err),
+    })?;
+    if let Err(err) = state.jobs.submit(record).await {
+        tracing::warn!(account_id = account.id, %err, "audit record not submitted");
+    }
     let view = AccountView {
-        admin_agent_id: Some(admin_agent_id),
+        admin_agent_id: Some(admin.id),
         ..account.into()
     };
     Ok((StatusCode::CREATED, Json(view)))

@@ -77,3 +77,83 @@ both_backends! {
         assert_eq!(ops(&app, operator, None).await.body["items"].as_array().unwrap().len(), 2);
     }
 }
+
+/// Runs a one-shot `switchboard` command on `app`'s database; returns (success, stdout, stderr).
+fn one_shot(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    command.env_clear();
+    for key in ["PATH", "HOME", "TMPDIR"] {
+        if let Some(value) = std::env::var_os(key) {
+            command.env(key, value);
+        }
+    }
+    command
+        .env("SWITCHBOARD_DATA_DIR", &app.storage.data_dir)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "warn")
+        .current_dir(app.storage.data_dir.parent().expect("a parent directory"))
+        .envs(env.iter().copied())
+        .args(args);
+    if let Some(url) = &app.storage.database_url {
+        command.env("DATABASE_URL", url);
+    }
+    let output = command.output().expect("the command runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The password a command printed once.
+fn printed_password(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("password: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no password in {stdout}"))
+        .to_owned()
+}
+
+both_backends! {
+    async fn the_command_line_opens_accounts_and_resets_lost_passwords(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let create = ["account", "create", "--name", "Acme", "--admin-email", "boss@acme.test"];
+        let (ok, out, err) = one_shot(&app, &create, &[]);
+        assert!(ok, "{out}{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        let password = printed_password(&out);
+        let token = app.token_for("boss@acme.test", &password).await;
+        let me = app.me(&token).await;
+        assert_eq!(me["role"], "admin");
+        let groups = app.groups(&token).await;
+        assert_eq!(groups["items"].as_array().unwrap().len(), 1, "its own default group");
+        // The record is written at once: no worker is needed for a one-shot command.
+        let audit = app.audit(&token, Some("account.created")).await;
+        assert_eq!(audit["items"].as_array().unwrap().len(), 1);
+
+        // Bad input: a clear message, no panic, nothing created.
+        for (bad, env, why) in [
+            (&["account", "create", "--name", "X", "--admin-email", "nope"][..], &[][..], "--admin-email"),
+            (&["account", "create", "--name", "", "--admin-email", "a@b.test"], &[], "--name"),
+            (&["account", "create", "--name", "X", "--admin-email", "a@b.test"], &[("SWITCHBOARD_NEW_PASSWORD", "short")], "SWITCHBOARD_NEW_PASSWORD"),
+            (&["admin", "reset-password", "--email", "nobody@acme.test"], &[], "no agent"),
+        ] {
+            let (ok, out, err) = one_shot(&app, bad, env);
+            assert!(!ok, "{bad:?} succeeded: {out}");
+            assert!(err.contains(why), "{bad:?}: {err}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
+        assert!(app.login("a@b.test", "password-123").await.status.is_client_error());
+
+        // A lost password: the new one from the environment, every old token revoked.
+        let reset = ["admin", "reset-password", "--email", "boss@acme.test"];
+        let (ok, out, err) = one_shot(&app, &reset, &[("SWITCHBOARD_NEW_PASSWORD", "brand-new-pass")]);
+        assert!(ok, "{out}{err}");
+        assert!(!out.contains("brand-new-pass"), "the given password is not echoed: {out}");
+        assert_eq!(app.try_me(&token).await.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(app.login("boss@acme.test", &password).await.status, StatusCode::UNAUTHORIZED);
+        let fresh = app.token_for("boss@acme.test", "brand-new-pass").await;
+        assert_eq!(app.me(&fresh).await["id"], me["id"]);
+    }
+}

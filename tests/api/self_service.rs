@@ -6,7 +6,33 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::{both_backends, helpers::*};
+use crate::{both_backends, helpers::*, sio::Sio};
+
+/// An agent signed in twice: a token, and another session with a socket open.
+struct Signed {
+    id: i64,
+    email: String,
+    token: String,
+    other_session: String,
+    socket: Sio,
+}
+
+async fn signed_in_twice(app: &TestApp, admin: &str) -> Signed {
+    let (id, token) = app.agent_with_role(admin, "agent").await;
+    let email = app.agent(admin, id).await["email"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other_session = app.token_for(&email, "password-123").await;
+    let socket = app.agent_socket(&other_session).await;
+    Signed {
+        id,
+        email,
+        token,
+        other_session,
+        socket,
+    }
+}
 
 both_backends! {
     async fn an_agent_edits_its_profile_and_nothing_else(backend: Backend) {
@@ -52,10 +78,7 @@ both_backends! {
     async fn a_password_change_needs_the_current_one_and_signs_out_everywhere(backend: Backend) {
         let app = spawn_app(backend).await;
         let admin = app.admin_token().await;
-        let (id, token) = app.agent_with_role(&admin, "agent").await;
-        let email = app.agent(&admin, id).await["email"].as_str().unwrap().to_owned();
-        let other_session = app.token_for(&email, "password-123").await;
-        let mut socket = app.agent_socket(&other_session).await;
+        let Signed { id, email, token, other_session, mut socket } = signed_in_twice(&app, &admin).await;
 
         for (body, why) in [
             (json!({ "password": "new-password-456" }), "give currentPassword"),
@@ -86,10 +109,7 @@ both_backends! {
     async fn logout_revokes_every_token_of_the_agent_and_closes_its_sockets(backend: Backend) {
         let app = spawn_app(backend).await;
         let admin = app.admin_token().await;
-        let (id, token) = app.agent_with_role(&admin, "agent").await;
-        let email = app.agent(&admin, id).await["email"].as_str().unwrap().to_owned();
-        let other_session = app.token_for(&email, "password-123").await;
-        let mut socket = app.agent_socket(&other_session).await;
+        let Signed { id, email, token, other_session, mut socket } = signed_in_twice(&app, &admin).await;
 
         let reply = app.post("/v1/auth/logout", &token, json!({})).await;
         assert_eq!(reply.status, StatusCode::NO_CONTENT);
