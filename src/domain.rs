@@ -123,6 +123,30 @@ impl fmt::Debug for Password {
     }
 }
 
+/// A password as given to be checked (sign-in, the current one before a change): any text,
+/// since a check must not tell what a password may look like. Never printed.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, to verify.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The secret itself, owned, for a verification on another thread.
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 /// The text of a chat message: 1 to 4000 characters, not blank, no control characters other
 /// than line breaks and tabs. Kept as written (not trimmed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

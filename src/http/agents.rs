@@ -32,7 +32,7 @@ use crate::{
         audit,
         views::AgentView,
     },
-    domain::{Capacity, Email, HttpUrl, Name, Password, nullable},
+    domain::{Capacity, Email, HttpUrl, Name, Password, Secret, nullable},
     error::ApiError,
     state::AppState,
 };
@@ -97,7 +97,7 @@ struct UpdateMe {
     avatar_url: Option<Option<HttpUrl>>,
     /// The new password; needs `currentPassword`.
     password: Option<Password>,
-    current_password: Option<String>,
+    current_password: Option<Secret>,
 }
 
 /// The profile fields an update writes, and the names of those it changed (for the audit).
@@ -275,7 +275,8 @@ async fn update_me(
         (None, None) => None,
         (Some(new), Some(current)) => {
             let hash = caller.agent.password_hash.clone();
-            if current.len() > 1024 || !verify_password(current, hash).await? {
+            if current.expose().len() > 1024 || !verify_password(current.into_inner(), hash).await?
+            {
                 return Err(ApiError::Unprocessable(
                     "currentPassword is not your password".into(),
                 ));

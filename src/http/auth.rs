@@ -18,6 +18,7 @@ use super::{extract::Json, rate_limit};
 use crate::{
     auth::{CurrentAgent, verify_decoy, verify_password},
     chat::{agents::sign_out, views::AgentView},
+    domain::Secret,
     error::ApiError,
     state::AppState,
 };
@@ -34,7 +35,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Login {
     email: String,
-    password: String,
+    password: Secret,
     /// Needed only when the same e-mail belongs to agents of several accounts.
     account_id: Option<i64>,
 }
@@ -59,7 +60,7 @@ async fn login(
     const REFUSED: ApiError = ApiError::Unauthorized("wrong e-mail or password");
     // Control characters (NUL above all, which PostgreSQL refuses in text) match nobody.
     if body.email.len() > 320
-        || body.password.len() > 1024
+        || body.password.expose().len() > 1024
         || body.email.chars().any(char::is_control)
     {
         return Err(REFUSED);
@@ -73,11 +74,16 @@ async fn login(
     let candidates = query.limit(10).all(&state.db).await?;
     if candidates.is_empty() {
         // Take as long as a wrong password would, so the answer does not tell who has an account.
-        verify_decoy(body.password).await?;
+        verify_decoy(body.password.into_inner()).await?;
         return Err(REFUSED);
     }
     for agent in candidates {
-        if verify_password(body.password.clone(), agent.password_hash.clone()).await? {
+        if verify_password(
+            body.password.expose().to_owned(),
+            agent.password_hash.clone(),
+        )
+        .await?
+        {
             let (token, expires_at) =
                 state
                     .tokens
