@@ -32,7 +32,7 @@ pub async fn run(settings: &Settings, task: Task) -> anyhow::Result<()> {
                 admin_email,
                 admin_password: password.clone(),
             };
-            let (account, admin, record) = open_account(&db, new).await?;
+            let (account, admin, record) = open_account(&db, new, None).await?;
             record.write(&db).await?;
             println!(
                 "account {} ({}) created; its admin is agent {} <{}>",

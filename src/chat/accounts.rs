@@ -28,10 +28,12 @@ pub struct NewAccount {
     pub admin_password: Password,
 }
 
-/// Creates the account, its admin and its default group in one transaction.
+/// Creates the account, its admin and its default group in one transaction. `operator` is the
+/// operator account's admin who asked (none from the command line); the record says so.
 pub async fn open_account(
     db: &DatabaseConnection,
     new: NewAccount,
+    operator: Option<i64>,
 ) -> anyhow::Result<(accounts::Model, agents::Model, RecordAudit)> {
     let hash = hash_password(new.admin_password.expose().to_owned()).await?;
     let (account, admin) = create_account(db, new.name.as_str(), &new.admin_email, hash).await?;
@@ -40,10 +42,11 @@ pub async fn open_account(
         None,
         AuditAction::AccountCreated,
         Some(account.id),
-        json!({ "name": account.name, "adminAgentId": admin.id }),
+        json!({ "name": account.name, "adminAgentId": admin.id, "operatorAgentId": operator }),
     );
     tracing::info!(
         account_id = account.id,
+        operator_agent_id = operator,
         admin_agent_id = admin.id,
         "account created"
     );

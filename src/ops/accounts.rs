@@ -3,7 +3,7 @@
 //! Only operators open accounts: an account's own admins never see others. A repeated `POST`
 //! opens another account (names need not be unique).
 
-use axum::{Router, extract::State, http::StatusCode, routing::get};
+use axum::{Extension, Router, extract::State, http::StatusCode, routing::get};
 use chrono::{DateTime, Utc};
 use entity::accounts;
 use sea_orm::{ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
@@ -16,6 +16,7 @@ use crate::{
         extract::{Json, Query},
         resource::{Page, page_limit, split_page},
     },
+    ops::auth::Operator,
     state::AppState,
 };
 
@@ -49,15 +50,16 @@ impl From<accounts::Model> for AccountView {
 
 async fn create(
     State(state): State<AppState>,
+    Extension(operator): Extension<Operator>,
     Json(body): Json<NewAccount>,
 ) -> Result<(StatusCode, Json<AccountView>), ApiError> {
     // A database that cannot be reached is a 503 to retry, as on the public API.
-    let (account, admin, record) = open_account(&state.db, body).await.map_err(|err| match err
-        .downcast::<DbErr>()
-    {
-        Ok(err) => ApiError::from(err),
-        Err(err) => ApiError::Internal(err),
-    })?;
+    let (account, admin, record) = open_account(&state.db, body, Some(operator.agent_id))
+        .await
+        .map_err(|err| match err.downcast::<DbErr>() {
+            Ok(err) => ApiError::from(err),
+            Err(err) => ApiError::Internal(err),
+        })?;
     if let Err(err) = state.jobs.submit(record).await {
         tracing::warn!(account_id = account.id, %err, "audit record not submitted");
     }

@@ -1,5 +1,7 @@
 //! Accounts made by operators on the operator listener (`POST /accounts`, `GET /accounts`).
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -66,6 +68,15 @@ both_backends! {
         assert_eq!(names, [json!("General")]);
         let agents = app.try_agents(&token).await;
         assert_eq!(agents.body["items"].as_array().unwrap().len(), 1);
+        // The new account's trail says which operator opened it.
+        let operator_id = app.me(&app.admin_token().await).await["id"].clone();
+        let entry = eventually(Duration::from_secs(10), "the account.created entry", || async {
+            let audit = app.audit(&token, Some("account.created")).await;
+            audit["items"].as_array().and_then(|items| items.first().cloned())
+        })
+        .await;
+        assert_eq!(entry["details"]["operatorAgentId"], operator_id);
+        assert_eq!(entry["subjectId"], account_id);
 
         // An admin of any other account is no operator.
         let refused = ops(&app, ("boss@acme.test", "password-123"), None).await;

@@ -85,10 +85,17 @@ struct Inner {
     admin_emails: tokio::sync::Mutex<Option<(Instant, Arc<HashSet<String>>)>>,
 }
 
+/// The admin a request of the operator listener came from (a request extension, set by
+/// [`require_admin`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Operator {
+    pub agent_id: i64,
+}
+
 /// What a check found.
 enum Verdict {
-    /// An admin with this password.
-    Admin,
+    /// The admin (its agent id) with this password.
+    Admin(i64),
     /// Anything else.
     Refused,
 }
@@ -121,13 +128,13 @@ impl OpsAuth {
     }
 
     /// Passes a request carrying the credentials of an admin agent; refuses any other.
-    async fn check(&self, client: IpAddr, headers: &HeaderMap) -> Result<(), Refusal> {
+    async fn check(&self, client: IpAddr, headers: &HeaderMap) -> Result<Operator, Refusal> {
         let Some(credentials) = Credentials::from_headers(headers) else {
             return Err(Refusal::Unauthorized);
         };
         let (slot, digest) = self.digests(&credentials);
-        if self.0.remembered.passes(&slot, &digest) {
-            return Ok(());
+        if let Some(agent_id) = self.0.remembered.passes(&slot, &digest) {
+            return Ok(Operator { agent_id });
         }
         // Counted before the check runs, given back when it passes or cannot run.
         let client = crate::chat::budget::client_key(client);
@@ -183,10 +190,10 @@ impl OpsAuth {
             give_back_address();
         }
         match verdict? {
-            Verdict::Admin => {
-                self.0.remembered.insert(slot, digest);
+            Verdict::Admin(agent_id) => {
+                self.0.remembered.insert(slot, digest, agent_id);
                 self.0.known.insert((slot, client), ());
-                Ok(())
+                Ok(Operator { agent_id })
             }
             Verdict::Refused => {
                 Err(address_blocked.map_or(Refusal::Unauthorized, Refusal::TooMany))
@@ -264,7 +271,7 @@ impl OpsAuth {
         }
         for admin in admins {
             if verify_password(password.clone(), admin.password_hash).await? {
-                return Ok(Verdict::Admin);
+                return Ok(Verdict::Admin(admin.id));
             }
         }
         Ok(Verdict::Refused)
@@ -339,11 +346,14 @@ impl IntoResponse for Refusal {
 pub async fn require_admin(
     State(auth): State<OpsAuth>,
     ClientIp(client): ClientIp,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     match auth.check(client, request.headers()).await {
-        Ok(()) => next.run(request).await,
+        Ok(operator) => {
+            request.extensions_mut().insert(operator);
+            next.run(request).await
+        }
         Err(refusal) => refusal.into_response(),
     }
 }
@@ -389,13 +399,17 @@ mod tests {
             password: "secreT".into(),
         };
         let (slot, digest) = auth.digests(&right);
-        assert!(!auth.0.remembered.passes(&slot, &digest));
-        auth.0.remembered.insert(slot, digest);
-        assert!(auth.0.remembered.passes(&slot, &digest));
+        assert_eq!(auth.0.remembered.passes(&slot, &digest), None);
+        auth.0.remembered.insert(slot, digest, 7);
+        assert_eq!(
+            auth.0.remembered.passes(&slot, &digest),
+            Some(7),
+            "and who it was"
+        );
         let (wrong_slot, wrong_digest) = auth.digests(&wrong);
         assert_eq!(slot, wrong_slot, "the slot is the e-mail's");
-        assert!(!auth.0.remembered.passes(&wrong_slot, &wrong_digest));
+        assert_eq!(auth.0.remembered.passes(&wrong_slot, &wrong_digest), None);
         auth.0.remembered.expire(&slot);
-        assert!(!auth.0.remembered.passes(&slot, &digest));
+        assert_eq!(auth.0.remembered.passes(&slot, &digest), None);
     }
 }

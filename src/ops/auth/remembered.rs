@@ -22,20 +22,24 @@ pub(super) struct Remembered(Mutex<HashMap<[u8; 32], Entry>>);
 
 struct Entry {
     credentials: [u8; 32],
+    agent_id: i64,
     until: Instant,
 }
 
 impl Remembered {
-    /// Whether these exact credentials passed within [`REMEMBER`].
-    pub(super) fn passes(&self, slot: &[u8; 32], digest: &[u8; 32]) -> bool {
+    /// The admin whose exact credentials these are, if they passed within [`REMEMBER`].
+    pub(super) fn passes(&self, slot: &[u8; 32], digest: &[u8; 32]) -> Option<i64> {
         let remembered = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        remembered.get(slot).is_some_and(|entry| {
-            entry.until > Instant::now() && bool::from(entry.credentials.ct_eq(digest))
-        })
+        remembered
+            .get(slot)
+            .filter(|entry| {
+                entry.until > Instant::now() && bool::from(entry.credentials.ct_eq(digest))
+            })
+            .map(|entry| entry.agent_id)
     }
 
     /// Remembers credentials that just passed (replacing the e-mail's previous ones).
-    pub(super) fn insert(&self, slot: [u8; 32], credentials: [u8; 32]) {
+    pub(super) fn insert(&self, slot: [u8; 32], credentials: [u8; 32], agent_id: i64) {
         let now = Instant::now();
         let mut remembered = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if remembered.len() >= CACHE_SIZE {
@@ -48,6 +52,7 @@ impl Remembered {
             slot,
             Entry {
                 credentials,
+                agent_id,
                 until: now + REMEMBER,
             },
         );
