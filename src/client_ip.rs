@@ -98,10 +98,16 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) ->
 fn forwarded_client(headers: &HeaderMap, trusted: &TrustedProxies) -> Option<IpAddr> {
     const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
     let forwarded = joined(headers, &header::FORWARDED).map(|text| {
-        let hops = split_unquoted(&text, ',')
-            .into_iter()
-            .map(forwarded_for)
-            .collect();
+        // A quote left open would swallow what the proxy appended after it (on the same line or
+        // the next one): such a header names nobody.
+        let balanced = headers.get_all(header::FORWARDED).iter().all(|line| {
+            line.to_str()
+                .is_ok_and(|line| split_unquoted(line, ',').is_some())
+        });
+        let hops = match split_unquoted(&text, ',') {
+            Some(elements) if balanced => elements.into_iter().map(forwarded_for).collect(),
+            _ => vec![None],
+        };
         rightmost_untrusted(hops, trusted)
     });
     let x_forwarded_for = joined(headers, &X_FORWARDED_FOR).map(|text| {
@@ -145,8 +151,8 @@ fn rightmost_untrusted(hops: Vec<Option<IpAddr>>, trusted: &TrustedProxies) -> O
 }
 
 /// `text` cut at every `separator` outside double quotes (a backslash escapes the next
-/// character inside them).
-fn split_unquoted(text: &str, separator: char) -> Vec<&str> {
+/// character inside them); `None` when a quote or an escape is left open at the end.
+fn split_unquoted(text: &str, separator: char) -> Option<Vec<&str>> {
     let mut parts = Vec::new();
     let (mut start, mut quoted, mut escaped) = (0, false, false);
     for (at, c) in text.char_indices() {
@@ -161,14 +167,17 @@ fn split_unquoted(text: &str, separator: char) -> Vec<&str> {
             start = at + c.len_utf8();
         }
     }
+    if quoted || escaped {
+        return None;
+    }
     parts.push(&text[start..]);
-    parts
+    Some(parts)
 }
 
 /// The address of one `Forwarded` element's `for=` parameter (`for=192.0.2.1;proto=https`).
 fn forwarded_for(element: &str) -> Option<IpAddr> {
     let mut found = None;
-    for pair in split_unquoted(element, ';') {
+    for pair in split_unquoted(element, ';')? {
         let (key, value) = pair.trim().split_once('=')?;
         if key.trim().eq_ignore_ascii_case("for") {
             if found.is_some() {
@@ -399,6 +408,37 @@ mod tests {
         assert_eq!(
             fwd("for=192.0.2.43;host=\"a,b;c\", for=203.0.113.9"),
             ip("203.0.113.9")
+        );
+        // A quote the client leaves open cannot swallow what the proxy appends, on the same
+        // line or the next, nor the quoted IPv6 element a proxy writes.
+        assert_eq!(fwd("for=1.2.3.4;x=\", for=203.0.113.9"), ip(PROXY));
+        assert_eq!(fwd("for=1.2.3.4;x=\"\\, for=203.0.113.9"), ip(PROXY));
+        assert_eq!(
+            fwd("for=1.2.3.4;x=\", for=\"[2001:db8::1]:4711\""),
+            ip(PROXY)
+        );
+        assert_eq!(
+            client(
+                PROXY,
+                PROXIES,
+                &[
+                    ("forwarded", "for=1.2.3.4;x=\""),
+                    ("forwarded", "for=\"[2001:db8::1]:4711\""),
+                ],
+            ),
+            ip(PROXY)
+        );
+        assert_eq!(
+            client(
+                PROXY,
+                PROXIES,
+                &[
+                    ("forwarded", "for=1.2.3.4;x=\""),
+                    ("forwarded", "for=203.0.113.9"),
+                    ("x-forwarded-for", "1.2.3.4"),
+                ],
+            ),
+            ip(PROXY)
         );
         // With X-Forwarded-For too, both must name the same client: the proxy appended to one,
         // the client wrote the other.

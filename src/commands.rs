@@ -3,7 +3,9 @@
 //! through the same use cases as the operator listener, write its audit record at once (there is
 //! no worker to hand it to) and print what the operator needs.
 
+use jobs::audit::RecordAudit;
 use rand::distr::{Alphanumeric, SampleString};
+use sea_orm::DatabaseConnection;
 
 use crate::{
     chat::accounts::{NewAccount, open_account, reset_password},
@@ -13,7 +15,8 @@ use crate::{
 };
 
 /// The variable a new password is read from; never a flag, so it stays out of shell history and
-/// process lists.
+/// process lists. Set it for one command only, never in `.env` (every later command would reuse
+/// it, and compose hands `.env` to every container).
 pub const NEW_PASSWORD: &str = "SWITCHBOARD_NEW_PASSWORD";
 
 /// Runs a one-shot `task` (a role to play is refused: `main` starts those).
@@ -33,12 +36,12 @@ pub async fn run(settings: &Settings, task: Task) -> anyhow::Result<()> {
                 admin_password: password.clone(),
             };
             let (account, admin, record) = open_account(&db, new, None).await?;
-            record.write(&db).await?;
             println!(
                 "account {} ({}) created; its admin is agent {} <{}>",
                 account.id, account.name, admin.id, admin.email
             );
             tell_password(&password, generated);
+            keep(record, &db).await;
             Ok(())
         }
         Task::Admin(AdminTask::ResetPassword {
@@ -49,14 +52,22 @@ pub async fn run(settings: &Settings, task: Task) -> anyhow::Result<()> {
             let (password, generated) = new_password()?;
             let db = prepare_database(settings, Command::Serve).await?;
             let (agent, record) = reset_password(&db, &email, account_id, &password).await?;
-            record.write(&db).await?;
             println!(
                 "agent {} <{}> of account {} has a new password; every token it held is revoked",
                 agent.id, agent.email, agent.account_id
             );
             tell_password(&password, generated);
+            keep(record, &db).await;
             Ok(())
         }
+    }
+}
+
+/// Writes the audit record of a change already made and told: a failure is reported, but the
+/// operator has what it needs (the change and its password) either way.
+async fn keep(record: RecordAudit, db: &DatabaseConnection) {
+    if let Err(err) = record.write(db).await {
+        eprintln!("the change is made, but its audit record was not written: {err}");
     }
 }
 
@@ -68,7 +79,12 @@ fn email(given: &str, flag: &str) -> anyhow::Result<Email> {
 fn new_password() -> anyhow::Result<(Password, bool)> {
     let (password, generated) = match std::env::var(NEW_PASSWORD) {
         Ok(password) => (password, false),
-        Err(_) => (Alphanumeric.sample_string(&mut rand::rng(), 20), true),
+        Err(std::env::VarError::NotPresent) => {
+            (Alphanumeric.sample_string(&mut rand::rng(), 20), true)
+        }
+        Err(std::env::VarError::NotUnicode(_)) => {
+            anyhow::bail!("{NEW_PASSWORD} is not valid UTF-8")
+        }
     };
     let password =
         Password::try_from(password).map_err(|err| anyhow::anyhow!("{NEW_PASSWORD}: {err}"))?;

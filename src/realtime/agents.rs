@@ -261,8 +261,11 @@ pub(super) fn drop_revoked<A: Adapter>(
             .extensions
             .get::<AgentSession>()
             .is_some_and(|session| {
+                // Versions only grow: a socket newer than the snapshot signed in after it.
                 vouched.binary_search(&session.agent_id).is_ok()
-                    && live.get(&session.agent_id) != Some(&session.token_version)
+                    && live
+                        .get(&session.agent_id)
+                        .is_none_or(|&version| version > session.token_version)
             });
         if revoked {
             let _ = socket.disconnect();
