@@ -76,7 +76,7 @@ async fn fifty_thousand_jobs_submitted_while_workers_are_down_all_complete() {
         if backlog::done_len(conn, &queue).await.unwrap() == 0 {
             break;
         }
-        backlog::prune_done(conn, &queue, Duration::ZERO)
+        backlog::prune_done(conn, &queue, backlog::Retention::only(Duration::ZERO))
             .await
             .unwrap();
     }

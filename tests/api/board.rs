@@ -123,6 +123,20 @@ async fn a_failing_task(app: &TestApp, backend: Backend) -> Value {
     .await
 }
 
+/// The value of the statistic `title` in a board list of statistics (a number, or a number in a
+/// string as apalis-sqlite and apalis-redis write them); 0 when absent.
+fn stat(stats: &Value, title: &str) -> f64 {
+    let value = stats
+        .as_array()
+        .and_then(|stats| stats.iter().find(|stat| stat["title"] == title))
+        .map(|stat| stat["value"].clone())
+        .unwrap_or_default();
+    value
+        .as_f64()
+        .or_else(|| value.as_str().and_then(|v| v.parse().ok()))
+        .unwrap_or_default()
+}
+
 /// The queue names the workers of `app` run, as the board names them.
 fn worker_queues(app: &TestApp) -> Vec<String> {
     let options = jobs::WorkerOptions {
@@ -200,8 +214,47 @@ both_backends! {
                 "no worker of {queue}: {all}"
             );
         }
+        // The scheduler's workers too, which apalis-cron runs outside the job storage.
+        for pass in CRON_WORKERS {
+            assert!(
+                all.as_array().expect("workers").iter().any(|w| {
+                    w["id"].as_str().is_some_and(|id| id.starts_with(&format!("{pass}@")))
+                }),
+                "no {pass} worker: {all}"
+            );
+        }
+
+        // Done tasks stay a while (a few per queue for minutes): the queues that ran count them
+        // and list them, well after the short retention of the busy path, and so does the
+        // overview. The first audit record finished before the failing one was even submitted.
+        let queues = board(&app, "/api/v1/queues").await;
+        let done_by_queue: Vec<(String, f64)> = queues
+            .as_array()
+            .expect("a list of queues")
+            .iter()
+            .map(|queue| (queue["name"].as_str().unwrap_or_default().to_owned(), stat(&queue["stats"], "DONE_JOBS")))
+            .collect();
+        let ran: Vec<&str> = done_by_queue
+            .iter()
+            .filter(|(_, done)| *done > 0.0)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        assert!(ran.contains(&"record-audit"), "{queues}");
+        assert!(ran.len() >= 2, "the conversation's jobs count too: {queues}");
+        for name in &ran {
+            let stats = board(&app, &format!("/api/v1/queues/{name}/stats")).await;
+            assert!(stat(&stats, "DONE_JOBS") > 0.0, "{name}: {stats}");
+            let done = board(&app, &format!("/api/v1/queues/{name}/tasks?status=Done&page=1&page_size=50")).await;
+            assert!(done.as_array().is_some_and(|tasks| !tasks.is_empty()), "{name}: {done}");
+        }
+        let recorded = board(&app, "/api/v1/queues/record-audit/tasks?status=Done&page=1&page_size=50").await;
+        assert!(
+            recorded.as_array().expect("tasks").iter().any(|task| task["args"]["details"]["name"] == "recorded"),
+            "{recorded}"
+        );
         let overview = board(&app, "/api/v1/overview").await;
-        assert!(overview.as_array().is_some_and(|stats| !stats.is_empty()), "{overview}");
+        assert!(stat(&overview, "DONE_JOBS") > 0.0, "{overview}");
+        assert!(stat(&overview, "TOTAL_JOBS") >= stat(&overview, "DONE_JOBS") + 1.0, "{overview}");
 
         // What an operator sees in a browser.
         let label = match backend {
@@ -212,6 +265,9 @@ both_backends! {
         assert_eq!(summary["ok"], true, "{summary}");
     }
 }
+
+/// The scheduler's workers, one per pass (`jobs::runtime::scheduler`).
+const CRON_WORKERS: [&str; 3] = ["sweep", "reconcile", "redeliver"];
 
 /// Runs `tests/js/board.mjs` against the board of `app`; returns its summary.
 async fn browse(app: &TestApp, queues: &[String], id: &str, attempt: u64, label: &str) -> Value {
@@ -235,6 +291,7 @@ async fn browse(app: &TestApp, queues: &[String], id: &str, attempt: u64, label:
         "username": ADMIN_EMAIL,
         "password": ADMIN_PASSWORD,
         "queues": queues,
+        "cronWorkers": CRON_WORKERS,
         "failed": { "queue": "record-audit", "id": id, "attempt": attempt, "error": "audit_log" },
         "screenshots": screenshots,
     });
@@ -408,13 +465,15 @@ async fn api_and_worker_nodes_both_serve_the_board() {
             "{queues}"
         );
     }
-    // Only the worker node runs workers, and both boards see them.
+    // Only the worker node runs workers (one per queue and the scheduler's), and both boards
+    // see them.
+    let expected = jobs::queues::names().len() + CRON_WORKERS.len();
     eventually(
         Duration::from_secs(10),
         "the worker node's workers",
         || async {
             let workers = board(&api, "/api/v1/workers").await;
-            (workers.as_array()?.len() == jobs::queues::names().len()).then_some(())
+            (workers.as_array()?.len() == expected).then_some(())
         },
     )
     .await;
@@ -423,7 +482,7 @@ async fn api_and_worker_nodes_both_serve_the_board() {
             .await
             .as_array()
             .map(Vec::len),
-        Some(jobs::queues::names().len())
+        Some(expected)
     );
     worker.stop().await;
     api.stop().await;

@@ -4,6 +4,7 @@
 //
 //   node tests/js/board.mjs '{"url": "http://127.0.0.1:PORT", "chromium": "/usr/bin/chromium",
 //     "username": "admin@example.com", "password": "...", "queues": ["assign-agent", ...],
+//     "cronWorkers": ["sweep", "reconcile", "redeliver"],
 //     "failed": {"queue": "record-audit", "id": "01...", "attempt": 2, "error": "audit_log"},
 //     "screenshots": "target/board-embedded"}'
 //
@@ -128,6 +129,10 @@ try {
   for (const queue of config.queues) {
     step = `finding a worker of ${queue}`;
     await shows(page, `${queue}@`, { partial: true });
+  }
+  for (const worker of config.cronWorkers ?? []) {
+    step = `finding the scheduler's ${worker} worker`;
+    await shows(page, `${worker}@`, { partial: true });
   }
   await page.screenshot({ path: `${config.screenshots}-workers.png`, fullPage: true });
 

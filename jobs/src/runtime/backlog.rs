@@ -64,16 +64,20 @@ static PRUNE: LazyLock<Script> = LazyLock::new(|| {
         r"
         local ids = redis.call('srandmember', KEYS[1], tonumber(ARGV[2]))
         local cutoff = tonumber(ARGV[1])
+        local recent_cutoff = tonumber(ARGV[3])
+        local keep_recent = tonumber(ARGV[4])
+        local left = redis.call('scard', KEYS[1])
         local deleted = 0
         for _, id in ipairs(ids) do
             local meta = KEYS[3] .. ':' .. id
             local done_at = tonumber(redis.call('hget', meta, 'done_at') or '0') or 0
-            if done_at <= cutoff then
+            if done_at <= recent_cutoff or (done_at <= cutoff and left > keep_recent) then
                 redis.call('srem', KEYS[1], id)
                 redis.call('hdel', KEYS[2], id)
                 redis.call('hdel', KEYS[3] .. ':result', id)
                 redis.call('del', meta)
                 deleted = deleted + 1
+                left = left - 1
             end
         end
         return deleted
@@ -81,33 +85,65 @@ static PRUNE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Deletes up to `CHUNK` tasks of `queue` that finished successfully more than `keep` ago.
+/// How long done tasks stay, and how many of them may stay longer so operators see them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Done tasks older than this go, but for the few kept for the board.
+    pub keep: Duration,
+    /// Up to this many done tasks of a queue may stay past `keep`, until `recent_for`.
+    pub recent: usize,
+    /// No done task stays longer than this.
+    pub recent_for: Duration,
+}
+
+impl Retention {
+    /// Every done task goes once older than `keep`.
+    pub const fn only(keep: Duration) -> Self {
+        Self {
+            keep,
+            recent: 0,
+            recent_for: keep,
+        }
+    }
+}
+
+/// Deletes up to `CHUNK` tasks of `queue` that finished successfully longer ago than
+/// `retention` allows.
 ///
 /// apalis-redis keeps every finished task's data and metadata forever (its own vacuum reads the
 /// whole data hash in one call, blocking Redis); at hundreds of tasks a second that is a memory
-/// leak. Failed and dead tasks are left for operators.
+/// leak. Failed and dead tasks are left for operators. Done tasks older than `retention.keep` go
+/// while the queue keeps more than `retention.recent` of them, and none outlives
+/// `retention.recent_for`. The few kept past `keep` are a sample of the recent ones (the done set
+/// is not ordered): enough for the board to show a quiet queue's counts and last tasks.
 pub async fn prune_done(
     conn: &ConnectionManager,
     queue: &str,
-    keep: Duration,
+    retention: Retention,
 ) -> Result<usize, RedisError> {
     let config = apalis_redis::Config::default().queue(queue);
-    let cutoff = SystemTime::now()
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
-        .saturating_sub(keep.as_secs());
+        .map_or(0, |since| since.as_secs());
     PRUNE
         .key(config.done_jobs_set())
         .key(config.job_data_hash())
         .key(config.job_meta_hash())
-        .arg(cutoff)
+        .arg(now.saturating_sub(retention.keep.as_secs()))
         .arg(CHUNK)
+        .arg(now.saturating_sub(retention.recent_for.max(retention.keep).as_secs()))
+        .arg(retention.recent)
         .invoke_async(&mut conn.clone())
         .await
 }
 
-/// Finished tasks are kept this long (for operators), then pruned.
-const KEEP_DONE: Duration = Duration::from_secs(60);
+/// Done tasks are kept a minute, and up to 20 per queue for five minutes, so the board shows a
+/// quiet queue's counts and last tasks; then they are pruned.
+const KEEP_DONE: Retention = Retention {
+    keep: Duration::from_secs(60),
+    recent: 20,
+    recent_for: Duration::from_secs(5 * 60),
+};
 
 /// Drains and prunes every queue each `period`, forever (run it beside the workers).
 pub async fn guard(conn: ConnectionManager, queues: Vec<String>, period: Duration) {

@@ -144,6 +144,38 @@ fn prunes_on(timestamp: u64) -> bool {
     (timestamp / REDELIVER_PERIOD.as_secs().max(1)).is_multiple_of(PRUNE_EVERY)
 }
 
+/// The queue the board lists the scheduler's workers under: apalis-cron stores none of them, so
+/// [`heartbeat`] records them where the board reads workers.
+pub const BOARD_QUEUE: &str = "scheduler";
+
+/// How often [`heartbeat`] records the scheduler's workers.
+pub const HEARTBEAT_PERIOD: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The names of this node's scheduler workers (one per pass), as [`register`] names them.
+pub fn worker_names(node: &str) -> Vec<String> {
+    [Pass::Sweep, Pass::Reconcile, Pass::Redeliver]
+        .into_iter()
+        .map(|pass| format!("{}@{node}", pass.name()))
+        .collect()
+}
+
+/// Records this node's scheduler workers as alive every [`HEARTBEAT_PERIOD`], forever (run it
+/// beside the workers), so the board lists them.
+pub async fn heartbeat(store: crate::JobStore, names: Vec<String>) {
+    let started_at = unix_now();
+    let mut tick = tokio::time::interval(HEARTBEAT_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(err) = store
+            .record_workers(BOARD_QUEUE, &names, "apalis-cron", started_at)
+            .await
+        {
+            tracing::warn!(%err, "could not record the scheduler's workers");
+        }
+    }
+}
+
 /// Registers the scheduler's workers. The reconciler's first pass comes one period after start,
 /// so a restart storm does not become a repair storm.
 pub fn register(

@@ -8,7 +8,7 @@ use apalis::prelude::{TaskBuilder, TaskSink};
 use apalis_redis::{ConnectionManager, RedisStorage};
 use apalis_sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteStorage};
 
-use crate::Job;
+use crate::{Job, runtime::backlog::Retention};
 
 /// How often each apalis-redis worker says it is alive (and looks for other workers' orphans).
 const HEARTBEAT: Duration = Duration::from_secs(3);
@@ -157,22 +157,32 @@ impl JobStore {
         pushed
     }
 
-    /// Deletes finished tasks from apalis-sqlite: done ones after `keep_done`, killed or
-    /// exhausted ones after `keep_failed` (operators look at those). apalis-sqlite's fetch and
-    /// acknowledgement slow down as its table grows (docs/stack-notes.md, "apalis-sqlite"), so this runs periodically.
-    /// Returns how many rows went. A no-op on Redis.
+    /// Deletes finished tasks from apalis-sqlite: done ones after `keep_done.keep` but for the
+    /// newest `keep_done.recent` of each queue, which stay until `keep_done.recent_for` (the board
+    /// shows them); killed or exhausted ones after `keep_failed` (operators look at those).
+    /// apalis-sqlite's fetch and acknowledgement slow down as its table grows
+    /// (docs/stack-notes.md, "apalis-sqlite"), so this runs periodically. Returns how many rows
+    /// went. A no-op on Redis.
     pub async fn prune(
         &self,
-        keep_done: Duration,
+        keep_done: Retention,
         keep_failed: Duration,
     ) -> Result<u64, StoreError> {
         let Self::Sqlite(pool) = self else {
             return Ok(0);
         };
+        let secs = |keep: Duration| i64::try_from(keep.as_secs()).unwrap_or(i64::MAX);
         let done = sqlx::query(
-            "DELETE FROM Jobs WHERE status = 'Done' AND done_at < strftime('%s', 'now') - ?1",
+            "DELETE FROM Jobs WHERE status = 'Done' AND done_at < strftime('%s', 'now') - ?1 \
+             AND (done_at < strftime('%s', 'now') - ?2 OR id NOT IN ( \
+               SELECT id FROM ( \
+                 SELECT id, ROW_NUMBER() OVER (PARTITION BY job_type ORDER BY done_at DESC, id DESC) AS n \
+                 FROM Jobs WHERE status = 'Done' AND done_at >= strftime('%s', 'now') - ?2 \
+               ) WHERE n <= ?3))",
         )
-        .bind(i64::try_from(keep_done.as_secs()).unwrap_or(i64::MAX))
+        .bind(secs(keep_done.keep))
+        .bind(secs(keep_done.recent_for.max(keep_done.keep)))
+        .bind(i64::try_from(keep_done.recent).unwrap_or(i64::MAX))
         .execute(pool)
         .await
         .map_err(StoreError::new)?;
@@ -185,6 +195,69 @@ impl JobStore {
         .await
         .map_err(StoreError::new)?;
         Ok(done.rows_affected() + failed.rows_affected())
+    }
+
+    /// Says that the workers `names` of `queue`, which no storage runs (the scheduler's, on
+    /// apalis-cron), are alive, where the board reads workers: apalis-sqlite's `Workers` table, or
+    /// the keys apalis-redis writes for its own workers (`{queue}:workers`, a sorted set of last
+    /// heartbeats, and `{queue}:workers:metadata:{name}`). `backend` names what runs them.
+    /// Records of workers silent for a day go.
+    pub async fn record_workers(
+        &self,
+        queue: &str,
+        names: &[String],
+        backend: &str,
+        started_at: u64,
+    ) -> Result<(), StoreError> {
+        const FORGET_AFTER: u64 = 24 * 3600;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let secs = |at: u64| i64::try_from(at).unwrap_or(i64::MAX);
+        match self {
+            Self::Sqlite(pool) => {
+                for name in names {
+                    sqlx::query(
+                        "INSERT INTO Workers (id, worker_type, storage_name, layers, last_seen, started_at) \
+                         VALUES (?1, ?2, ?3, '', ?4, ?5) \
+                         ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen",
+                    )
+                    .bind(name)
+                    .bind(queue)
+                    .bind(backend)
+                    .bind(secs(now))
+                    .bind(secs(started_at))
+                    .execute(pool)
+                    .await
+                    .map_err(StoreError::new)?;
+                }
+                sqlx::query("DELETE FROM Workers WHERE worker_type = ?1 AND last_seen < ?2")
+                    .bind(queue)
+                    .bind(secs(now.saturating_sub(FORGET_AFTER)))
+                    .execute(pool)
+                    .await
+                    .map_err(StoreError::new)?;
+                Ok(())
+            }
+            Self::Redis { conn, prefix } => {
+                let workers = format!("{prefix}:{queue}:workers");
+                let mut pipe = redis::pipe();
+                for name in names {
+                    let meta = format!("{workers}:metadata:{name}");
+                    pipe.zadd(&workers, name, now)
+                        .ignore()
+                        .hset_multiple(&meta, &[("backend_name", backend), ("service", "")])
+                        .ignore()
+                        .expire(&meta, i64::try_from(FORGET_AFTER).unwrap_or(i64::MAX))
+                        .ignore();
+                }
+                pipe.zrembyscore(&workers, 0, now.saturating_sub(FORGET_AFTER))
+                    .ignore();
+                pipe.query_async::<()>(&mut conn.clone())
+                    .await
+                    .map_err(StoreError::new)
+            }
+        }
     }
 
     /// Round-trips to the storage, for readiness checks.

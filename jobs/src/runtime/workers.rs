@@ -16,7 +16,7 @@ use apalis_core::backend::{
 use serde_json::Value;
 
 use super::{
-    backlog,
+    backlog::{self, Retention},
     poll::Every,
     queues::{JobVisitor, each_job},
 };
@@ -45,6 +45,8 @@ pub struct Workers {
     /// Storage-level names of every queue.
     queues: Vec<String>,
     store: JobStore,
+    /// The scheduler's workers, which the board lists from their heartbeat.
+    scheduler: Vec<String>,
 }
 
 impl Workers {
@@ -62,6 +64,7 @@ impl Workers {
             shutdown.await;
             Ok(())
         });
+        let heartbeat = super::scheduler::heartbeat(self.store.clone(), self.scheduler);
         let storage = async move {
             match self.store {
                 JobStore::Redis { conn, .. } => {
@@ -82,6 +85,7 @@ impl Workers {
         tokio::select! {
             result = run => result,
             () = storage => Ok(()),
+            () = heartbeat => Ok(()),
         }
     }
 }
@@ -89,9 +93,15 @@ impl Workers {
 /// How often finished apalis-sqlite tasks are pruned, and how long they are kept. apalis-sqlite
 /// slows down steeply as its table grows (measured: a 200 chats/s load degraded from 0.2 s to
 /// 30 s enqueue→assigned once 60 s of done tasks, about 30k rows, were kept), so done tasks go
-/// almost at once; failed ones stay a day for operators.
+/// almost at once, but for the newest 20 of each queue, kept five minutes so the board shows a
+/// quiet queue's counts and last tasks (at most 20 rows a queue, which fetches do not feel);
+/// failed ones stay a day for operators.
 const PRUNE_PERIOD: Duration = Duration::from_secs(1);
-const KEEP_DONE: Duration = Duration::from_secs(2);
+const KEEP_DONE: Retention = Retention {
+    keep: Duration::from_secs(2),
+    recent: 20,
+    recent_for: Duration::from_secs(5 * 60),
+};
 const KEEP_FAILED: Duration = Duration::from_secs(24 * 3600);
 
 /// How often the Redis backlog guard promotes due tasks.
@@ -127,6 +137,7 @@ pub fn workers(ctx: JobContext, options: &WorkerOptions) -> Workers {
         monitor,
         queues: each.queues,
         store,
+        scheduler: super::scheduler::worker_names(&options.node),
     }
 }
 

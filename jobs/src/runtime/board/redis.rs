@@ -44,7 +44,7 @@ use redis::Script;
 use serde_json::Value;
 use ulid::Ulid;
 
-use crate::{Job, queues};
+use crate::{Job, queues, runtime::scheduler};
 
 static COUNTS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/counts.lua")));
 static IDS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/ids.lua")));
@@ -332,6 +332,9 @@ impl<J: Job> ListWorkers for RedisBoard<J> {
         for (name, config) in self.queues.all.iter() {
             all.extend(workers(&self.conn, name, config).await?);
         }
+        // The scheduler's workers, which apalis-cron runs outside any storage.
+        let cron = config(&self.queues.prefix, scheduler::BOARD_QUEUE);
+        all.extend(workers(&self.conn, scheduler::BOARD_QUEUE, &cron).await?);
         Ok(all)
     }
 }

@@ -113,7 +113,11 @@ impl<J: Job> Metrics for SqliteBoard<J> {
 
 impl<J: Job> ListQueues for SqliteBoard<J> {
     async fn list_queues(&self) -> Result<Vec<QueueInfo>, Error> {
-        self.storage.list_queues().await
+        // apalis-sqlite lists every worker type as a queue, the scheduler's too: keep the queues.
+        let names = crate::queues::names();
+        let mut queues = self.storage.list_queues().await?;
+        queues.retain(|queue| names.contains(&queue.name.as_str()));
+        Ok(queues)
     }
 }
 
