@@ -17,6 +17,17 @@ use crate::{
     domain::{Email, Password},
 };
 
+/// The password `given` (checked, its errors naming `source`), or a generated one (`true`).
+pub fn given_or_generated(given: Option<String>, source: &str) -> anyhow::Result<(Password, bool)> {
+    let (password, generated) = match given {
+        Some(password) => (password, false),
+        None => (Alphanumeric.sample_string(&mut rand::rng(), 20), true),
+    };
+    let password =
+        Password::try_from(password).map_err(|err| anyhow::anyhow!("{source}: {err}"))?;
+    Ok((password, generated))
+}
+
 /// Creates the first account, an admin and a default group — only when there is no account yet.
 pub async fn first_account(db: &DatabaseConnection, settings: &Settings) -> anyhow::Result<()> {
     if accounts::Entity::find().one(db).await?.is_some() {
@@ -24,12 +35,10 @@ pub async fn first_account(db: &DatabaseConnection, settings: &Settings) -> anyh
     }
     let email = Email::try_from(settings.admin_email.clone())
         .map_err(|err| anyhow::anyhow!("SWITCHBOARD_ADMIN_EMAIL: {err}"))?;
-    let (password, generated) = match &settings.admin_password {
-        Some(password) => (password.clone(), false),
-        None => (Alphanumeric.sample_string(&mut rand::rng(), 20), true),
-    };
-    let password = Password::try_from(password)
-        .map_err(|err| anyhow::anyhow!("SWITCHBOARD_ADMIN_PASSWORD: {err}"))?;
+    let (password, generated) = given_or_generated(
+        settings.admin_password.clone(),
+        "SWITCHBOARD_ADMIN_PASSWORD",
+    )?;
     let password_hash = hash_password(password.expose().to_owned()).await?;
     let (account, _admin) =
         create_account(db, &settings.account_name, &email, password_hash).await?;

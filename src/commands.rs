@@ -4,10 +4,10 @@
 //! no worker to hand it to) and print what the operator needs.
 
 use jobs::audit::RecordAudit;
-use rand::distr::{Alphanumeric, SampleString};
 use sea_orm::DatabaseConnection;
 
 use crate::{
+    bootstrap::given_or_generated,
     chat::accounts::{NewAccount, open_account, reset_password},
     config::{AccountTask, AdminTask, Command, Settings, Task},
     domain::{Email, Name, Password},
@@ -77,18 +77,14 @@ fn email(given: &str, flag: &str) -> anyhow::Result<Email> {
 
 /// The password from [`NEW_PASSWORD`], or a generated one (`true`).
 fn new_password() -> anyhow::Result<(Password, bool)> {
-    let (password, generated) = match std::env::var(NEW_PASSWORD) {
-        Ok(password) => (password, false),
-        Err(std::env::VarError::NotPresent) => {
-            (Alphanumeric.sample_string(&mut rand::rng(), 20), true)
-        }
+    let given = match std::env::var(NEW_PASSWORD) {
+        Ok(password) => Some(password),
+        Err(std::env::VarError::NotPresent) => None,
         Err(std::env::VarError::NotUnicode(_)) => {
             anyhow::bail!("{NEW_PASSWORD} is not valid UTF-8")
         }
     };
-    let password =
-        Password::try_from(password).map_err(|err| anyhow::anyhow!("{NEW_PASSWORD}: {err}"))?;
-    Ok((password, generated))
+    given_or_generated(given, NEW_PASSWORD)
 }
 
 /// A generated password is printed once, to the terminal, never to the log.

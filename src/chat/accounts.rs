@@ -3,12 +3,10 @@
 //! Each returns the audit record of its change; the caller keeps it (the listener submits a
 //! job, a one-shot command writes it at once).
 
-use chrono::Utc;
 use entity::{accounts, agents};
 use jobs::audit::{AuditAction, RecordAudit};
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect,
-    sea_query::{Expr, ExprTrait},
+    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, sea_query::Expr,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -16,6 +14,7 @@ use serde_json::json;
 use crate::{
     auth::hash_password,
     bootstrap::create_account,
+    chat::agents::revoking_tokens,
     domain::{Email, Name, Password},
 };
 
@@ -81,13 +80,8 @@ pub async fn reset_password(
         }
     };
     let hash = hash_password(password.expose().to_owned()).await?;
-    agents::Entity::update_many()
+    revoking_tokens(agents::Entity::update_many())
         .col_expr(agents::Column::PasswordHash, Expr::value(hash))
-        .col_expr(
-            agents::Column::TokenVersion,
-            Expr::col(agents::Column::TokenVersion).add(1),
-        )
-        .col_expr(agents::Column::UpdatedAt, Expr::value(Utc::now()))
         .filter(agents::Column::Id.eq(agent.id))
         .exec(db)
         .await?;

@@ -8,7 +8,12 @@ use jobs::{
     close_conversation::serve_groups_of,
     notify::Outcome,
 };
-use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+use sea_orm::{
+    ActiveModelTrait,
+    ActiveValue::Set,
+    UpdateMany,
+    sea_query::{Expr, ExprTrait},
+};
 use serde::Deserialize;
 
 use super::views::AgentView;
@@ -87,6 +92,16 @@ pub async fn offer_capacity(state: &AppState, agent: &agents::Model) {
     if let Err(err) = serve_groups_of(&state.job_context(), agent.account_id, agent.id).await {
         tracing::warn!(agent_id = agent.id, %err, "could not offer new capacity; the reconciler will");
     }
+}
+
+/// `update` (of one agent) also revokes every token the agent holds: its version moves on.
+pub fn revoking_tokens(update: UpdateMany<agents::Entity>) -> UpdateMany<agents::Entity> {
+    update
+        .col_expr(
+            agents::Column::TokenVersion,
+            Expr::col(agents::Column::TokenVersion).add(1),
+        )
+        .col_expr(agents::Column::UpdatedAt, Expr::value(Utc::now()))
 }
 
 /// Closes the agent's open sockets on every node (it was deleted, or its tokens revoked).

@@ -6,18 +6,17 @@ use axum::{
     http::StatusCode,
     routing::{get, post},
 };
-use chrono::Utc;
 use entity::agents;
-use sea_orm::{
-    ColumnTrait, EntityTrait, QueryFilter, QuerySelect,
-    sea_query::{Expr, ExprTrait},
-};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 use serde::{Deserialize, Serialize};
 
 use super::{extract::Json, rate_limit};
 use crate::{
     auth::{CurrentAgent, verify_decoy, verify_password},
-    chat::{agents::sign_out, views::AgentView},
+    chat::{
+        agents::{revoking_tokens, sign_out},
+        views::AgentView,
+    },
     domain::Secret,
     error::ApiError,
     state::AppState,
@@ -112,12 +111,7 @@ async fn logout(
     State(state): State<AppState>,
     caller: CurrentAgent,
 ) -> Result<StatusCode, ApiError> {
-    agents::Entity::update_many()
-        .col_expr(
-            agents::Column::TokenVersion,
-            Expr::col(agents::Column::TokenVersion).add(1),
-        )
-        .col_expr(agents::Column::UpdatedAt, Expr::value(Utc::now()))
+    revoking_tokens(agents::Entity::update_many())
         .filter(agents::Column::Id.eq(caller.id()))
         .filter(agents::Column::AccountId.eq(caller.account_id()))
         .exec(&state.db)

@@ -91,18 +91,9 @@ both_backends! {
 
 /// Runs a one-shot `switchboard` command on `app`'s database; returns (success, stdout, stderr).
 fn one_shot(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
-    command.env_clear();
-    for key in ["PATH", "HOME", "TMPDIR"] {
-        if let Some(value) = std::env::var_os(key) {
-            command.env(key, value);
-        }
-    }
+    let mut command = crate::process::bare(&app.storage.data_dir);
     command
-        .env("SWITCHBOARD_DATA_DIR", &app.storage.data_dir)
-        .env("NO_COLOR", "1")
         .env("RUST_LOG", "warn")
-        .current_dir(app.storage.data_dir.parent().expect("a parent directory"))
         .envs(env.iter().copied())
         .args(args);
     if let Some(url) = &app.storage.database_url {

@@ -22,6 +22,25 @@ fn binary() -> PathBuf {
 /// An embedded server process on `data_dir`, logging to `log`, with `env` on top of the
 /// defaults (loopback on ports of its choice, the test admin, `RUST_LOG=info`).
 fn command(data_dir: &Path, log: &Path, env: &[(&str, &str)]) -> Command {
+    let mut command = bare(data_dir);
+    command
+        .envs([
+            ("SWITCHBOARD_BIND", "127.0.0.1:0"),
+            ("SWITCHBOARD_OPS_BIND", "127.0.0.1:0"),
+            ("SWITCHBOARD_ADMIN_EMAIL", ADMIN_EMAIL),
+            ("SWITCHBOARD_ADMIN_PASSWORD", ADMIN_PASSWORD),
+            ("RUST_LOG", "info"),
+        ])
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("a log file"));
+    command
+}
+
+/// The binary on `data_dir` with nothing of the test's environment but `PATH`, `HOME` and
+/// `TMPDIR`, run out of the repository root (where a developer's `.env` would be read).
+pub fn bare(data_dir: &Path) -> Command {
     let mut command = Command::new(binary());
     command.env_clear();
     for key in ["PATH", "HOME", "TMPDIR"] {
@@ -30,21 +49,9 @@ fn command(data_dir: &Path, log: &Path, env: &[(&str, &str)]) -> Command {
         }
     }
     command
-        .envs([
-            ("SWITCHBOARD_BIND", "127.0.0.1:0"),
-            ("SWITCHBOARD_OPS_BIND", "127.0.0.1:0"),
-            ("SWITCHBOARD_ADMIN_EMAIL", ADMIN_EMAIL),
-            ("SWITCHBOARD_ADMIN_PASSWORD", ADMIN_PASSWORD),
-            ("RUST_LOG", "info"),
-            ("NO_COLOR", "1"),
-        ])
         .env("SWITCHBOARD_DATA_DIR", data_dir)
-        // Out of the repository root, where a developer's `.env` would be read.
-        .current_dir(data_dir.parent().expect("a data dir in a directory"))
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("a log file"));
+        .env("NO_COLOR", "1")
+        .current_dir(data_dir.parent().expect("a data dir in a directory"));
     command
 }
 
